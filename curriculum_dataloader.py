@@ -1,0 +1,250 @@
+"""Curriculum data selection: the teacher-logit cache, difficulty bookkeeping and the per-epoch sampling strategies.
+
+A strategy turns the current difficulty scores (shared/DESIGN.md, `models.sample_difficulty`) into the list of
+training samples of one epoch; `EpochSampler` feeds that list to a DataLoader in a seeded order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+import models
+
+STRATEGIES = ("none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft")
+PACINGS = ("linear", "root", "geometric")
+SCORED = {"adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "soft"}  # strategies that read scores
+BUCKETS = 5  # difficulty quantile buckets of hard_mining and mixed
+SOFT_WIDTH = 0.15  # soft: std of the Gaussian weight around the target, in difficulty units
+SOFT_FLOOR = 0.05  # soft: weight every sample keeps, however far from the target
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Selection rules (plain functions of scores; tested against hand-worked cases)
+
+
+def select_around(scores: np.ndarray, target: float, fraction: float) -> np.ndarray:
+    """The `round(fraction * N)` samples whose difficulty is nearest `target`, as sorted indices.
+
+    Ties in distance go to the lower index (stable sort), so equal inputs give equal selections.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    count = round(fraction * len(scores))
+    nearest = np.argsort(np.abs(scores - target), kind="stable")[:count]
+    return np.sort(nearest)
+
+
+def pacing(epoch: int, pace_epochs: int, start_fraction: float, kind: str) -> float:
+    """Fraction of the (easiest-first) data available at 0-based `epoch`; start_fraction at 0, 1 from pace_epochs on.
+
+    linear: c0 + (1 - c0) t/T; root (Platanios et al. 2019, competence): sqrt(t (1 - c0^2) / T + c0^2);
+    geometric: c0^(1 - t/T), which doubles the data at a constant rate.
+    """
+    t = min(epoch / max(pace_epochs, 1), 1.0)
+    if kind == "linear":
+        return start_fraction + (1 - start_fraction) * t
+    if kind == "root":
+        return min(1.0, math.sqrt(t * (1 - start_fraction**2) + start_fraction**2))
+    if kind == "geometric":
+        return start_fraction ** (1 - t)
+    raise ValueError(f"unknown pacing {kind!r}; choose one of {PACINGS}")
+
+
+def easiest(scores: np.ndarray, fraction: float) -> np.ndarray:
+    count = round(fraction * len(scores))
+    return np.sort(np.argsort(scores, kind="stable")[:count])
+
+
+def hardest(scores: np.ndarray, fraction: float) -> np.ndarray:
+    count = round(fraction * len(scores))
+    return np.sort(np.argsort(-np.asarray(scores), kind="stable")[:count])
+
+
+def weighted_subset(weights: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` distinct indices drawn with probability proportional to `weights` (Efraimidis & Spirakis 2006:
+    keep the largest u^(1/w), computed as log(u) / w)."""
+    keys = np.log(rng.random(len(weights))) / weights
+    return np.sort(np.argpartition(-keys, count - 1)[:count]) if count else np.array([], dtype=np.int64)
+
+
+def difficulty_buckets(scores: np.ndarray) -> np.ndarray:
+    """Quantile bucket of each sample, 0 (easiest fifth) to BUCKETS - 1 (hardest fifth)."""
+    ranks = np.argsort(np.argsort(scores, kind="stable"), kind="stable")
+    return ranks * BUCKETS // len(scores)
+
+
+def bucket_weights(strategy: str, target: float) -> np.ndarray:
+    """hard_mining: weight grows with difficulty, the more so the higher the target (target 0 = uniform, target 1 =
+    the hardest bucket 16x the easiest); mixed: a Gaussian over buckets centred on the target, every bucket kept."""
+    position = np.arange(BUCKETS) / (BUCKETS - 1)
+    if strategy == "hard_mining":
+        return 16.0 ** (target * position)
+    return np.exp(-((position - target) ** 2) / (2 * 0.25**2)) + 0.05
+
+
+def soft_weights(scores: np.ndarray, target: float) -> np.ndarray:
+    """Gaussian closeness to the target plus a floor: no sample's probability is ever 0."""
+    return SOFT_FLOOR + np.exp(-((np.asarray(scores) - target) ** 2) / (2 * SOFT_WIDTH**2))
+
+
+def select_samples(
+    strategy: str,
+    scores: np.ndarray | None,
+    num_samples: int,
+    rng: np.random.Generator,
+    target: float,
+    fraction: float,
+    data_fraction: float,
+) -> np.ndarray:
+    """The training indices of one epoch. `data_fraction` is the pacing value of easy_to_hard / hard_to_easy."""
+    count = round(fraction * num_samples)
+    if strategy == "none":
+        return np.arange(num_samples)
+    if strategy == "random_subset":
+        return np.sort(rng.choice(num_samples, size=count, replace=False))
+    if strategy == "adaptive":
+        return select_around(scores, target, fraction)
+    if strategy == "easy_to_hard":
+        return easiest(scores, data_fraction)
+    if strategy == "hard_to_easy":
+        return hardest(scores, data_fraction)
+    if strategy in ("hard_mining", "mixed"):
+        weights = bucket_weights(strategy, target)[difficulty_buckets(scores)]
+        return weighted_subset(weights, count, rng)
+    if strategy == "soft":
+        return weighted_subset(soft_weights(scores, target), count, rng)
+    raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The sampler
+
+
+class EpochSampler(Sampler):
+    """Yields `(index, epoch)` for this epoch's selected samples in an order seeded by (seed, epoch).
+
+    The epoch travels with each index so the dataset seeds that sample's augmentation from (seed, epoch, index):
+    reproducible with any number of DataLoader workers. With `world_size > 1` each rank takes a disjoint strided
+    shard of the shuffled selection (trimmed to a multiple of world_size so every rank runs the same step count).
+    """
+
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.indices = np.arange(num_samples)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int, indices: np.ndarray) -> None:
+        self.epoch, self.indices = epoch, np.asarray(indices)
+
+    def shard(self) -> np.ndarray:
+        order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.indices)
+        usable = len(order) - len(order) % self.world_size
+        return order[self.rank : usable : self.world_size]
+
+    def __iter__(self):
+        return iter([(int(i), self.epoch) for i in self.shard()])
+
+    def __len__(self) -> int:
+        return len(self.indices) // self.world_size
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Teacher-logit cache
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def cached_logits(cache_dir: Path, parts: dict, compute) -> tuple[torch.Tensor, bool]:
+    """Logits stored as fp16 under a hash of `parts`; `compute()` runs only on a miss. Returns (logits, was_cached).
+
+    Fresh logits are rounded through fp16 too, so a run that computed them and a run that loaded them agree exactly.
+    """
+    from engine import atomic_write  # engine imports this module; the cache only needs its atomic writer
+
+    cache_dir = Path(cache_dir).expanduser()
+    path = cache_dir / f"teacher-logits-{cache_key(parts)}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True).float(), True
+        except Exception:  # a truncated file from an older, non-atomic writer: recompute it
+            path.unlink()
+    logits = compute().half()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda handle: torch.save(logits, handle))
+    atomic_write(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(parts, indent=2).encode()))
+    return logits.float(), False
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-run curriculum state
+
+
+class Curriculum:
+    """The difficulty scores of the training set, the chosen strategy and what it selected (coverage)."""
+
+    def __init__(
+        self,
+        strategy: str,
+        num_samples: int,
+        seed: int,
+        fraction: float,
+        pacing_kind: str,
+        start_fraction: float,
+        pace_epochs: int,
+    ):
+        self.strategy, self.num_samples, self.seed = strategy, num_samples, seed
+        self.fraction, self.pacing_kind = fraction, pacing_kind
+        self.start_fraction, self.pace_epochs = start_fraction, pace_epochs
+        self.scores: np.ndarray | None = None
+        self.components: dict[str, np.ndarray] = {}
+        self.coverage = np.zeros(num_samples, dtype=np.int64)
+        self.scored_epoch = 0
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.strategy in SCORED
+
+    def update_scores(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, epoch: int) -> None:
+        components = models.difficulty_components(teacher_logits, student_logits)
+        self.components = {name: value.numpy() for name, value in components.items()}
+        self.scores = models.combine_difficulty(components).numpy()
+        self.scored_epoch = epoch
+
+    def select(self, epoch: int, target: float) -> np.ndarray:
+        """Indices of 1-based `epoch`, seeded by (seed, epoch); counted into coverage."""
+        rng = np.random.default_rng([self.seed, epoch])
+        data_fraction = pacing(epoch - 1, self.pace_epochs, self.start_fraction, self.pacing_kind)
+        chosen = select_samples(self.strategy, self.scores, self.num_samples, rng, target, self.fraction, data_fraction)
+        self.coverage[chosen] += 1
+        return chosen
+
+    def epoch_stats(self, chosen: np.ndarray, target: float | None) -> dict:
+        """The metrics.csv columns of an epoch's selection."""
+        stats = {"target_difficulty": target if target is not None else "", "selected": len(chosen)}
+        if self.scores is None:
+            return stats
+        stats["difficulty_selected"] = float(self.scores[chosen].mean()) if len(chosen) else float("nan")
+        stats["difficulty_all"] = float(self.scores.mean())
+        for name, values in self.components.items():
+            stats[f"difficulty_{name}"] = float(values.mean())
+        return stats
+
+    def state_dict(self) -> dict:
+        return {
+            "scores": self.scores,
+            "components": self.components,
+            "coverage": self.coverage,
+            "scored_epoch": self.scored_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scores, self.components = state["scores"], state["components"]
+        self.coverage, self.scored_epoch = state["coverage"], state["scored_epoch"]

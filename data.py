@@ -1,0 +1,374 @@
+"""Datasets and transforms: mini-imagenet from the hub, local folders, and a built-in synthetic set.
+
+Every split is a `SampleView` that yields `(image_tensor, label, index)`; the index lets the curriculum look up a
+sample's difficulty, cached teacher logits and coverage. Class names are ImageNet WordNet ids (e.g. `n01532829`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import transforms
+
+from errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+SPLIT_FOLDERS = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
+HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Transforms (the one place they are defined)
+
+
+def train_transform(image_size: int, min_scale: float) -> transforms.Compose:
+    """Reference augmentation: random resized crop, horizontal flip, light colour jitter, ImageNet normalisation."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+def eval_transform(image_size: int) -> transforms.Compose:
+    """Resize to image_size / 0.875 then centre-crop: the standard ImageNet evaluation view."""
+    return transforms.Compose(
+        [
+            transforms.Resize(round(image_size / 0.875), antialias=True),
+            transforms.CenterCrop(image_size),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Raw image sources: `len`, `labels` (np.int64 array) and `image(i) -> PIL.Image` in RGB.
+
+
+class ImageFiles:
+    """Images listed as files on disk (one split of an ImageFolder tree)."""
+
+    def __init__(self, paths: list[Path], labels: list[int]):
+        self.paths = paths
+        self.labels = np.asarray(labels, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, i: int) -> Image.Image:
+        try:
+            with Image.open(self.paths[i]) as img:
+                return img.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(f"cannot read image {self.paths[i]} ({err}); delete or replace that file.") from None
+
+
+class HubImages:
+    """One split of a Hugging Face `datasets` table with `image` and `label` columns; images decode lazily."""
+
+    def __init__(self, table, name: str):
+        self.table = table
+        self.name = name
+        self.labels = np.asarray(table["label"], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        try:
+            return self.table[int(i)]["image"].convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(
+                f"cannot decode image {i} of {self.name} ({err}); re-download or repair that file."
+            ) from None
+
+
+class SyntheticImages:
+    """Procedural images generated on the fly, deterministic from (seed, split, index).
+
+    Class c is a coloured sinusoidal grating with its own orientation and frequency. Each sample has a latent hardness
+    h in [0, 1]: the image blends in a distractor class's grating (weight 0.55 h), adds Gaussian noise (std 0.35 h) and,
+    with probability h, a grey occluding square. Easy samples are clean prototypes; hard ones are genuinely ambiguous,
+    so a trained teacher is confident on some and unsure on others.
+    """
+
+    def __init__(self, class_count: int, size: int, count: int, seed: int, split: str):
+        self.class_count, self.size, self.seed = class_count, size, seed
+        self.split_seed = zlib.crc32(f"{seed}/{split}".encode())
+        rng = np.random.default_rng(self.split_seed)
+        self.labels = rng.integers(0, class_count, size=count).astype(np.int64)
+        self.hardness = rng.random(count)
+        self.distractors = (self.labels + rng.integers(1, class_count, size=count)) % class_count
+        style = np.random.default_rng(seed)  # class styles are shared by all splits
+        self.colours = style.uniform(0.15, 1.0, size=(class_count, 3))
+        self.angles = np.pi * (np.arange(class_count) + style.uniform(-0.2, 0.2, class_count)) / class_count
+        self.frequencies = style.uniform(1.5, 4.0, size=class_count)
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        self.grid = (xx, yy)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _grating(self, c: int, phase: float) -> np.ndarray:
+        xx, yy = self.grid
+        along = xx * np.cos(self.angles[c]) + yy * np.sin(self.angles[c])
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * self.frequencies[c] * along + phase)
+        return wave[..., None] * self.colours[c]
+
+    def image(self, i: int) -> Image.Image:
+        rng = np.random.default_rng([self.split_seed, i])
+        h = self.hardness[i]
+        mix = 0.55 * h
+        pixels = (1 - mix) * self._grating(self.labels[i], rng.uniform(0, 2 * np.pi))
+        pixels += mix * self._grating(self.distractors[i], rng.uniform(0, 2 * np.pi))
+        pixels += rng.normal(0.0, 0.35 * h, size=pixels.shape)
+        if rng.random() < h:
+            side = max(1, int(self.size * 0.45 * h))
+            top, left = rng.integers(0, self.size - side + 1, size=2)
+            pixels[top : top + side, left : left + side] = 0.5
+        return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Views: a source plus a transform; what DataLoaders see.
+
+
+class SampleView(Dataset):
+    """`(transform(image), label, index)` for each sample of a source.
+
+    A training view is indexed with `(index, epoch)` pairs (see curriculum_dataloader.EpochSampler): the augmentation
+    of a sample is then seeded by (seed, epoch, index), so a run is reproducible whatever the worker count, the number
+    of ranks or a resume in between.
+    """
+
+    def __init__(self, source, transform, seed: int = 0):
+        self.source, self.transform, self.seed = source, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.source.labels
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            index, epoch = key
+            state = torch.get_rng_state()
+            torch.manual_seed(zlib.crc32(f"{self.seed}/{epoch}/{index}".encode()))
+            try:
+                image = self.transform(self.source.image(index))
+            finally:
+                torch.set_rng_state(state)
+        else:
+            index = key
+            image = self.transform(self.source.image(index))
+        return image, int(self.source.labels[index]), index
+
+
+@dataclass
+class DataSplits:
+    train: SampleView  # augmented training images
+    score: SampleView  # the same training images through the eval transform (for difficulty scoring)
+    val: SampleView
+    test: SampleView
+    class_names: list[str]  # WordNet ids, in label order
+    image_size: int
+    identity: str  # what the data is, for cache keys and resume checks
+    hardness: np.ndarray | None = None  # synthetic only: the generator's per-sample hardness of the train split
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def parse_synthetic(spec: str) -> dict:
+    """`synthetic` or `synthetic:classes=10,train=2000,val=500,test=500,size=32,seed=0`."""
+    options = {"classes": 10, "train": 2000, "val": 500, "test": 500, "size": 32, "seed": 0}
+    _, _, rest = spec.partition(":")
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in options or not value.isdigit():
+            raise UserError(
+                f"bad synthetic option {item!r} in --data {spec}; use e.g. "
+                "synthetic:classes=10,train=2000,val=500,test=500,size=32,seed=0."
+            )
+        options[key] = int(value)
+    if not 2 <= options["classes"] <= 1000 or min(options["train"], options["val"], options["test"]) < 1:
+        raise UserError(f"--data {spec} needs 2..1000 classes and at least one image per split.")
+    if options["size"] < 8:
+        raise UserError(f"--data {spec} needs size >= 8 pixels.")
+    return options
+
+
+def synthetic_class_names(count: int) -> list[str]:
+    """Real ImageNet-1k WordNet ids, evenly spaced over the 1000 classes, so an ImageNet teacher could be sliced."""
+    from timm.data import ImageNetInfo
+
+    names = ImageNetInfo().label_names()
+    return [names[i * (len(names) // count)] for i in range(count)]
+
+
+def find_image_folder_split(root: Path, split: str) -> Path | None:
+    for name in SPLIT_FOLDERS[split]:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def load_image_folder(root: Path) -> tuple[dict, list[str]]:
+    """ImageFolder tree: `train/`, `validation/` or `val/`, `test/`, each with one folder per WordNet id."""
+    sources, class_names = {}, None
+    for split in ("train", "val", "test"):
+        folder = find_image_folder_split(root, split)
+        if folder is None:
+            wanted = " or ".join(f"{root}/{name}/" for name in SPLIT_FOLDERS[split])
+            raise UserError(f"the {split} split is missing: create {wanted} with one sub-folder per WordNet id.")
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if len(names) < 2:
+            raise UserError(
+                f"{folder} needs at least two class folders; put each class's images in {folder}/<WordNet id>/."
+            )
+        if class_names is None:
+            class_names = names
+        elif names != class_names:
+            raise UserError(f"{folder} has other class folders than {root}/train; every split needs the same classes.")
+        paths, labels = [], []
+        for label, name in enumerate(names):
+            files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            paths += files
+            labels += [label] * len(files)
+        if not paths:
+            raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); add some.")
+        sources[split] = ImageFiles(paths, labels)
+    return sources, class_names
+
+
+def hub_class_names(table, where: str) -> list[str]:
+    feature = table.features.get("label")
+    names = getattr(feature, "names", None)
+    if not names:
+        raise UserError(
+            f"the label column of {where} carries no class names; it must be a ClassLabel of WordNet ids, "
+            "as in timm/mini-imagenet."
+        )
+    return list(names)
+
+
+def load_parquet_folder(root: Path) -> tuple[dict, list[str]]:
+    """Parquet files in the `timm/mini-imagenet` schema, named `<split>-*.parquet` anywhere below root."""
+    import datasets
+
+    files = {}
+    for split, hub_name in HUB_SPLITS.items():
+        found = sorted(root.rglob(f"{hub_name}-*.parquet")) or sorted(root.rglob(f"{hub_name}.parquet"))
+        if split == "val" and not found:
+            found = sorted(root.rglob("val-*.parquet")) or sorted(root.rglob("val.parquet"))
+        if not found:
+            raise UserError(f"no {hub_name}-*.parquet file under {root}; each split needs its parquet files.")
+        files[split] = [str(p) for p in found]
+    try:
+        tables = datasets.load_dataset("parquet", data_files=files)
+    except Exception as err:  # pyarrow and datasets raise many types for a malformed file
+        raise UserError(f"cannot read the parquet files under {root} ({err}); re-download them.") from None
+    return check_hub_tables(tables, str(root))
+
+
+def check_hub_tables(tables, where: str) -> tuple[dict, list[str]]:
+    sources, class_names = {}, None
+    for split in ("train", "val", "test"):
+        table = tables[split]
+        if "image" not in table.column_names or "label" not in table.column_names:
+            raise UserError(f"{where} needs 'image' and 'label' columns (the timm/mini-imagenet schema).")
+        names = hub_class_names(table, where)
+        if len(names) < 2:
+            raise UserError(f"{where} names fewer than two classes; a classifier needs at least two.")
+        class_names = class_names or names
+        if names != class_names:
+            raise UserError(f"the splits of {where} name different classes; every split needs the same label names.")
+        sources[split] = HubImages(table, f"{where} {split}")
+    return sources, class_names
+
+
+def load_hub(name: str) -> tuple[dict, list[str]]:
+    import datasets
+
+    try:
+        raw = datasets.load_dataset(name)
+        tables = {split: raw[hub_name] for split, hub_name in HUB_SPLITS.items()}
+    except Exception as err:  # no network, unknown repo, missing split: all end the same way for the user
+        raise UserError(
+            f"could not load {name} from the Hugging Face hub ({type(err).__name__}); with no network, download it "
+            f"elsewhere (huggingface-cli download {name} --repo-type dataset --local-dir DIR) and pass --data DIR."
+        ) from None
+    return check_hub_tables(tables, name)
+
+
+def folder_fingerprint(sources: dict) -> str:
+    """Cheap identity of local data: file names, sizes and modification times of the train split."""
+    train = sources["train"]
+    digest = hashlib.sha256()
+    if isinstance(train, ImageFiles):
+        for path in train.paths:
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    else:
+        digest.update(repr(train.table.cache_files).encode())
+    return digest.hexdigest()[:16]
+
+
+def load_data(data: str, image_size: int | None = None, seed: int = 0, min_scale: float | None = None) -> DataSplits:
+    """Build the four views of `--data`: `synthetic[:options]`, a hub name like `timm/mini-imagenet`, or a folder."""
+    hardness = None
+    if data == "synthetic" or data.startswith("synthetic:"):
+        options = parse_synthetic(data)
+        sources = {
+            split: SyntheticImages(options["classes"], options["size"], options[split], options["seed"], split)
+            for split in ("train", "val", "test")
+        }
+        class_names = synthetic_class_names(options["classes"])
+        hardness = sources["train"].hardness
+        native_size, default_min_scale = options["size"], 0.5  # tiny images: keep most of the pattern in the crop
+        identity = json.dumps({"synthetic": options}, sort_keys=True)
+    else:
+        path = Path(data).expanduser()
+        if path.is_dir():
+            is_parquet = next(path.rglob("*.parquet"), None) is not None
+            sources, class_names = load_parquet_folder(path) if is_parquet else load_image_folder(path)
+            identity = json.dumps({"folder": str(path.resolve()), "files": folder_fingerprint(sources)})
+        elif data.count("/") == 1 and not path.exists() and not data.startswith((".", "/", "~")):
+            sources, class_names = load_hub(data)
+            identity = json.dumps({"hub": data, "files": folder_fingerprint(sources)})
+        else:
+            raise UserError(
+                f"--data {data} is neither a folder, a hub dataset (timm/mini-imagenet) nor 'synthetic'; "
+                "check the path."
+            )
+        native_size, default_min_scale = 224, 0.08
+    size = image_size or native_size
+    min_scale = default_min_scale if min_scale is None else min_scale
+    return DataSplits(
+        train=SampleView(sources["train"], train_transform(size, min_scale), seed),
+        score=SampleView(sources["train"], eval_transform(size)),
+        val=SampleView(sources["val"], eval_transform(size)),
+        test=SampleView(sources["test"], eval_transform(size)),
+        class_names=class_names,
+        image_size=size,
+        identity=identity,
+        hardness=hardness,
+    )

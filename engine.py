@@ -1,0 +1,569 @@
+"""What every script shares: config parsing, the run folder, checkpoints, the epoch loop and validation.
+
+One place decides each of these; train_student.py, train_student_rl.py, the RL environment and evaluate.py call it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import curriculum_dataloader as curriculum
+import models
+from errors import UserError
+
+RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "tb")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Config
+
+
+def parse_config(config_class, argv=None, description: str = ""):
+    """argparse from a config dataclass: one `--flag` per field, its help from the field's metadata."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        kind = (
+            field.type if isinstance(field.type, type) else eval(field.type, vars(sys.modules[config_class.__module__]))
+        )
+        options = {"help": field.metadata.get("help", ""), "default": default}
+        if "nargs" in field.metadata:  # a positional list, e.g. evaluate.py's run folders
+            parser.add_argument(field.name, nargs=field.metadata["nargs"], help=options["help"])
+            continue
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            continue
+        scalar = next((t for t in (int, float, str) if t is kind or t in getattr(kind, "__args__", ())), str)
+        if "choices" in field.metadata:
+            options["choices"] = field.metadata["choices"]
+        parser.add_argument(flag, type=scalar, **options)
+    return config_class(**vars(parser.parse_args(argv)))
+
+
+def field(default, help: str, **metadata):
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def config_dict(config) -> dict:
+    return dataclasses.asdict(config)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Devices and reproducibility
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for a GPU but torch sees none; use --device cpu.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the hardware has it (no loss scaling needed), else fp16 with a GradScaler."""
+    if not enabled:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_loader(view, batch_size: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
+    """Evaluation loaders keep the data order (index i of the output is sample i); training passes a sampler."""
+    return DataLoader(
+        view,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Files: atomic writes, checkpoints, the run folder
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a kill leaves the old file intact."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def save_json(path: Path, payload) -> None:
+    atomic_write(path, lambda handle: handle.write((json.dumps(payload, indent=2) + "\n").encode()))
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of a train_student.py run.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, pickle error, wrong format: one message for all
+        raise UserError(f"cannot read checkpoint {path} ({err}); pass a file written by train_student.py.") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model" not in checkpoint:
+        raise UserError(f"{path} is not a train_student.py checkpoint (no model name and state_dict).")
+    return checkpoint
+
+
+def prepare_run_folder(out: str, overwrite: bool, dry_run: bool = False) -> Path:
+    """A new run folder. An existing run is never touched unless the user asks with --overwrite; `dry_run` only
+    checks, so a script can refuse before its slow set-up and clear the folder only once that set-up worked."""
+    folder = Path(out)
+    existing = [name for name in RUN_FILES if (folder / name).exists()]
+    if existing and not overwrite:
+        raise UserError(
+            f"{folder} already holds a run ({', '.join(existing)}); pick another --out, --resume it, or --overwrite."
+        )
+    if dry_run:
+        return folder
+    for name in existing:
+        target = folder / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+class MetricsLog:
+    """metrics.csv (one row per epoch, unrounded values) and TensorBoard scalars under grouped names."""
+
+    GROUPS = {"loss": "losses", "reward": "reward", "difficulty": "curriculum", "target": "curriculum"}
+
+    def __init__(self, folder: Path, enabled: bool = True):
+        self.path = folder / "metrics.csv"
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder / "tb"))
+
+    def truncate_after(self, epoch: int) -> None:
+        """On resume: drop rows of epochs after the checkpoint (a kill can land between the CSV and the checkpoint)."""
+        if not self.path.exists():
+            return
+        rows = read_metrics(self.path)
+        kept = [row for row in rows if int(row["epoch"]) <= epoch]
+        if len(kept) != len(rows):
+            self._write_rows(kept, list(rows[0].keys()))
+
+    def _write_rows(self, rows: list[dict], columns: list[str]) -> None:
+        def write(handle):
+            text = csv.DictWriter(_TextSink(handle), fieldnames=columns)
+            text.writeheader()
+            text.writerows(rows)
+
+        atomic_write(self.path, write)
+
+    def append(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        rows = read_metrics(self.path) if self.path.exists() else []
+        columns = list(rows[0].keys()) if rows else list(row.keys())
+        missing = [key for key in row if key not in columns]
+        columns += missing
+        self._write_rows(rows + [{key: _plain(value) for key, value in row.items()}], columns)
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                group = next((g for word, g in self.GROUPS.items() if word in key), "charts")
+                self.writer.add_scalar(f"{group}/{key}", value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+class _TextSink:
+    """Lets csv write str into a binary handle (atomic_write hands out binary files)."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, text: str) -> None:
+        self.handle.write(text.encode())
+
+
+def _plain(value):
+    return repr(value) if isinstance(value, float) else value
+
+
+def read_metrics(path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Teacher
+
+
+def load_teacher(config, data) -> torch.nn.Module:
+    """The teacher, in eval mode (the one place that sets it): a checkpoint of ours, or a sliced ImageNet model."""
+    if config.teacher_checkpoint:
+        checkpoint = load_checkpoint(config.teacher_checkpoint)
+        if checkpoint["class_names"] != data.class_names:
+            raise UserError(
+                f"the teacher checkpoint {config.teacher_checkpoint} was trained on {len(checkpoint['class_names'])} "
+                f"classes but --data has {len(data.class_names)} (or other ones); train a teacher on this data."
+            )
+        teacher = models.model_from_checkpoint(checkpoint)
+    else:
+        teacher = models.imagenet_teacher(config.teacher, data.class_names, config.teacher_weights)
+    return teacher.eval().requires_grad_(False)
+
+
+def teacher_identity(config) -> dict:
+    """What determines the teacher's outputs, for the logit cache key."""
+    if config.teacher_checkpoint:
+        stat = Path(config.teacher_checkpoint).stat()
+        return {
+            "checkpoint": str(Path(config.teacher_checkpoint).resolve()),
+            "size": stat.st_size,
+            "mtime": stat.st_mtime_ns,
+        }
+    weights = config.teacher_weights
+    if weights:
+        stat = Path(weights).stat()
+        return {"model": config.teacher, "weights": str(Path(weights).resolve()), "size": stat.st_size}
+    return {"model": config.teacher, "weights": "timm-pretrained"}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The epoch loop and evaluation
+
+
+class NonFiniteLoss(UserError):
+    pass
+
+
+def train_one_epoch(
+    student,
+    teacher,
+    loader,
+    optimizer,
+    scaler,
+    label_weight: float,
+    temperature: float,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    epoch: int,
+    teacher_logits_table: torch.Tensor | None = None,
+    on_logits=None,
+) -> float:
+    """One epoch of KD. Returns the mean training loss.
+
+    Teacher logits come from the teacher on the same augmented batch (online) or from `teacher_logits_table[index]`
+    (cached). `on_logits(indices, teacher_logits, student_logits)` sees every batch's logits (train-pass scoring).
+    Losses stay on the device; the host only looks at them every few batches for the progress bar and the NaN check.
+    """
+    student.train()
+    batch_losses = torch.zeros(len(loader), device=device)
+    batch_sizes = torch.zeros(len(loader), device=device)
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, mininterval=2, disable=None)
+    for step, (images, labels, indices) in enumerate(progress):
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        teacher_logits = None
+        if teacher_logits_table is not None:
+            teacher_logits = teacher_logits_table[indices].to(device, non_blocking=True).float()
+        elif label_weight < 1 or on_logits is not None:
+            with torch.inference_mode(), autocast(device, dtype):
+                teacher_logits = teacher(images)
+            teacher_logits = teacher_logits.clone()  # leave inference mode: autograd may see it in kd_loss
+        with autocast(device, dtype):
+            student_logits = student(images)
+        loss = models.kd_loss(student_logits, teacher_logits, labels, label_weight, temperature)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        batch_losses[step] = loss.detach()
+        batch_sizes[step] = len(labels)
+        if on_logits is not None:
+            on_logits(indices, teacher_logits, student_logits.detach())
+        if step % 20 == 19:
+            check_finite(batch_losses[: step + 1], epoch)
+            progress.set_postfix(loss=f"{batch_losses[step].item():.4f}")
+    check_finite(batch_losses, epoch)
+    return float((batch_losses * batch_sizes).sum() / batch_sizes.sum())
+
+
+def check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
+    bad = (~torch.isfinite(batch_losses)).nonzero()
+    if len(bad):
+        batch = int(bad[0]) + 1
+        raise NonFiniteLoss(
+            f"the training loss became {batch_losses[batch - 1].item()} at epoch {epoch}, batch {batch}; "
+            "last.pt and best.pt are kept from earlier epochs: lower --lr, or turn off --amp, and run again."
+        )
+
+
+@torch.inference_mode()
+def predict_logits(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str) -> torch.Tensor:
+    """Logits of every sample of an order-preserving loader, as one CPU float32 tensor [N, K]."""
+    model.eval()
+    outputs = []
+    for images, _, _ in tqdm(loader, desc=desc, leave=False, mininterval=2, disable=None):
+        with autocast(device, dtype):
+            outputs.append(model(images.to(device, non_blocking=True)).float())
+    return torch.cat(outputs).cpu()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
+    """Top-k accuracy in percent."""
+    top = min(top, logits.shape[1])
+    hits = (logits.topk(top, dim=1).indices == labels[:, None]).any(dim=1)
+    return 100.0 * hits.float().mean().item()
+
+
+def evaluate(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval") -> dict:
+    """Top-1 and top-5 accuracy (percent) and cross-entropy of a model on an order-preserving loader."""
+    logits = predict_logits(model, loader, device, dtype, desc)
+    labels = torch.as_tensor(loader.dataset.labels)
+    return {
+        "acc1": accuracy(logits, labels, 1),
+        "acc5": accuracy(logits, labels, 5),
+        "loss": F.cross_entropy(logits, labels).item(),
+    }
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# A training run: the part of a script that train_student.py, train_student_rl.py and the RL environment share
+
+
+class Experiment:
+    """What stays fixed across training runs of one config: device, data, loaders, the teacher and its logits."""
+
+    def __init__(self, config):
+        from data import load_data
+
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dtype = amp_dtype(self.device, config.amp)
+        self.data = load_data(config.data, config.image_size, config.seed, config.min_scale)
+        self.num_classes = len(self.data.class_names)
+        needs_teacher = config.label_weight < 1 or config.curriculum in curriculum.SCORED
+        self.teacher = load_teacher(config, self.data).to(self.device) if needs_teacher else None
+        eval_batch = 2 * config.batch_size  # no activations kept for backward: twice the batch fits
+        self.val_loader = make_loader(self.data.val, eval_batch, config.workers, self.device)
+        self.test_loader = make_loader(self.data.test, eval_batch, config.workers, self.device)
+        self.score_loader = make_loader(self.data.score, eval_batch, config.workers, self.device)
+        self.sampler = curriculum.EpochSampler(len(self.data.train), config.seed)
+        self.train_loader = make_loader(self.data.train, config.batch_size, config.workers, self.device, self.sampler)
+        self._teacher_train_logits = None
+
+    def teacher_cache_parts(self) -> dict:
+        """The cache key: teacher and weights, data, split, transform and image size, precision."""
+        return {
+            "teacher": teacher_identity(self.config),
+            "data": self.data.identity,
+            "split": "train",
+            "transform": f"eval/{self.data.image_size}",
+            "dtype": str(self.dtype),
+        }
+
+    def teacher_train_logits(self) -> torch.Tensor:
+        """Teacher logits of the un-augmented training images, computed once and cached on disk."""
+        if self._teacher_train_logits is None:
+            compute = lambda: predict_logits(self.teacher, self.score_loader, self.device, self.dtype, "teacher logits")  # noqa: E731
+            self._teacher_train_logits, _ = curriculum.cached_logits(
+                self.config.cache_dir, self.teacher_cache_parts(), compute
+            )
+        return self._teacher_train_logits
+
+
+class TrainingRun:
+    """One training run of the student: model, optimiser, cosine schedule and curriculum state.
+
+    `train_epoch(target)` runs one epoch (rescore when due, select, train, validate) and returns its metrics row;
+    `end_epoch(row)` logs it and writes the checkpoints; `finish()` tests the best checkpoint.
+    """
+
+    def __init__(self, experiment: Experiment, folder: Path | None = None, seed: int | None = None):
+        config = self.config = experiment.config
+        self.experiment, self.folder = experiment, folder
+        self.seed = config.seed if seed is None else seed
+        seed_everything(self.seed)
+        self.student = models.create_model(
+            config.student, experiment.num_classes, config.pretrained, config.student_weights, "--student-weights"
+        ).to(experiment.device)
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
+        self.scaler = torch.amp.GradScaler(experiment.device.type, enabled=experiment.dtype == torch.float16)
+        self.curriculum = curriculum.Curriculum(
+            config.curriculum,
+            len(experiment.data.train),
+            self.seed,
+            config.fraction,
+            config.pacing,
+            config.start_fraction,
+            max(1, round(config.pace_epochs * config.epochs)),
+        )
+        self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
+        self.log = MetricsLog(folder) if folder else None
+
+    def rescore(self) -> None:
+        """Difficulty of every training sample from the cached teacher logits and the current student."""
+        exp = self.experiment
+        student_logits = predict_logits(self.student, exp.score_loader, exp.device, exp.dtype, "student logits")
+        self.curriculum.update_scores(exp.teacher_train_logits(), student_logits, self.epoch)
+
+    def train_epoch(self, target: float | None = None) -> dict:
+        exp, config = self.experiment, self.config
+        start = time.perf_counter()
+        self.epoch += 1
+        seed_everything(self.seed * 100_003 + self.epoch)  # dropout etc. depend on (seed, epoch) only: exact resume
+        if self.curriculum.needs_scores and (self.epoch - 1) % config.rescore_every == 0:
+            self.rescore()
+        target = config.target if target is None else float(target)
+        chosen = self.curriculum.select(self.epoch, target)
+        exp.sampler.set_epoch(self.epoch, chosen)
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss = train_one_epoch(
+            self.student, exp.teacher, exp.train_loader, self.optimizer, self.scaler,
+            config.label_weight, config.temperature, exp.device, exp.dtype, self.epoch,
+        )  # fmt: skip
+        self.scheduler.step()
+        val = evaluate(self.student, exp.val_loader, exp.device, exp.dtype, "validate")
+        uses_target = config.curriculum in ("adaptive", "hard_mining", "mixed", "soft")
+        return {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "val_acc": val["acc1"],
+            "val_acc5": val["acc5"],
+            "val_loss": val["loss"],
+            "lr": lr,
+            **self.curriculum.epoch_stats(chosen, target if uses_target else None),
+            "seconds": time.perf_counter() - start,
+        }
+
+    def model_payload(self) -> dict:
+        """What rebuilds the model without the original flags (models.model_from_checkpoint)."""
+        return {
+            "model": self.config.student,
+            "class_names": self.experiment.data.class_names,
+            "state_dict": self.student.state_dict(),
+            "image_size": self.experiment.data.image_size,
+            "data": self.experiment.data.identity,
+            "epoch": self.epoch,
+            "config": config_dict(self.config),
+        }
+
+    def state_payload(self) -> dict:
+        """model_payload plus everything an exact resume needs."""
+        return {
+            **self.model_payload(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "curriculum": self.curriculum.state_dict(),
+            "teacher_cache": self.experiment.teacher_cache_parts() if self.experiment.teacher else None,
+        }
+
+    def load_state(self, checkpoint: dict) -> None:
+        self.student.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.curriculum.load_state_dict(checkpoint["curriculum"])
+        self.epoch, self.best_val_acc, self.best_epoch = (
+            checkpoint["epoch"],
+            checkpoint["best_val_acc"],
+            checkpoint["best_epoch"],
+        )
+
+    def end_epoch(self, row: dict, extra_state: dict | None = None) -> None:
+        """Log the row, then write best.pt (if improved) and last.pt, in that order: a kill between them is repaired
+        by resuming from last.pt, which redoes the epoch."""
+        improved = row["val_acc"] > self.best_val_acc
+        if improved:
+            self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
+        print(
+            f"epoch {self.epoch}/{self.config.epochs}  loss {row['train_loss']:.4f}  val {row['val_acc']:.2f}%"
+            f"  lr {row['lr']:.2e}  samples {row['selected']}  {row['seconds']:.1f}s" + ("  *" if improved else ""),
+            flush=True,
+        )
+        if self.folder is None:
+            return
+        self.log.append(row)
+        if self.curriculum.scores is not None:
+            np.save(self.folder / "difficulty.npy", self.curriculum.scores)
+        np.save(self.folder / "coverage.npy", self.curriculum.coverage)
+        if improved:
+            save_checkpoint(self.folder / "best.pt", {**self.model_payload(), "val_acc": row["val_acc"]})
+        save_checkpoint(self.folder / "last.pt", {**self.state_payload(), **(extra_state or {})})
+
+    def finish(self) -> dict:
+        """Test accuracy of the best-validation checkpoint (the reported figure) and of the last epoch's model."""
+        exp = self.experiment
+        last = evaluate(self.student, exp.test_loader, exp.device, exp.dtype, "test (last)")
+        best_model = models.model_from_checkpoint(load_checkpoint(self.folder / "best.pt")).to(exp.device)
+        best = evaluate(best_model, exp.test_loader, exp.device, exp.dtype, "test (best)")
+        results = {
+            "test_acc": best["acc1"],
+            "test_acc5": best["acc5"],
+            "best_epoch": self.best_epoch,
+            "best_val_acc": self.best_val_acc,
+            "last_epoch": self.epoch,
+            "last_test_acc": last["acc1"],
+            "last_test_acc5": last["acc5"],
+            "params": count_parameters(self.student),
+        }
+        save_json(self.folder / "results.json", results)
+        if self.log:
+            self.log.close()
+        return results

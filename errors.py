@@ -1,0 +1,21 @@
+"""The one error type a user can cause, and the entry-point wrapper that turns it into one line and exit code 2."""
+
+import sys
+
+
+class UserError(Exception):
+    """A mistake in flags, paths or data. The message is one sentence that names the fix."""
+
+
+def run_cli(main) -> None:
+    """Call `main()`; a UserError (also one re-raised from a DataLoader worker) prints one line, no traceback."""
+    try:
+        main()
+    except UserError as err:
+        # A worker's error arrives wrapped with its traceback as text; its last line holds our message.
+        message = str(err).strip().splitlines()[-1].removeprefix("errors.UserError: ")
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume RUN_FOLDER", file=sys.stderr)
+        sys.exit(130)

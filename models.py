@@ -1,0 +1,142 @@
+"""Teacher and student construction (timm), the KD loss and the per-sample difficulty score.
+
+The loss and difficulty functions are the contracts of shared/DESIGN.md; they take and return tensors only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from errors import UserError
+
+DIFFICULTY_WEIGHTS = {"conf": 0.3, "entropy": 0.3, "kl": 0.4}
+KL_SCALE = 5.0  # D_kl = min(KL / 5, 1)
+
+
+def create_model(
+    name: str, num_classes: int, pretrained: bool = False, weights_file: str | None = None, flag: str = "--weights"
+) -> nn.Module:
+    """A timm model with a `num_classes` head; ImageNet weights from timm's hub or from a local file."""
+    if not timm.is_model(name):
+        raise UserError(f"timm has no model {name!r}; pick one of timm.list_models() (e.g. mobilenetv2_100).")
+    overlay = {"file": str(weights_file)} if weights_file else None
+    try:
+        return timm.create_model(
+            name, pretrained=pretrained or bool(weights_file), num_classes=num_classes, pretrained_cfg_overlay=overlay
+        )
+    except (OSError, RuntimeError, ValueError) as err:
+        if weights_file:
+            raise UserError(
+                f"cannot load {weights_file} into {name} ({type(err).__name__}: {err}); "
+                "pass a state dict of that model."
+            ) from None
+        raise UserError(
+            f"could not fetch the pretrained weights of {name} ({type(err).__name__}); with no network, download them "
+            f"elsewhere (huggingface-cli download {hub_id(name)}) and pass the .safetensors file with {flag} FILE."
+        ) from None
+
+
+def hub_id(name: str) -> str:
+    """The Hugging Face repo timm fetches a model's default weights from (e.g. timm/resnet18.a1_in1k)."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        cfg = None
+    return (cfg and cfg.hf_hub_id) or f"timm/{name}"
+
+
+def imagenet_class_indices(class_names: list[str]) -> list[int]:
+    """ImageNet-1k output index of each WordNet id, through timm's ImageNet table."""
+    from timm.data import ImageNetInfo
+
+    index = {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
+    unknown = [name for name in class_names if name not in index]
+    if unknown:
+        raise UserError(
+            f"classes {unknown[:5]} are not ImageNet-1k WordNet ids, so an ImageNet teacher cannot score them; "
+            "train a teacher on this data (train_student.py) and pass --teacher-checkpoint."
+        )
+    return [index[name] for name in class_names]
+
+
+class SlicedTeacher(nn.Module):
+    """An ImageNet-1k classifier whose 1000 logits are reduced to the dataset's classes (mini-imagenet: 100)."""
+
+    def __init__(self, model: nn.Module, class_indices: list[int]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("class_indices", torch.tensor(class_indices, dtype=torch.long), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).index_select(1, self.class_indices)
+
+
+def imagenet_teacher(name: str, class_names: list[str], weights_file: str | None = None) -> SlicedTeacher:
+    indices = imagenet_class_indices(class_names)  # fail on unknown classes before fetching any weights
+    model = create_model(name, 1000, pretrained=True, weights_file=weights_file, flag="--teacher-weights")
+    return SlicedTeacher(model, indices)
+
+
+def model_from_checkpoint(checkpoint: dict) -> nn.Module:
+    """Rebuild a model saved by train_student.py from the checkpoint alone."""
+    model = timm.create_model(checkpoint["model"], num_classes=len(checkpoint["class_names"]))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    label_weight: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Hinton et al. (2015) distillation loss, batch mean:
+    `label_weight * CE(s, y) + (1 - label_weight) * T^2 * KL(softmax(t/T) || softmax(s/T))`.
+    The T^2 keeps the soft term's gradient scale independent of T.
+    """
+    student_logits = student_logits.float()
+    loss = label_weight * F.cross_entropy(student_logits, labels) if label_weight > 0 else 0.0
+    if label_weight < 1:
+        log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
+        log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        loss = loss + (1 - label_weight) * temperature**2 * kl
+    return loss
+
+
+def plogq(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """p * log q with 0 * log 0 = 0, so a one-hot teacher gives exact zeros instead of NaN."""
+    return torch.where(p > 0, p * log_q, torch.zeros_like(p))
+
+
+def difficulty_components(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three terms of the difficulty score, each in [0, 1] (shared/DESIGN.md):
+    `conf = 1 - max p_t`, `entropy = H(p_t) / log K`, `kl = min(KL(p_t || p_s) / 5, 1)`.
+    Everything comes from log-softmax in float64, so logits of +-1e4 stay finite and exact.
+    """
+    log_p_t = F.log_softmax(teacher_logits.double(), dim=-1)
+    log_p_s = F.log_softmax(student_logits.double(), dim=-1)
+    p_t = log_p_t.exp()
+    classes = teacher_logits.shape[-1]
+    entropy = -plogq(p_t, log_p_t).sum(-1)
+    kl = (plogq(p_t, log_p_t) - plogq(p_t, log_p_s)).sum(-1)
+    return {
+        "conf": (1 - p_t.max(dim=-1).values).float(),
+        "entropy": (entropy / math.log(classes)).clamp(0, 1).float(),
+        "kl": (kl.clamp(min=0) / KL_SCALE).clamp(max=1).float(),
+    }
+
+
+def combine_difficulty(components: dict[str, torch.Tensor]) -> torch.Tensor:
+    return sum(weight * components[name] for name, weight in DIFFICULTY_WEIGHTS.items())
+
+
+def sample_difficulty(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """`D = 0.3 D_conf + 0.3 D_entropy + 0.4 D_kl` in [0, 1], one value per sample."""
+    return combine_difficulty(difficulty_components(teacher_logits, student_logits))

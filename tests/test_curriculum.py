@@ -1,0 +1,335 @@
+"""Tests of curriculum_dataloader.py: selection rules, pacing, strategies, the epoch sampler, the logit cache and the
+per-run curriculum state."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import curriculum_dataloader as cd
+import models
+
+unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+score_arrays = arrays(np.float64, st.integers(0, 60), elements=unit) | arrays(
+    np.float64,
+    st.integers(0, 60),
+    elements=st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]),  # many ties
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# select_around
+
+
+def test_select_around_hand_worked():
+    # |score - 0.5| = [0.4, 0.4, 0.0, 0.05, 0.1, 0.5]; round(0.5 * 6) = 3 nearest: indices 2, 3, 4.
+    scores = np.array([0.9, 0.1, 0.5, 0.45, 0.6, 0.0])
+    np.testing.assert_array_equal(cd.select_around(scores, 0.5, 0.5), [2, 3, 4])
+    # round(0.7 * 6) = round(4.2) = 4: the next nearest are 0 and 1 (both 0.4 away); the tie goes to the lower index.
+    np.testing.assert_array_equal(cd.select_around(scores, 0.5, 0.7), [0, 2, 3, 4])
+    # target 0: the two smallest scores.
+    np.testing.assert_array_equal(cd.select_around(scores, 0.0, 2 / 6), [1, 5])
+
+
+def test_select_around_ties_are_deterministic():
+    # All four are 0.25 from the target: the stable sort keeps the two lowest indices.
+    np.testing.assert_array_equal(cd.select_around(np.array([0.25, 0.75, 0.25, 0.75]), 0.5, 0.5), [0, 1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(score_arrays, unit, unit)
+def test_select_around_properties(scores, target, fraction):
+    chosen = cd.select_around(scores, target, fraction)
+    assert len(chosen) == round(fraction * len(scores))
+    assert np.all(np.diff(chosen) > 0)  # sorted and unique
+    assert chosen.size == 0 or (chosen.min() >= 0 and chosen.max() < len(scores))
+    distance = np.abs(scores - target)
+    rest = np.setdiff1d(np.arange(len(scores)), chosen)
+    if chosen.size and rest.size:
+        assert distance[chosen].max() <= distance[rest].min()
+    np.testing.assert_array_equal(cd.select_around(scores.copy(), target, fraction), chosen)
+    np.testing.assert_array_equal(cd.select_around(scores.tolist(), target, fraction), chosen)  # lists work too
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# pacing
+
+
+@pytest.mark.parametrize("kind", cd.PACINGS)
+@pytest.mark.parametrize("start", [0.1, 0.25, 0.6])
+def test_pacing_endpoints(kind, start):
+    assert cd.pacing(0, 10, start, kind) == pytest.approx(start)
+    assert cd.pacing(10, 10, start, kind) == pytest.approx(1.0)
+    assert cd.pacing(25, 10, start, kind) == pytest.approx(1.0)  # stays at the full set after pace_epochs
+
+
+def test_pacing_middle_points_by_hand():
+    # c0 = 0.2, T = 10, t = 5: linear 0.2 + 0.8 * 0.5 = 0.6; root sqrt(0.5 * (1 - 0.04) + 0.04) = sqrt(0.52) ~= 0.7211;
+    # geometric 0.2^(1 - 0.5) = sqrt(0.2) ~= 0.4472.
+    assert cd.pacing(5, 10, 0.2, "linear") == pytest.approx(0.6)
+    assert cd.pacing(5, 10, 0.2, "root") == pytest.approx(math.sqrt(0.52))
+    assert cd.pacing(5, 10, 0.2, "root") == pytest.approx(0.721110, abs=1e-6)
+    assert cd.pacing(5, 10, 0.2, "geometric") == pytest.approx(math.sqrt(0.2))
+    # root at t = 3 of T = 8 with c0 = 0.3: sqrt(3 * 0.91 / 8 + 0.09) = sqrt(0.43125)
+    assert cd.pacing(3, 8, 0.3, "root") == pytest.approx(math.sqrt(3 * (1 - 0.09) / 8 + 0.09))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(cd.PACINGS), st.integers(1, 40), st.floats(0.01, 1.0))
+def test_pacing_is_monotone_and_in_range(kind, pace_epochs, start):
+    values = [cd.pacing(epoch, pace_epochs, start, kind) for epoch in range(pace_epochs + 5)]
+    assert all(later >= earlier - 1e-12 for earlier, later in itertools.pairwise(values))
+    assert all(start - 1e-12 <= value <= 1 + 1e-12 for value in values)
+
+
+def test_pacing_unknown_kind():
+    with pytest.raises(ValueError, match="pacing"):
+        cd.pacing(1, 10, 0.2, "cosine")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# select_samples
+
+
+N = 1000
+
+
+@pytest.fixture(scope="module")
+def scores():
+    return np.random.default_rng(0).random(N)
+
+
+def select(strategy, scores, target=0.5, fraction=0.3, data_fraction=0.4, seed=0):
+    return cd.select_samples(
+        strategy, scores, len(scores), np.random.default_rng(seed), target, fraction, data_fraction
+    )
+
+
+def test_strategy_none_selects_everything(scores):
+    np.testing.assert_array_equal(select("none", scores), np.arange(N))
+    np.testing.assert_array_equal(cd.select_samples("none", None, 7, np.random.default_rng(0), 0.5, 0.3, 0.4), range(7))
+
+
+@pytest.mark.parametrize("strategy", ["adaptive", "random_subset", "hard_mining", "mixed", "soft"])
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6, 1.0])
+def test_subset_strategies_select_fraction_of_distinct_indices(strategy, fraction, scores):
+    chosen = select(strategy, scores, fraction=fraction)
+    assert len(chosen) == round(fraction * N)
+    assert len(np.unique(chosen)) == len(chosen)
+    assert chosen.size == 0 or (chosen.min() >= 0 and chosen.max() < N)
+    np.testing.assert_array_equal(select(strategy, scores, fraction=fraction), chosen)  # same rng seed, same result
+
+
+def test_strategies_cover_the_list():
+    assert set(cd.STRATEGIES) == {
+        "none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft"
+    }  # fmt: skip
+
+
+def test_adaptive_is_select_around(scores):
+    np.testing.assert_array_equal(
+        select("adaptive", scores, target=0.8, fraction=0.6), cd.select_around(scores, 0.8, 0.6)
+    )
+
+
+def test_easy_to_hard_and_hard_to_easy(scores):
+    count = round(0.4 * N)
+    order = np.argsort(scores)
+    easy = select("easy_to_hard", scores, data_fraction=0.4)
+    hard = select("hard_to_easy", scores, data_fraction=0.4)
+    assert set(easy.tolist()) == set(order[:count].tolist())
+    assert set(hard.tolist()) == set(order[-count:].tolist())
+    assert scores[easy].max() <= scores[np.setdiff1d(np.arange(N), easy)].min()
+    # Hand-worked: scores [0.3, 0.9, 0.1, 0.5], data_fraction 0.5 -> easiest {2, 0}, hardest {1, 3}.
+    small = np.array([0.3, 0.9, 0.1, 0.5])
+    np.testing.assert_array_equal(select("easy_to_hard", small, data_fraction=0.5), [0, 2])
+    np.testing.assert_array_equal(select("hard_to_easy", small, data_fraction=0.5), [1, 3])
+
+
+def test_random_subset_depends_on_rng_not_scores(scores):
+    first = select("random_subset", scores, seed=1)
+    assert not np.array_equal(first, select("random_subset", scores, seed=2))
+    np.testing.assert_array_equal(
+        first, cd.select_samples("random_subset", None, N, np.random.default_rng(1), 0, 0.3, 0)
+    )
+
+
+@pytest.mark.parametrize("strategy", ["hard_mining", "mixed", "soft"])
+def test_weighted_strategies_follow_the_target(strategy):
+    scores = np.random.default_rng(1).random(5000)
+    low = scores[select(strategy, scores, target=0.0, fraction=0.3)].mean()
+    high = scores[select(strategy, scores, target=1.0, fraction=0.3)].mean()
+    assert high > low + 0.1
+
+
+def test_hard_mining_target_zero_is_uniform_and_target_one_prefers_hard():
+    scores = np.random.default_rng(2).random(5000)
+    uniform = scores[select("hard_mining", scores, target=0.0, fraction=0.3)].mean()
+    hard = scores[select("hard_mining", scores, target=1.0, fraction=0.3)].mean()
+    assert uniform == pytest.approx(0.5, abs=0.03)
+    assert hard > 0.6
+    np.testing.assert_allclose(cd.bucket_weights("hard_mining", 0.0), np.ones(cd.BUCKETS))
+    assert cd.bucket_weights("hard_mining", 1.0)[-1] / cd.bucket_weights("hard_mining", 1.0)[0] == pytest.approx(16)
+
+
+def test_soft_weights_never_zero():
+    weights = cd.soft_weights(np.array([0.0, 0.5, 1.0]), 1.0)
+    assert (weights > 0).all()
+    assert weights[0] >= cd.SOFT_FLOOR
+    assert weights[2] > weights[1] > weights[0]
+    # With the floor, a far sample is still drawn sometimes: with target 1, some scores below 0.3 appear.
+    scores = np.random.default_rng(3).random(5000)
+    assert (scores[select("soft", scores, target=1.0, fraction=0.3)] < 0.3).any()
+
+
+def test_unknown_strategy(scores):
+    with pytest.raises(ValueError, match="strategy"):
+        select("bogus", scores)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# EpochSampler
+
+
+SELECTION = np.array([3, 8, 9, 15, 21, 22, 40, 41, 57, 60, 61, 77, 80, 90, 99])  # 15 indices: odd on purpose
+
+
+def test_epoch_sampler_yields_selection_with_epoch():
+    sampler = cd.EpochSampler(100, seed=0)
+    sampler.set_epoch(3, SELECTION)
+    items = list(sampler)
+    assert len(items) == len(sampler) == len(SELECTION)
+    assert all(epoch == 3 for _, epoch in items)
+    assert sorted(index for index, _ in items) == SELECTION.tolist()
+    assert all(isinstance(index, int) for index, _ in items)
+
+
+def test_epoch_sampler_default_is_all_samples():
+    sampler = cd.EpochSampler(10, seed=0)
+    assert sorted(sampler) == [(i, 0) for i in range(10)]
+
+
+def test_epoch_sampler_order_depends_on_epoch_and_seed():
+    def order(seed, epoch):
+        sampler = cd.EpochSampler(100, seed=seed)
+        sampler.set_epoch(epoch, SELECTION)
+        return [index for index, _ in sampler]
+
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 1) != order(0, 2)
+    assert order(0, 1) != order(1, 1)
+    assert order(0, 1) != SELECTION.tolist()  # shuffled
+
+
+def test_epoch_sampler_shards_are_disjoint_and_cover_the_selection():
+    shards = []
+    for rank in range(2):
+        sampler = cd.EpochSampler(100, seed=5, rank=rank, world_size=2)
+        sampler.set_epoch(2, SELECTION)
+        shards.append([index for index, _ in sampler])
+        assert len(shards[-1]) == len(sampler) == len(SELECTION) // 2
+    assert not set(shards[0]) & set(shards[1])
+    union = set(shards[0]) | set(shards[1])
+    assert len(union) == len(SELECTION) - 1 and union <= set(SELECTION.tolist())
+    # With an even selection nothing is dropped.
+    even = SELECTION[:14]
+    covered = set()
+    for rank in range(2):
+        sampler = cd.EpochSampler(100, seed=5, rank=rank, world_size=2)
+        sampler.set_epoch(2, even)
+        covered |= {index for index, _ in sampler}
+    assert covered == set(even.tolist())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Teacher-logit cache
+
+
+def test_cached_logits_computes_once(tmp_path):
+    calls = []
+    fresh = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)) * 3
+
+    def compute(values=fresh):
+        calls.append(1)
+        return values.clone()
+
+    parts = {"teacher": "resnet18", "weights": "w.pth", "data": "synthetic", "transform": "eval-32"}
+    first, was_cached = cd.cached_logits(tmp_path, parts, compute)
+    assert (len(calls), was_cached) == (1, False)
+    torch.testing.assert_close(first, fresh.half().float(), rtol=0, atol=0)  # rounded through fp16 as documented
+    assert first.dtype == torch.float32
+
+    second, was_cached = cd.cached_logits(tmp_path, dict(reversed(list(parts.items()))), compute)  # key order free
+    assert (len(calls), was_cached) == (1, True)
+    torch.testing.assert_close(second, first, rtol=0, atol=0)
+
+    other, was_cached = cd.cached_logits(tmp_path, {**parts, "teacher": "resnet50"}, lambda: compute(fresh + 1))
+    assert (len(calls), was_cached) == (2, False)
+    assert not torch.equal(other, first)
+
+
+def test_cached_logits_recomputes_a_corrupt_file(tmp_path):
+    parts = {"teacher": "t"}
+    cd.cached_logits(tmp_path, parts, lambda: torch.ones(2, 2))
+    (cache_file,) = tmp_path.glob("teacher-logits-*.pt")
+    cache_file.write_bytes(b"truncated")
+    logits, was_cached = cd.cached_logits(tmp_path, parts, lambda: torch.full((2, 2), 2.0))
+    assert not was_cached
+    torch.testing.assert_close(logits, torch.full((2, 2), 2.0))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Curriculum state
+
+
+def make_curriculum(strategy, num_samples=50):
+    return cd.Curriculum(
+        strategy, num_samples, seed=0, fraction=0.4, pacing_kind="linear", start_fraction=0.2, pace_epochs=4
+    )
+
+
+def test_curriculum_select_counts_coverage():
+    curriculum = make_curriculum("random_subset")
+    first = curriculum.select(1, target=0.5)
+    assert len(first) == 20
+    assert curriculum.coverage[first].tolist() == [1] * 20 and curriculum.coverage.sum() == 20
+    second = curriculum.select(2, target=0.5)
+    assert curriculum.coverage.sum() == 40
+    np.testing.assert_array_equal(curriculum.coverage, np.bincount(np.concatenate([first, second]), minlength=50))
+    np.testing.assert_array_equal(curriculum.select(1, target=0.5), first)  # seeded by (seed, epoch)
+    assert curriculum.coverage.sum() == 60
+
+
+def test_curriculum_scored_strategies():
+    curriculum = make_curriculum("adaptive")
+    assert curriculum.needs_scores and not make_curriculum("random_subset").needs_scores
+    generator = torch.Generator().manual_seed(0)
+    teacher, student = torch.randn(50, 5, generator=generator) * 2, torch.randn(50, 5, generator=generator) * 2
+    curriculum.update_scores(teacher, student, epoch=1)
+    np.testing.assert_allclose(curriculum.scores, models.sample_difficulty(teacher, student).numpy())
+    assert set(curriculum.components) == {"conf", "entropy", "kl"}
+    chosen = curriculum.select(2, target=0.3)
+    np.testing.assert_array_equal(chosen, cd.select_around(curriculum.scores, 0.3, 0.4))
+    stats = curriculum.epoch_stats(chosen, 0.3)
+    assert stats["selected"] == 20
+    assert stats["difficulty_selected"] == pytest.approx(float(curriculum.scores[chosen].mean()))
+
+    # easy_to_hard follows the pacing: 0.2 of the data at epoch 1, all of it from epoch pace_epochs + 1 on.
+    paced = make_curriculum("easy_to_hard")
+    paced.update_scores(teacher, student, epoch=1)
+    assert len(paced.select(1, target=0.0)) == 10
+    assert len(paced.select(5, target=0.0)) == 50
+
+
+def test_curriculum_state_round_trip():
+    curriculum = make_curriculum("random_subset")
+    curriculum.select(1, target=0.5)
+    restored = make_curriculum("random_subset")
+    restored.load_state_dict(curriculum.state_dict())
+    np.testing.assert_array_equal(restored.coverage, curriculum.coverage)
+    assert restored.coverage.sum() == 20

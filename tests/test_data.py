@@ -1,0 +1,238 @@
+"""Tests of data.py on data the tests make themselves: the synthetic set, a tiny ImageFolder of JPEGs named by
+WordNet ids, a tiny parquet set in the timm/mini-imagenet schema, and hub loading with no network."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.data import ImageNetInfo
+
+import data
+from conftest import write_image_folder
+from errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = "synthetic:classes=4,train=40,val=12,test=12,size=32,seed=1"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Synthetic
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return data.load_data(SYNTHETIC)
+
+
+def test_synthetic_sizes_and_shapes(synthetic):
+    assert (len(synthetic.train), len(synthetic.score), len(synthetic.val), len(synthetic.test)) == (40, 40, 12, 12)
+    assert synthetic.image_size == 32
+    image, label, index = synthetic.train[(5, 0)]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0 <= label < 4 and index == 5
+    for view in (synthetic.score, synthetic.val, synthetic.test):
+        image, label, index = view[3]
+        assert image.shape == (3, 32, 32) and 0 <= label < 4 and index == 3
+    assert synthetic.score[7][1] == synthetic.train[(7, 2)][1] == synthetic.train.labels[7]
+
+
+def test_synthetic_class_names_are_imagenet_wnids(synthetic):
+    imagenet = set(ImageNetInfo().label_names())
+    assert len(synthetic.class_names) == 4 and len(set(synthetic.class_names)) == 4
+    assert all(name in imagenet for name in synthetic.class_names)
+    assert set(synthetic.train.labels.tolist()) <= set(range(4))
+
+
+def test_synthetic_is_deterministic(synthetic):
+    again = data.load_data(SYNTHETIC)
+    for i in (0, 17, 39):
+        torch.testing.assert_close(again.score[i][0], synthetic.score[i][0], rtol=0, atol=0)
+        torch.testing.assert_close(again.train[(i, 3)][0], synthetic.train[(i, 3)][0], rtol=0, atol=0)
+    np.testing.assert_array_equal(again.train.labels, synthetic.train.labels)
+    assert again.identity == synthetic.identity
+
+
+def test_synthetic_augmentation_depends_on_epoch_only(synthetic):
+    first, other_epoch = synthetic.train[(2, 3)][0], synthetic.train[(2, 4)][0]
+    assert not torch.equal(first, other_epoch)
+    torch.manual_seed(123)  # the global RNG must neither change the augmentation nor be changed by it
+    state = torch.get_rng_state()
+    torch.testing.assert_close(synthetic.train[(2, 3)][0], first, rtol=0, atol=0)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_synthetic_seed_changes_images(synthetic):
+    other = data.load_data(SYNTHETIC.replace("seed=1", "seed=2"))
+    assert not torch.equal(other.score[0][0], synthetic.score[0][0])
+    assert other.identity != synthetic.identity
+
+
+def test_synthetic_hardness_in_unit_range_and_varies(synthetic):
+    hardness = synthetic.hardness
+    assert hardness.shape == (40,)
+    assert hardness.min() >= 0 and hardness.max() <= 1
+    assert hardness.std() > 0.1
+
+
+def test_synthetic_hardness_shows_in_images():
+    # Hard samples carry Gaussian noise (std 0.35 h): neighbouring pixels differ more than on a smooth clean grating.
+    # Compare the mean absolute horizontal pixel step of the five easiest and five hardest samples of class 0.
+    splits = data.load_data("synthetic:classes=2,train=200,val=2,test=2,size=32,seed=0")
+    label = splits.score.labels
+    easy = [i for i in np.argsort(splits.hardness) if label[i] == 0][:5]
+    hard = [i for i in np.argsort(splits.hardness)[::-1] if label[i] == 0][:5]
+    noise = [float(torch.diff(splits.score[i][0], dim=-1).abs().mean()) for i in easy + hard]
+    assert np.mean(noise[5:]) > np.mean(noise[:5])
+
+
+@pytest.mark.parametrize("spec", ["synthetic:classes=x", "synthetic:foo=1", "synthetic:classes=1", "synthetic:train=0"])
+def test_bad_synthetic_options_are_user_errors(spec):
+    with pytest.raises(UserError, match="synthetic"):
+        data.load_data(spec)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ImageFolder of JPEGs
+
+
+def test_image_folder_labels_and_class_names(tmp_path):
+    splits = data.load_data(str(write_image_folder(tmp_path)), image_size=32)
+    assert splits.class_names == ["n01440764", "n01443537"]
+    assert splits.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert (len(splits.val), len(splits.test)) == (6, 6)
+    for view in (splits.score, splits.val, splits.test):
+        for i in range(6):
+            image, label, index = view[i]
+            assert image.shape == (3, 32, 32) and index == i
+            # Class 0 (n01440764) was drawn red, class 1 blue: the label must match the pixels.
+            red_minus_blue = float(image[0].mean() - image[2].mean())
+            assert label == (0 if red_minus_blue > 0 else 1)
+    image, label, index = splits.train[(4, 1)]
+    assert image.shape == (3, 32, 32) and label == 1 and index == 4
+
+
+def test_image_folder_class_names_sorted_whatever_the_listing_order(tmp_path):
+    # Eight classes created in reverse order: a directory listing is unlikely to come back sorted by chance.
+    wnids = ImageNetInfo().label_names()[100:108][::-1]
+    splits = data.load_data(str(write_image_folder(tmp_path, classes=wnids, per_class=1)), image_size=32)
+    assert splits.class_names == sorted(wnids)
+    for label, path in zip(splits.score.labels, splits.score.source.paths, strict=True):
+        assert splits.class_names[label] == path.parent.name
+
+
+def test_image_folder_accepts_validation_folder(tmp_path):
+    root = write_image_folder(tmp_path, splits=("train", "validation", "test"), per_class=2)
+    splits = data.load_data(str(root), image_size=32)
+    assert len(splits.val) == 4 and splits.val.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_image_folder_missing_test_split(tmp_path):
+    root = write_image_folder(tmp_path, splits=("train", "val"))
+    with pytest.raises(UserError, match="test"):
+        data.load_data(str(root))
+
+
+def test_image_folder_split_with_other_classes(tmp_path):
+    root = write_image_folder(tmp_path, splits=("train", "val"))
+    write_image_folder(root, splits=("test",), classes=["n01440764", "n15075141"])
+    with pytest.raises(UserError, match="same classes"):
+        data.load_data(str(root))
+
+
+def test_image_folder_corrupt_image_named_when_read(tmp_path):
+    root = write_image_folder(tmp_path)
+    broken = root / "train" / "n01443537" / "img1.jpg"
+    broken.write_bytes(b"this is not a jpeg")
+    splits = data.load_data(str(root), image_size=32)  # listing files does not decode them
+    splits.score[0]  # a good file still reads
+    index = [str(p) for p in splits.score.source.paths].index(str(broken))
+    with pytest.raises(UserError, match="img1.jpg") as info:
+        splits.score[index]
+    assert str(broken) in str(info.value)
+
+
+def test_nonexistent_path_is_user_error():
+    with pytest.raises(UserError, match="/nonexistent/x"):
+        data.load_data("/nonexistent/x")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parquet in the timm/mini-imagenet schema
+
+
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """Keep load_dataset's Arrow cache inside the test's folder (datasets reads HF_HOME only at import)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    return tmp_path
+
+
+def write_parquet_set(root: Path, label_feature, labels_per_split) -> Path:
+    import datasets
+
+    features = datasets.Features({"image": datasets.Image(), "label": label_feature})
+    (root / "data").mkdir(parents=True)
+    for split, labels in labels_per_split.items():
+        images = [Image.new("RGB", (24, 20), (200, 30, 30) if y == 0 else (30, 30, 200)) for y in labels]
+        table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+        table.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def test_parquet_set_loads(hf_cache):
+    import datasets
+
+    root = write_parquet_set(
+        hf_cache / "mini",
+        datasets.ClassLabel(names=["n01440764", "n01443537"]),
+        {"train": [0, 1, 1, 0], "validation": [1, 0], "test": [0, 1, 1]},
+    )
+    splits = data.load_data(str(root), image_size=32)
+    assert splits.class_names == ["n01440764", "n01443537"]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (4, 2, 3)
+    assert splits.train.labels.tolist() == [0, 1, 1, 0]
+    assert splits.val.labels.tolist() == [1, 0]
+    image, label, index = splits.test[2]
+    assert image.shape == (3, 32, 32) and label == 1 and index == 2
+    assert float(image[2].mean() - image[0].mean()) > 0  # label 1 was drawn blue
+    image, label, index = splits.train[(1, 0)]
+    assert image.shape == (3, 32, 32) and label == 1
+
+
+def test_parquet_without_class_names_is_user_error(hf_cache):
+    import datasets
+
+    root = write_parquet_set(
+        hf_cache / "plain", datasets.Value("int64"), {"train": [0, 1], "validation": [1], "test": [0]}
+    )
+    with pytest.raises(UserError, match="class names"):
+        data.load_data(str(root))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hub with no network
+
+
+def test_hub_offline_is_user_error_naming_data_flag(tmp_path):
+    # huggingface_hub and datasets read the offline switches at import, so this runs in a fresh interpreter.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    code = (
+        "import data, errors\n"
+        "try:\n"
+        "    data.load_data('timm/mini-imagenet')\n"
+        "except errors.UserError as err:\n"
+        "    print(err)\n"
+        "    raise SystemExit(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 3, result.stderr
+    assert "--data" in result.stdout and "timm/mini-imagenet" in result.stdout

@@ -1,0 +1,111 @@
+"""Train a student: labels only, knowledge distillation, or KD with a fixed curriculum strategy.
+
+Defaults reproduce the reference's KD row: MobileNetV2 from scratch, distilled from an ImageNet ResNet-152 on
+timm/mini-imagenet with 60% weight on the labels. Examples:
+
+    python train_student.py --label-weight 1 --out runs/labels          # labels only
+    python train_student.py --label-weight 0 --out runs/kd-teacher      # teacher only
+    python train_student.py --curriculum adaptive --target 0.4          # KD + a fixed curriculum
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from curriculum_dataloader import PACINGS, STRATEGIES
+from engine import Experiment, TrainingRun, config_dict, field, parse_config, prepare_run_folder, save_json
+from errors import UserError, run_cli
+
+
+@dataclass
+class Config:
+    # data
+    data: str = field(
+        "timm/mini-imagenet", "hub dataset, local folder (ImageFolder or parquet), or synthetic[:options]"
+    )
+    image_size: int | None = field(None, "input size; default 224 for real data, the synthetic set's own size")
+    min_scale: float | None = field(None, "RandomResizedCrop minimum area; default 0.08 (real data), 0.5 (synthetic)")
+    workers: int = field(4, "DataLoader worker processes")
+    # models
+    student: str = field("mobilenetv2_100", "timm name of the trained model")
+    pretrained: bool = field(False, "start the trained model from ImageNet weights (how a teacher is fine-tuned)")
+    student_weights: str | None = field(None, "local ImageNet weights file for --pretrained (no network)")
+    teacher: str = field("resnet152.tv_in1k", "timm name of the ImageNet teacher; its 1000 logits are sliced")
+    teacher_checkpoint: str | None = field(None, "a best.pt of train_student.py to use as the teacher instead")
+    teacher_weights: str | None = field(None, "local weights file of --teacher (no network)")
+    # loss and optimisation
+    label_weight: float = field(0.6, "weight of the label CE; 1 - it on the teacher's KL (1 = labels only, no teacher)")
+    temperature: float = field(4.0, "KD temperature T")
+    epochs: int = field(100, "training epochs")
+    batch_size: int = field(128, "training batch size")
+    lr: float = field(1e-3, "Adam learning rate (cosine-annealed over the epochs)")
+    weight_decay: float = field(1e-4, "Adam weight decay")
+    # curriculum
+    curriculum: str = field("none", "sample selection strategy per epoch", choices=STRATEGIES)
+    target: float = field(0.5, "target difficulty in [0, 1] of adaptive, soft, mixed and hard_mining")
+    fraction: float = field(
+        0.7, "fraction of the training set per epoch (adaptive, soft, mixed, hard_mining, random_subset)"
+    )
+    pacing: str = field("root", "pacing function of easy_to_hard / hard_to_easy", choices=PACINGS)
+    start_fraction: float = field(0.3, "easy_to_hard / hard_to_easy: fraction of the data at the first epoch")
+    pace_epochs: float = field(0.5, "easy_to_hard / hard_to_easy: fraction of the epochs until all data is used")
+    rescore_every: int = field(5, "epochs between refreshes of the student's half of the difficulty scores")
+    cache_dir: str = field("~/.cache/kd-curriculum", "where the teacher's logits over the training set are cached")
+    # run
+    seed: int = field(0, "seed of initialisation, sampling and augmentation")
+    device: str = field("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = field(False, "mixed precision (bf16 where supported, else fp16 with loss scaling)")
+    out: str = field("", "run folder; default runs/<student>-lw<label weight>-<curriculum>-s<seed>")
+    overwrite: bool = field(False, "replace the run already in --out")
+
+
+def check_config(config) -> None:
+    """Flag values a run cannot use, each with its fix."""
+    rules = [
+        (0 <= config.label_weight <= 1, "--label-weight must lie in [0, 1] (1 = labels only, 0 = teacher only)"),
+        (config.temperature > 0, "--temperature must be > 0 (the reference uses 4)"),
+        (config.epochs >= 1 and config.batch_size >= 1, "--epochs and --batch-size must be at least 1"),
+        (config.lr > 0 and config.weight_decay >= 0, "--lr must be > 0 and --weight-decay >= 0"),
+        (0 < config.fraction <= 1, "--fraction must lie in (0, 1]"),
+        (0 <= config.target <= 1, "--target must lie in [0, 1]"),
+        (
+            0 < config.start_fraction <= 1 and 0 < config.pace_epochs <= 1,
+            "--start-fraction and --pace-epochs must lie in (0, 1]",
+        ),
+        (config.rescore_every >= 1 and config.workers >= 0, "--rescore-every must be >= 1 and --workers >= 0"),
+        (config.image_size is None or config.image_size >= 16, "--image-size must be at least 16"),
+        (config.min_scale is None or 0 < config.min_scale <= 1, "--min-scale must lie in (0, 1]"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message + ".")
+    for flag in ("teacher_checkpoint", "teacher_weights", "student_weights"):
+        path = getattr(config, flag)
+        if path and not Path(path).is_file():
+            raise UserError(f"--{flag.replace('_', '-')} {path} does not exist; check the path.")
+
+
+def default_out(config) -> str:
+    return config.out or f"runs/{config.student}-lw{config.label_weight:g}-{config.curriculum}-s{config.seed}"
+
+
+def main(argv=None) -> None:
+    config = parse_config(Config, argv, description=__doc__)
+    config.out = default_out(config)
+    check_config(config)
+    prepare_run_folder(config.out, config.overwrite, dry_run=True)  # refuse before the slow set-up
+
+    experiment = Experiment(config)
+    folder = prepare_run_folder(config.out, config.overwrite)
+    save_json(folder / "config.json", {"script": "train_student.py", **config_dict(config)})
+    run = TrainingRun(experiment, folder)
+    for _ in range(run.epoch, config.epochs):
+        run.end_epoch(run.train_epoch())
+    results = run.finish()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    run_cli(main)
