@@ -1,0 +1,149 @@
+"""Benchmark the pipeline's costs on synthetic data, on whatever device is present.
+
+    python bench.py                                   # CPU-sized defaults
+    python bench.py --train 20000 --image-size 224 --teacher resnet152 --amp --workers 8   # a GPU
+
+Each figure is the median of --repeats timed repetitions after one warm-up. Ratios to a labels-only training epoch
+are the headline; absolute times depend on the machine. Runs the real code paths (Experiment, TrainingRun).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import engine
+import models
+import train_student
+from data import synthetic_class_names
+from engine import field, parse_config
+from errors import run_cli
+
+
+@dataclass
+class BenchConfig:
+    train: int = field(1024, "synthetic training images")
+    classes: int = field(10, "synthetic classes")
+    image_size: int = field(32, "input size (synthetic images are resized to it)")
+    student: str = field("mobilenetv2_100", "student model")
+    teacher: str = field("resnet18", "teacher architecture (random weights: the cost is what is measured)")
+    batch_size: int = field(128, "training batch size")
+    workers: int = field(0, "DataLoader workers")
+    device: str = field("auto", "auto, cpu, cuda")
+    amp: bool = field(False, "mixed precision")
+    repeats: int = field(3, "timed repetitions per figure (median reported)")
+    json: str = field("bench.json", "where to write the figures")
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds of fn() over `repeats` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_run(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, **overrides) -> engine.TrainingRun:
+    data = f"synthetic:classes={bench.classes},train={bench.train},val=64,test=64,size=32"
+    argv = ["--data", data, "--image-size", str(bench.image_size), "--student", bench.student,
+            "--teacher-checkpoint", str(teacher_checkpoint), "--batch-size", str(bench.batch_size),
+            "--workers", str(bench.workers), "--device", bench.device, "--cache-dir", str(cache_dir),
+            "--curriculum", "adaptive", "--amp" if bench.amp else "--no-amp"]  # fmt: skip
+    config = parse_config(train_student.Config, argv)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return engine.TrainingRun(engine.Experiment(config))
+
+
+def epoch_fn(run: engine.TrainingRun):
+    """One training epoch over the whole training set, as train_epoch runs it (without validation)."""
+    exp = run.experiment
+    exp.sampler.set_epoch(1, torch.arange(len(exp.data.train)).numpy())
+    config = run.config
+    return lambda: engine.train_one_epoch(
+        run.student, exp.teacher, exp.train_loader, run.optimizer, run.scaler,
+        config.label_weight, config.temperature, exp.device, exp.dtype, 1,
+    )  # fmt: skip
+
+
+def main(argv=None) -> None:
+    bench = parse_config(BenchConfig, argv, description=__doc__)
+    device = engine.pick_device(bench.device)
+    figures = {**vars(bench), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        teacher = models.create_model(bench.teacher, bench.classes)
+        checkpoint = {"model": bench.teacher, "class_names": synthetic_class_names(bench.classes),
+                      "state_dict": teacher.state_dict()}  # fmt: skip
+        engine.save_checkpoint(tmp / "teacher.pt", checkpoint)
+
+        labels = make_run(bench, tmp / "teacher.pt", tmp / "cache", label_weight=1.0)
+        figures["epoch_labels_s"] = timed(epoch_fn(labels), bench.repeats, device)
+        kd = make_run(bench, tmp / "teacher.pt", tmp / "cache", label_weight=0.0)
+        figures["epoch_kd_online_s"] = timed(epoch_fn(kd), bench.repeats, device)
+        exp = kd.experiment
+        figures["teacher_forward_s"] = timed(
+            lambda: engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "teacher"),
+            bench.repeats,
+            device,
+        )
+        exp.teacher_train_logits()  # fill the cache
+        figures["score_cached_s"] = timed(kd.rescore, bench.repeats, device)
+
+        def recompute():
+            exp._teacher_train_logits = engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
+            kd.rescore()
+
+        figures["score_recompute_s"] = timed(recompute, bench.repeats, device)
+
+    base = figures["epoch_labels_s"]
+    figures["ratio_kd_online"] = figures["epoch_kd_online_s"] / base
+    figures["ratio_kd_online_budget"] = figures["epoch_kd_online_s"] / (base + figures["teacher_forward_s"])
+    figures["ratio_score_cached"] = figures["score_cached_s"] / base
+    figures["ratio_score_recompute"] = figures["score_recompute_s"] / base
+    figures["peak_host_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        figures["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    print_table(figures)
+    Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def print_table(figures: dict) -> None:
+    rows = [
+        ("training epoch, labels only", "epoch_labels_s", None, "1 (reference)"),
+        ("training epoch, KD, online teacher", "epoch_kd_online_s", "ratio_kd_online", ""),
+        ("  vs labels-only + teacher forward", None, "ratio_kd_online_budget", "<= 1.0"),
+        ("teacher forward over the training set", "teacher_forward_s", None, ""),
+        ("scoring pass, teacher logits cached", "score_cached_s", "ratio_score_cached", "<= 0.35"),
+        ("scoring pass, teacher recomputed", "score_recompute_s", "ratio_score_recompute", ""),
+    ]
+    print(f"device: {figures['device']}  train images: {figures['train']}  image size: {figures['image_size']}")
+    print("| measure | seconds | x labels-only epoch | target |\n|---|---|---|---|")
+    for label, seconds, ratio, target in rows:
+        if (seconds and seconds not in figures) or (ratio and ratio not in figures):
+            continue
+        s = f"{figures[seconds]:.3f}" if seconds else ""
+        r = f"{figures[ratio]:.3f}" if ratio else ""
+        print(f"| {label} | {s} | {r} | {target} |")
+    memory = f"peak host memory {figures['peak_host_mib']:.0f} MiB"
+    if "peak_gpu_mib" in figures:
+        memory += f", peak GPU memory {figures['peak_gpu_mib']:.0f} MiB"
+    print(memory)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,100 @@
+"""Curriculum runs end to end: the teacher-logit cache, the metrics a run records, difficulty on synthetic data."""
+
+import json
+
+import numpy as np
+import pytest
+
+import engine
+import train_student
+from conftest import run_script, train_args
+
+
+def make_experiment(cache_dir, teacher, **overrides):
+    argv = train_args("unused", "--teacher-checkpoint", teacher, "--label-weight", "0", "--curriculum", "adaptive",
+                      "--cache-dir", cache_dir)[1:]  # fmt: skip
+    config = engine.parse_config(train_student.Config, argv)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return engine.Experiment(config)
+
+
+def count_forwards(experiment) -> list:
+    calls = []
+    experiment.teacher.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_teacher_logits_are_computed_once_then_read_from_the_cache(tmp_path, tiny_teacher):
+    first = make_experiment(tmp_path, tiny_teacher)
+    calls = count_forwards(first)
+    logits = first.teacher_train_logits()
+    assert len(calls) > 0 and logits.shape == (len(first.data.train), 4)
+    assert first.teacher_train_logits() is logits  # memoised within the run
+
+    second = make_experiment(tmp_path, tiny_teacher)
+    calls = count_forwards(second)
+    assert np.array_equal(second.teacher_train_logits().numpy(), logits.numpy())
+    assert calls == []  # the second run never ran the teacher
+
+    resized = make_experiment(tmp_path, tiny_teacher, image_size=40)
+    calls = count_forwards(resized)
+    resized.teacher_train_logits()
+    assert len(calls) > 0  # another transform is another key
+
+
+def test_adaptive_curriculum_run_records_its_selection(tmp_path, tiny_teacher, cache_dir):
+    out = tmp_path / "run"
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0", "--curriculum", "adaptive",
+             "--target", "0.3", "--fraction", "0.5", "--rescore-every", "2", "--cache-dir", cache_dir]  # fmt: skip
+    run_script(*train_args(out, *flags, epochs=3))
+    rows = engine.read_metrics(out / "metrics.csv")
+    assert len(rows) == 3
+    for row in rows:
+        assert float(row["target_difficulty"]) == 0.3
+        assert int(row["selected"]) == round(0.5 * 96)
+        for column in ("selected", "all", "conf", "entropy", "kl"):
+            column = f"difficulty_{column}"
+            assert 0 <= float(row[column]) <= 1, column
+    scores = np.load(out / "difficulty.npy")
+    coverage = np.load(out / "coverage.npy")
+    assert scores.shape == (96,) and coverage.shape == (96,)
+    assert coverage.sum() == 3 * 48 and coverage.max() <= 3
+    # the last selection is the half of the samples nearest 0.3 under the last scores (rescored at epoch 3)
+    assert float(rows[-1]["difficulty_all"]) == pytest.approx(float(scores.mean()), rel=1e-6)
+    assert json.loads((out / "results.json").read_text())["test_acc"] >= 0
+
+
+@pytest.mark.parametrize("strategy", ["easy_to_hard", "soft", "random_subset"])
+def test_other_strategies_run(tmp_path, tiny_teacher, cache_dir, strategy):
+    out = tmp_path / strategy
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--curriculum", strategy,
+             "--cache-dir", cache_dir, "--student", "resnet10t"]  # fmt: skip
+    run_script(*train_args(out, *flags, epochs=2))
+    rows = engine.read_metrics(out / "metrics.csv")
+    expected = {"easy_to_hard": round(0.3 * 96), "soft": round(0.7 * 96), "random_subset": round(0.7 * 96)}
+    assert int(rows[0]["selected"]) == expected[strategy]
+    assert np.load(out / "coverage.npy").sum() == sum(int(row["selected"]) for row in rows)
+
+
+@pytest.fixture(scope="module")
+def trained_pair(tmp_path_factory):
+    """A teacher and a student trained long enough (on 400 synthetic images) for difficulty to mean something."""
+    root = tmp_path_factory.mktemp("pair")
+    data = "synthetic:classes=4,train=400,val=64,test=64,size=32,seed=0"
+    for name, epochs in (("teacher", 4), ("student", 1)):
+        run_script(*train_args(root / name, "--student", "resnet10t", "--label-weight", "1", data=data, epochs=epochs))
+    return data, root / "teacher" / "best.pt", root / "student" / "best.pt"
+
+
+def test_generated_hard_samples_score_harder(trained_pair, cache_dir):
+    """The synthetic set's hard half (by the generator's hardness) scores higher than its easy half."""
+    data, teacher, student = trained_pair
+    experiment = make_experiment(cache_dir, teacher, data=data, student="resnet10t")
+    run = engine.TrainingRun(experiment)
+    run.student.load_state_dict(engine.load_checkpoint(student)["state_dict"])
+    run.rescore()
+    scores, hardness = run.curriculum.scores, experiment.data.hardness
+    hard, easy = scores[hardness > 0.5].mean(), scores[hardness <= 0.5].mean()
+    assert hard > easy + 0.05, (hard, easy)
+    assert np.corrcoef(scores, hardness)[0, 1] > 0.3
