@@ -22,9 +22,11 @@ import torch
 import engine
 import models
 import train_student
+import train_student_rl
 from data import synthetic_class_names
 from engine import field, parse_config
 from errors import run_cli
+from rl_curriculum_env import CurriculumEnv
 
 
 @dataclass
@@ -39,6 +41,7 @@ class BenchConfig:
     device: str = field("auto", "auto, cpu, cuda")
     amp: bool = field(False, "mixed precision")
     repeats: int = field(3, "timed repetitions per figure (median reported)")
+    agent_epochs: int = field(10, "epochs of the PPO-steered run that times the agent (it updates every 5)")
     json: str = field("bench.json", "where to write the figures")
 
 
@@ -57,16 +60,32 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def make_run(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, **overrides) -> engine.TrainingRun:
+def make_config(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, config_class=train_student.Config,
+                **overrides):  # fmt: skip
     data = f"synthetic:classes={bench.classes},train={bench.train},val=64,test=64,size=32"
     argv = ["--data", data, "--image-size", str(bench.image_size), "--student", bench.student,
             "--teacher-checkpoint", str(teacher_checkpoint), "--batch-size", str(bench.batch_size),
             "--workers", str(bench.workers), "--device", bench.device, "--cache-dir", str(cache_dir),
             "--curriculum", "adaptive", "--amp" if bench.amp else "--no-amp"]  # fmt: skip
-    config = parse_config(train_student.Config, argv)
+    config = parse_config(config_class, argv)
     for name, value in overrides.items():
         setattr(config, name, value)
-    return engine.TrainingRun(engine.Experiment(config))
+    return config
+
+
+def make_run(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, **overrides) -> engine.TrainingRun:
+    return engine.TrainingRun(engine.Experiment(make_config(bench, teacher_checkpoint, cache_dir, **overrides)))
+
+
+def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path) -> dict:
+    """A short PPO-steered run: the agent's time per epoch (prediction and PPO updates) beside the epoch's time."""
+    config = make_config(bench, teacher_checkpoint, cache_dir, train_student_rl.RLConfig, epochs=bench.agent_epochs)
+    env = CurriculumEnv(engine.Experiment(config))
+    agent = train_student_rl.make_agent(config, env)
+    agent.learn(total_timesteps=config.epochs, callback=train_student_rl.StopAfterEpisodes(env, 1))
+    agent_seconds = [row["agent_seconds"] for row in env.history]
+    epoch_seconds = [row["seconds"] for row in env.history]
+    return {"agent_s_per_epoch": statistics.mean(agent_seconds), "rl_epoch_s": statistics.mean(epoch_seconds)}
 
 
 def epoch_fn(run: engine.TrainingRun):
@@ -109,12 +128,14 @@ def main(argv=None) -> None:
             kd.rescore()
 
         figures["score_recompute_s"] = timed(recompute, bench.repeats, device)
+        figures.update(agent_figures(bench, tmp / "teacher.pt", tmp / "cache"))
 
     base = figures["epoch_labels_s"]
     figures["ratio_kd_online"] = figures["epoch_kd_online_s"] / base
     figures["ratio_kd_online_budget"] = figures["epoch_kd_online_s"] / (base + figures["teacher_forward_s"])
     figures["ratio_score_cached"] = figures["score_cached_s"] / base
     figures["ratio_score_recompute"] = figures["score_recompute_s"] / base
+    figures["ratio_agent"] = figures["agent_s_per_epoch"] / figures["rl_epoch_s"]
     figures["peak_host_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         figures["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -130,6 +151,7 @@ def print_table(figures: dict) -> None:
         ("teacher forward over the training set", "teacher_forward_s", None, ""),
         ("scoring pass, teacher logits cached", "score_cached_s", "ratio_score_cached", "<= 0.35"),
         ("scoring pass, teacher recomputed", "score_recompute_s", "ratio_score_recompute", ""),
+        ("RL agent per epoch (vs that run's epochs)", "agent_s_per_epoch", "ratio_agent", "< 0.01"),
     ]
     print(f"device: {figures['device']}  train images: {figures['train']}  image size: {figures['image_size']}")
     print("| measure | seconds | x labels-only epoch | target |\n|---|---|---|---|")
@@ -137,7 +159,7 @@ def print_table(figures: dict) -> None:
         if (seconds and seconds not in figures) or (ratio and ratio not in figures):
             continue
         s = f"{figures[seconds]:.3f}" if seconds else ""
-        r = f"{figures[ratio]:.3f}" if ratio else ""
+        r = f"{figures[ratio]:.4f}" if ratio else ""
         print(f"| {label} | {s} | {r} | {target} |")
     memory = f"peak host memory {figures['peak_host_mib']:.0f} MiB"
     if "peak_gpu_mib" in figures:

@@ -178,6 +178,7 @@ class MetricsLog:
     GROUPS = {"loss": "losses", "reward": "reward", "difficulty": "curriculum", "target": "curriculum"}
 
     def __init__(self, folder: Path, enabled: bool = True):
+        self.folder = folder
         self.path = folder / "metrics.csv"
         self.enabled = enabled
         self.writer = None
@@ -211,10 +212,11 @@ class MetricsLog:
         missing = [key for key in row if key not in columns]
         columns += missing
         self._write_rows(rows + [{key: _plain(value) for key, value in row.items()}], columns)
+        step = len(rows) + 1  # epochs logged so far: keeps counting across RL episodes and resumes
         for key, value in row.items():
-            if isinstance(value, (int, float)) and key != "epoch":
+            if isinstance(value, (int, float)) and key not in ("epoch", "episode"):
                 group = next((g for word, g in self.GROUPS.items() if word in key), "charts")
-                self.writer.add_scalar(f"{group}/{key}", value, row["epoch"])
+                self.writer.add_scalar(f"{group}/{key}", value, step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -431,10 +433,13 @@ class TrainingRun:
     `end_epoch(row)` logs it and writes the checkpoints; `finish()` tests the best checkpoint.
     """
 
-    def __init__(self, experiment: Experiment, folder: Path | None = None, seed: int | None = None):
+    def __init__(
+        self, experiment: Experiment, folder: Path | None = None, seed: int | None = None, log: MetricsLog | None = None
+    ):
         config = self.config = experiment.config
         self.experiment, self.folder = experiment, folder
         self.seed = config.seed if seed is None else seed
+        self.temperature = config.temperature  # the RL agent may move it
         seed_everything(self.seed)
         self.student = models.create_model(
             config.student, experiment.num_classes, config.pretrained, config.student_weights, "--student-weights"
@@ -452,7 +457,7 @@ class TrainingRun:
             max(1, round(config.pace_epochs * config.epochs)),
         )
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
-        self.log = MetricsLog(folder) if folder else None
+        self.log = log or (MetricsLog(folder) if folder else None)
 
     def rescore(self) -> None:
         """Difficulty of every training sample from the cached teacher logits and the current student."""
@@ -460,20 +465,27 @@ class TrainingRun:
         student_logits = predict_logits(self.student, exp.score_loader, exp.device, exp.dtype, "student logits")
         self.curriculum.update_scores(exp.teacher_train_logits(), student_logits, self.epoch)
 
+    def scores_due(self) -> bool:
+        """Scores are refreshed before the first epoch and then every rescore_every epochs."""
+        curriculum = self.curriculum
+        if not curriculum.needs_scores:
+            return False
+        return curriculum.scores is None or self.epoch - curriculum.scored_epoch >= self.config.rescore_every
+
     def train_epoch(self, target: float | None = None) -> dict:
         exp, config = self.experiment, self.config
         start = time.perf_counter()
+        if self.scores_due():
+            self.rescore()
         self.epoch += 1
         seed_everything(self.seed * 100_003 + self.epoch)  # dropout etc. depend on (seed, epoch) only: exact resume
-        if self.curriculum.needs_scores and (self.epoch - 1) % config.rescore_every == 0:
-            self.rescore()
         target = config.target if target is None else float(target)
         chosen = self.curriculum.select(self.epoch, target)
         exp.sampler.set_epoch(self.epoch, chosen)
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss = train_one_epoch(
             self.student, exp.teacher, exp.train_loader, self.optimizer, self.scaler,
-            config.label_weight, config.temperature, exp.device, exp.dtype, self.epoch,
+            config.label_weight, self.temperature, exp.device, exp.dtype, self.epoch,
         )  # fmt: skip
         self.scheduler.step()
         val = evaluate(self.student, exp.val_loader, exp.device, exp.dtype, "validate")

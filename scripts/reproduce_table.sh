@@ -41,14 +41,18 @@ else
   teacher=(--teacher resnet152.tv_in1k)
 fi
 
-run() {  # run NAME FLAGS...: one table row
-  local name=$1; shift
-  $PYTHON train_student.py "${common[@]}" --student "$student" "${teacher[@]}" --out "$out/$name" --overwrite \
+run() {  # run SCRIPT NAME FLAGS...: one table row
+  local script=$1 name=$2; shift 2
+  $PYTHON "$script" "${common[@]}" --student "$student" "${teacher[@]}" --out "$out/$name" --overwrite \
     "$@" "${extra[@]}"
 }
-run labels --label-weight 1
-run kd --label-weight 0.6
-run kd-teacher-only --label-weight 0
+run train_student.py labels --label-weight 1
+run train_student.py kd --label-weight 0.6
+run train_student.py kd-teacher-only --label-weight 0
+run train_student_rl.py rl --label-weight 0 --fraction 0.6
+# the control: as much data per epoch as the RL row, drawn uniformly
+run train_student.py random-subset --label-weight 0 --curriculum random_subset --fraction 0.6
 
-$PYTHON evaluate.py "$out/labels" "$out/kd" "$out/kd-teacher-only" "${teacher[@]}" --device "$device" \
+rows=(labels kd kd-teacher-only rl random-subset)
+$PYTHON evaluate.py "${rows[@]/#/$out/}" "${teacher[@]}" --device "$device" \
   --workers "$workers" --json "$out/table.json" | tee "$out/table.md"

@@ -31,9 +31,9 @@ def run_script(*args, env=None, timeout=300, check=True) -> subprocess.Completed
     return result
 
 
-def train_args(out, *extra, data=TINY, epochs=1) -> list:
-    """train_student.py flags for a fast CPU run on tiny synthetic data."""
-    args = ["train_student.py", "--data", data, "--epochs", epochs, "--batch-size", 32, "--workers", 0,
+def train_args(out, *extra, data=TINY, epochs=1, script="train_student.py") -> list:
+    """Command line of a fast CPU run on tiny synthetic data (train_student.py or train_student_rl.py)."""
+    args = [script, "--data", data, "--epochs", epochs, "--batch-size", 32, "--workers", 0,
             "--device", "cpu", "--out", out, *extra]  # fmt: skip
     return [str(arg) for arg in args]
 

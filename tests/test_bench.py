@@ -8,9 +8,17 @@ from conftest import run_script
 def test_bench_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     result = run_script("bench.py", "--train", 64, "--repeats", 1, "--batch-size", 32, "--device", "cpu",
-                        "--json", out)  # fmt: skip
+                        "--agent-epochs", 3, "--json", out)  # fmt: skip
     figures = json.loads(out.read_text())
-    for key in ("epoch_labels_s", "epoch_kd_online_s", "score_cached_s", "score_recompute_s", "ratio_score_cached"):
+    for key in (
+        "epoch_labels_s",
+        "epoch_kd_online_s",
+        "score_cached_s",
+        "score_recompute_s",
+        "ratio_score_cached",
+        "agent_s_per_epoch",
+        "rl_epoch_s",
+    ):
         assert figures[key] > 0, key
     assert figures["score_recompute_s"] > figures["score_cached_s"] * 0.8  # recomputing adds the teacher pass
     assert "scoring pass, teacher logits cached" in result.stdout

@@ -41,6 +41,8 @@ def test_demo_runs_as_written(tmp_path):
         "| Student (resnet10t, labels only)",
         "| Student (resnet10t, KD, 60% labels, 40% teacher)",
         "| Student (resnet10t, KD, teacher only)",
+        "| Student (resnet10t, KD + curriculum chosen by the RL agent, teacher only)",
+        "| Student (resnet10t, KD + random_subset curriculum, teacher only)",
     ]
     assert "| Student (resnet10t, labels only)" in (out / "table.md").read_text()
 
@@ -49,9 +51,11 @@ def test_every_python_command_in_the_readme_parses():
     """Commands that need a GPU and the real data cannot run here; their flags must still exist and parse."""
     import evaluate
     import train_student
+    import train_student_rl
 
-    scripts = {"train_student.py": train_student.Config, "evaluate.py": evaluate.Config}
-    commands = re.findall(r"`python ((?:train_student|evaluate)\.py[^`]*)`", README)
+    scripts = {"train_student.py": train_student.Config, "evaluate.py": evaluate.Config,
+               "train_student_rl.py": train_student_rl.RLConfig}  # fmt: skip
+    commands = re.findall(r"`python ((?:train_student|train_student_rl|evaluate)\.py[^`]*)`", README)
     assert len(commands) >= 5
     for command in commands:
         script, *argv = shlex.split(command)

@@ -1,0 +1,170 @@
+"""A gymnasium environment whose step is one training epoch of the student, and the curriculum reward.
+
+The agent picks the epoch's target difficulty (and optionally nudges the KD temperature); the environment trains one
+epoch of KD on the samples the curriculum strategy selects around that target, validates, and returns the reward of
+shared/DESIGN.md. An episode is one training run of `num_epochs` epochs.
+
+Observation (float32, every entry in [-1, 1]):
+
+| index | meaning |
+|---|---|
+| 0 | training progress, epochs done / num_epochs |
+| 1 | validation accuracy / 100 |
+| 2 | training loss squashed to [0, 1): loss / (1 + loss) |
+| 3 | change of validation accuracy since the last epoch / 100 |
+| 4 | change of the squashed training loss since the last epoch |
+| 5 | the last target difficulty |
+| 6-10 | current difficulty scores: mean, std, 10th, 50th and 90th percentile |
+| 11 | KD temperature, (T - 2) / 6 (constant unless the agent controls it) |
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from engine import Experiment, MetricsLog, TrainingRun
+
+OBSERVATION_SIZE = 12
+TEMPERATURE_RANGE = (2.0, 8.0)
+TEMPERATURE_STEP = 0.5
+
+
+def reward_components(
+    val_acc: float, prev_val_acc: float, train_loss: float, prev_train_loss: float, epoch: int, num_epochs: int
+) -> dict[str, float]:
+    """The four terms of the curriculum reward; accuracies in percent, `epoch` 1-based (shared/DESIGN.md)."""
+    loss_rise = max(train_loss - prev_train_loss, 0.0) if prev_train_loss < math.inf else 0.0
+    return {
+        "reward_acc": 2.0 * (val_acc - prev_val_acc) if prev_val_acc > 0 else 0.0,
+        "reward_loss": 0.0 - min(5.0 * loss_rise, 5.0),  # 0.0 - x: no -0.0 in the logs
+        "reward_early": 2.0 if val_acc > 60 and epoch < 0.3 * num_epochs else 0.0,
+        "reward_abs": 0.1 * max(val_acc - 70.0, 0.0),
+    }
+
+
+def curriculum_reward(
+    val_acc: float, prev_val_acc: float, train_loss: float, prev_train_loss: float, epoch: int, num_epochs: int
+) -> float:
+    """`R = R_acc + R_loss + R_early + R_abs` (shared/DESIGN.md)."""
+    return sum(reward_components(val_acc, prev_val_acc, train_loss, prev_train_loss, epoch, num_epochs).values())
+
+
+def squash(loss: float) -> float:
+    return loss / (1.0 + loss) if math.isfinite(loss) else 1.0
+
+
+class CurriculumEnv(gym.Env):
+    """One step = one epoch of KD on the samples selected around the agent's target difficulty.
+
+    `action_mode="box"`: `Box(-1, 1, (1,))`, mapped affinely to the target `(a + 1) / 2` in [0, 1] (stable-baselines3
+    asks for a symmetric, normalised Box: a Gaussian policy starts centred on it, at target 0.5); `"discrete"`: one of
+    `bins` evenly spaced targets over [0, 1] (the reference used 5). With `control_temperature` the action gains a
+    second part that moves the KD temperature by -0.5, 0 or +0.5 within [2, 8], as the reference's agent could.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        action_mode: str = "box",
+        bins: int = 5,
+        control_temperature: bool = False,
+        log: MetricsLog | None = None,
+    ):
+        super().__init__()
+        self.experiment, self.log = experiment, log
+        self.num_epochs = experiment.config.epochs
+        self.action_mode, self.control_temperature = action_mode, control_temperature
+        self.targets = np.linspace(0.0, 1.0, bins)
+        if action_mode == "discrete":
+            self.action_space = spaces.MultiDiscrete([bins, 3]) if control_temperature else spaces.Discrete(bins)
+        elif action_mode == "box":
+            self.action_space = spaces.Box(-1.0, 1.0, shape=(2 if control_temperature else 1,), dtype=np.float32)
+        else:
+            raise ValueError(f"unknown action mode {action_mode!r}; use box or discrete")
+        self.observation_space = spaces.Box(-1.0, 1.0, shape=(OBSERVATION_SIZE,), dtype=np.float32)
+        self.run: TrainingRun | None = None
+        self.completed_run: TrainingRun | None = None  # the last finished episode's run (reset starts a new one)
+        self.episode = self.episodes_done = 0
+        self.history: list[dict] = []  # every logged epoch row of every episode
+
+    # -- action decoding
+
+    def decode(self, action) -> tuple[float, float]:
+        """(target difficulty, temperature change) of an action."""
+        action = np.asarray(action).reshape(-1)
+        if self.action_mode == "discrete":
+            target = float(self.targets[int(action[0])])
+            change = TEMPERATURE_STEP * (int(action[1]) - 1) if self.control_temperature else 0.0
+        else:
+            unit = (np.clip(action, -1.0, 1.0) + 1.0) / 2.0
+            target = float(unit[0])
+            # thirds of the second dimension -> down, keep, up: the discrete action's three moves
+            change = TEMPERATURE_STEP * (min(int(unit[1] * 3), 2) - 1) if self.control_temperature else 0.0
+        return target, change
+
+    # -- gymnasium API
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.episode += 1
+        config = self.experiment.config
+        self.run = TrainingRun(self.experiment, self.log and self.log.folder, seed=config.seed + self.episode - 1,
+                               log=self.log)  # fmt: skip
+        self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, config.target
+        if self.run.scores_due():
+            self.run.rescore()  # the first observation already describes the difficulty of the data
+        self.agent_clock = time.perf_counter()
+        return self.observation(), {}
+
+    def step(self, action):
+        agent_seconds = time.perf_counter() - self.agent_clock  # the agent's time since the last step returned
+        run = self.run
+        target, change = self.decode(action)
+        run.temperature = float(np.clip(run.temperature + change, *TEMPERATURE_RANGE))
+        row = run.train_epoch(target)
+        components = reward_components(
+            row["val_acc"], self.prev_val_acc, row["train_loss"], self.prev_train_loss, run.epoch, self.num_epochs
+        )
+        reward = sum(components.values())
+        row.update(
+            episode=self.episode, reward=reward, **components, temperature=run.temperature, agent_seconds=agent_seconds
+        )
+        row["seconds"] = row.pop("seconds")  # keep the wall-clock column last
+        self.history.append(row)
+        if self.log is not None:
+            run.end_epoch(row, {"episode": self.episode})
+        self.last_target = target
+        observation = self.observation(row)
+        self.prev_val_acc, self.prev_train_loss = row["val_acc"], row["train_loss"]
+        info = {"val_acc": row["val_acc"], "train_loss": row["train_loss"], **components}
+        terminated = run.epoch >= self.num_epochs
+        if terminated:
+            self.episodes_done, self.completed_run = self.episodes_done + 1, run
+        self.agent_clock = time.perf_counter()
+        return observation, float(reward), terminated, False, info
+
+    def observation(self, row: dict | None = None) -> np.ndarray:
+        run = self.run
+        scores = run.curriculum.scores
+        stats = [scores.mean(), scores.std(), *np.percentile(scores, [10, 50, 90])] if scores is not None else [0.0] * 5
+        val_acc = row["val_acc"] if row else 0.0
+        loss = squash(row["train_loss"]) if row else 0.0
+        prev_loss = squash(self.prev_train_loss) if math.isfinite(self.prev_train_loss) else loss
+        vector = [
+            run.epoch / self.num_epochs,
+            val_acc / 100.0,
+            loss,
+            (val_acc - self.prev_val_acc) / 100.0 if row else 0.0,
+            loss - prev_loss,
+            self.last_target,
+            *stats,
+            (run.temperature - TEMPERATURE_RANGE[0]) / (TEMPERATURE_RANGE[1] - TEMPERATURE_RANGE[0]),
+        ]
+        return np.clip(np.asarray(vector, dtype=np.float32), -1.0, 1.0)
