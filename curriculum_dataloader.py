@@ -207,6 +207,7 @@ class Curriculum:
         self.components: dict[str, np.ndarray] = {}
         self.coverage = np.zeros(num_samples, dtype=np.int64)
         self.scored_epoch = 0
+        self.history: dict[str, np.ndarray] = {}  # "epoch_E": the scores used from epoch E + 1 on (fp16)
 
     @property
     def needs_scores(self) -> bool:
@@ -217,6 +218,7 @@ class Curriculum:
         self.components = {name: value.numpy() for name, value in components.items()}
         self.scores = models.combine_difficulty(components).numpy()
         self.scored_epoch = epoch
+        self.history[f"epoch_{epoch}"] = self.scores.astype(np.float16)
 
     def select(self, epoch: int, target: float) -> np.ndarray:
         """Indices of 1-based `epoch`, seeded by (seed, epoch); counted into coverage."""
@@ -231,7 +233,9 @@ class Curriculum:
         stats = {"target_difficulty": target if target is not None else "", "selected": len(chosen)}
         if self.scores is None:
             return stats
-        stats["difficulty_selected"] = float(self.scores[chosen].mean()) if len(chosen) else float("nan")
+        selected = self.scores[chosen] if len(chosen) else np.full(1, np.nan)
+        stats["difficulty_selected"] = float(selected.mean())
+        stats["difficulty_selected_min"], stats["difficulty_selected_max"] = float(selected.min()), float(selected.max())
         stats["difficulty_all"] = float(self.scores.mean())
         for name, values in self.components.items():
             stats[f"difficulty_{name}"] = float(values.mean())
@@ -243,8 +247,10 @@ class Curriculum:
             "components": self.components,
             "coverage": self.coverage,
             "scored_epoch": self.scored_epoch,
+            "history": self.history,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.scores, self.components = state["scores"], state["components"]
         self.coverage, self.scored_epoch = state["coverage"], state["scored_epoch"]
+        self.history = state["history"]

@@ -553,8 +553,9 @@ class TrainingRun:
             return
         self.log.append(row)
         if self.curriculum.scores is not None:
-            np.save(self.folder / "difficulty.npy", self.curriculum.scores)
-        np.save(self.folder / "coverage.npy", self.curriculum.coverage)
+            atomic_write(self.folder / "difficulty.npy", lambda f: np.save(f, self.curriculum.scores))
+            atomic_write(self.folder / "difficulty_history.npz", lambda f: np.savez(f, **self.curriculum.history))
+        atomic_write(self.folder / "coverage.npy", lambda f: np.save(f, self.curriculum.coverage))
         if improved:
             save_checkpoint(self.folder / "best.pt", {**self.model_payload(), "val_acc": row["val_acc"]})
         save_checkpoint(self.folder / "last.pt", {**self.state_payload(), **(extra_state or {})})
