@@ -81,8 +81,7 @@ def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path)
     """A short PPO-steered run: the agent's time per epoch (prediction and PPO updates) beside the epoch's time."""
     config = make_config(bench, teacher_checkpoint, cache_dir, train_student_rl.RLConfig, epochs=bench.agent_epochs)
     env = CurriculumEnv(engine.Experiment(config))
-    agent = train_student_rl.make_agent(config, env)
-    agent.learn(total_timesteps=config.epochs, callback=train_student_rl.StopAfterEpisodes(env, 1))
+    train_student_rl.steer(train_student_rl.make_agent(config, env), env, config)
     agent_seconds = [row["agent_seconds"] for row in env.history]
     epoch_seconds = [row["seconds"] for row in env.history]
     return {"agent_s_per_epoch": statistics.mean(agent_seconds), "rl_epoch_s": statistics.mean(epoch_seconds)}

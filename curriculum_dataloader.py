@@ -235,7 +235,10 @@ class Curriculum:
             return stats
         selected = self.scores[chosen] if len(chosen) else np.full(1, np.nan)
         stats["difficulty_selected"] = float(selected.mean())
-        stats["difficulty_selected_min"], stats["difficulty_selected_max"] = float(selected.min()), float(selected.max())
+        stats["difficulty_selected_min"], stats["difficulty_selected_max"] = (
+            float(selected.min()),
+            float(selected.max()),
+        )
         stats["difficulty_all"] = float(self.scores.mean())
         for name, values in self.components.items():
             stats[f"difficulty_{name}"] = float(values.mean())

@@ -35,16 +35,16 @@ RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json",
 # Config
 
 
-def parse_config(config_class, argv=None, description: str = ""):
-    """argparse from a config dataclass: one `--flag` per field, its help from the field's metadata."""
+def build_parser(config_class, description: str = "", explicit_only: bool = False) -> argparse.ArgumentParser:
+    """argparse from a config dataclass: one `--flag` per field, its help from the field's metadata.
+    With `explicit_only` the parsed namespace holds only the flags actually given (for --resume checks)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module = vars(sys.modules[config_class.__module__])
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
-        default = field.default
-        kind = (
-            field.type if isinstance(field.type, type) else eval(field.type, vars(sys.modules[config_class.__module__]))
-        )
-        options = {"help": field.metadata.get("help", ""), "default": default}
+        kind = field.type if isinstance(field.type, type) else eval(field.type, module)
+        options = {"help": field.metadata.get("help", "")}
+        options["default"] = argparse.SUPPRESS if explicit_only else field.default
         if "nargs" in field.metadata:  # a positional list, e.g. evaluate.py's run folders
             parser.add_argument(field.name, nargs=field.metadata["nargs"], help=options["help"])
             continue
@@ -55,7 +55,11 @@ def parse_config(config_class, argv=None, description: str = ""):
         if "choices" in field.metadata:
             options["choices"] = field.metadata["choices"]
         parser.add_argument(flag, type=scalar, **options)
-    return config_class(**vars(parser.parse_args(argv)))
+    return parser
+
+
+def parse_config(config_class, argv=None, description: str = ""):
+    return config_class(**vars(build_parser(config_class, description).parse_args(argv)))
 
 
 def field(default, help: str, **metadata):
@@ -172,6 +176,62 @@ def prepare_run_folder(out: str, overwrite: bool, dry_run: bool = False) -> Path
     return folder
 
 
+# Flags that may differ on --resume: they change where and how fast a run computes, not what it computes.
+RESUME_MAY_CHANGE = {"resume", "workers", "device", "cache_dir", "overwrite"}
+
+
+def resume_config(config_class, argv, script: str):
+    """The config of the run in `--resume FOLDER`, and its last.pt (None if no epoch finished before the kill).
+
+    Flags given together with --resume must agree with the run's config, except RESUME_MAY_CHANGE."""
+    given = vars(build_parser(config_class, explicit_only=True).parse_args(argv))
+    folder = Path(given["resume"])
+    if not (folder / "config.json").is_file():
+        raise UserError(f"--resume {folder}: no config.json there; pass the run folder of an interrupted run.")
+    saved = json.loads((folder / "config.json").read_text())
+    if saved.get("script") != script:
+        raise UserError(f"--resume {folder}: that run was made by {saved.get('script')}; resume it with that script.")
+    names = {f.name for f in dataclasses.fields(config_class)}
+    config = config_class(**{name: value for name, value in saved.items() if name in names})
+    conflicts = [
+        name for name, value in given.items() if name not in RESUME_MAY_CHANGE and value != getattr(config, name)
+    ]
+    if conflicts:
+        flags = ", ".join("--" + name.replace("_", "-") for name in conflicts)
+        raise UserError(
+            f"--resume {folder}: {flags} differ from the run's config.json; resume without them, "
+            "or start a new run with another --out."
+        )
+    for name in RESUME_MAY_CHANGE & given.keys():
+        setattr(config, name, given[name])
+    config.out = str(folder)
+    last = folder / "last.pt"
+    return config, (load_checkpoint(last) if last.exists() else None)
+
+
+def start_run(config_class, argv, script: str, description: str, default_out, check):
+    """Parse a script's flags for a new run or a --resume; refuse bad flags and an existing --out before any slow
+    set-up. Returns (config, last.pt of the resumed run or None)."""
+    config = parse_config(config_class, argv, description)
+    if config.resume:
+        config, checkpoint = resume_config(config_class, argv, script)
+        check(config)
+        return config, checkpoint
+    config.out = config.out or default_out(config)
+    check(config)
+    prepare_run_folder(config.out, config.overwrite, dry_run=True)
+    return config, None
+
+
+def open_run_folder(config, script: str) -> Path:
+    """The run folder, once set-up worked: a resumed one as it is, a new one cleared and given its config.json."""
+    if config.resume:
+        return Path(config.out)
+    folder = prepare_run_folder(config.out, config.overwrite)
+    save_json(folder / "config.json", {"script": script, **config_dict(config)})
+    return folder
+
+
 class MetricsLog:
     """metrics.csv (one row per epoch, unrounded values) and TensorBoard scalars under grouped names."""
 
@@ -181,20 +241,16 @@ class MetricsLog:
         self.folder = folder
         self.path = folder / "metrics.csv"
         self.enabled = enabled
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+        self.writer = None  # opened at the first row, so a resumed run can purge the events it will redo
+        self.count = 0  # rows in metrics.csv
 
-            self.writer = SummaryWriter(str(folder / "tb"))
-
-    def truncate_after(self, epoch: int) -> None:
-        """On resume: drop rows of epochs after the checkpoint (a kill can land between the CSV and the checkpoint)."""
-        if not self.path.exists():
-            return
-        rows = read_metrics(self.path)
-        kept = [row for row in rows if int(row["epoch"]) <= epoch]
-        if len(kept) != len(rows):
-            self._write_rows(kept, list(rows[0].keys()))
+    def truncate(self, rows: int) -> None:
+        """On resume: keep the first `rows` rows, those the checkpoint saw (a kill can land between the CSV row and
+        the checkpoint of an epoch, which the resumed run then redoes)."""
+        logged = read_metrics(self.path) if self.path.exists() else []
+        if len(logged) > rows:
+            self._write_rows(logged[:rows], list(logged[0].keys()))
+        self.count = min(rows, len(logged))
 
     def _write_rows(self, rows: list[dict], columns: list[str]) -> None:
         def write(handle):
@@ -212,7 +268,11 @@ class MetricsLog:
         missing = [key for key in row if key not in columns]
         columns += missing
         self._write_rows(rows + [{key: _plain(value) for key, value in row.items()}], columns)
-        step = len(rows) + 1  # epochs logged so far: keeps counting across RL episodes and resumes
+        step = self.count = len(rows) + 1  # epochs logged so far: keeps counting across RL episodes and resumes
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder / "tb"), purge_step=step)
         for key, value in row.items():
             if isinstance(value, (int, float)) and key not in ("epoch", "episode"):
                 group = next((g for word, g in self.GROUPS.items() if word in key), "charts")
@@ -524,9 +584,27 @@ class TrainingRun:
             "best_epoch": self.best_epoch,
             "curriculum": self.curriculum.state_dict(),
             "teacher_cache": self.experiment.teacher_cache_parts() if self.experiment.teacher else None,
+            "temperature": self.temperature,
+            "rows_logged": self.log.count if self.log else 0,
         }
 
-    def load_state(self, checkpoint: dict) -> None:
+    def load_state(self, checkpoint: dict | None) -> None:
+        """Continue from a last.pt (None: killed before the first epoch ended, start over in the same folder);
+        refuse one whose data or teacher differ from this run's."""
+        if checkpoint is None:
+            if self.log:
+                self.log.truncate(0)
+            return
+        if checkpoint["data"] != self.experiment.data.identity:
+            raise UserError(
+                f"the data of {self.folder} changed since the run started ({checkpoint['data']}); "
+                "resume with the original data, or start a new run."
+            )
+        teacher = self.experiment.teacher_cache_parts() if self.experiment.teacher else None
+        if checkpoint["teacher_cache"] != teacher:
+            raise UserError(
+                f"the teacher of {self.folder} changed since the run started; resume with the original one."
+            )
         self.student.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -537,6 +615,9 @@ class TrainingRun:
             checkpoint["best_val_acc"],
             checkpoint["best_epoch"],
         )
+        self.temperature = checkpoint["temperature"]
+        if self.log:
+            self.log.truncate(checkpoint["rows_logged"])
 
     def end_epoch(self, row: dict, extra_state: dict | None = None) -> None:
         """Log the row, then write best.pt (if improved) and last.pt, in that order: a kill between them is repaired

@@ -78,7 +78,7 @@ class CurriculumEnv(gym.Env):
         log: MetricsLog | None = None,
     ):
         super().__init__()
-        self.experiment, self.log = experiment, log
+        self.experiment, self.log = experiment, log  # handed to each run; the env itself writes nothing
         self.num_epochs = experiment.config.epochs
         self.action_mode, self.control_temperature = action_mode, control_temperature
         self.targets = np.linspace(0.0, 1.0, bins)
@@ -92,7 +92,7 @@ class CurriculumEnv(gym.Env):
         self.run: TrainingRun | None = None
         self.completed_run: TrainingRun | None = None  # the last finished episode's run (reset starts a new one)
         self.episode = self.episodes_done = 0
-        self.history: list[dict] = []  # every logged epoch row of every episode
+        self.history: list[dict] = []  # the metrics row of every step of every episode
 
     # -- action decoding
 
@@ -111,13 +111,16 @@ class CurriculumEnv(gym.Env):
 
     # -- gymnasium API
 
+    def new_run(self) -> TrainingRun:
+        """A fresh student for the current episode, seeded by (seed, episode)."""
+        folder = self.log.folder if self.log else None
+        return TrainingRun(self.experiment, folder, seed=self.experiment.config.seed + self.episode - 1, log=self.log)
+
     def reset(self, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.episode += 1
-        config = self.experiment.config
-        self.run = TrainingRun(self.experiment, self.log and self.log.folder, seed=config.seed + self.episode - 1,
-                               log=self.log)  # fmt: skip
-        self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, config.target
+        self.run = self.new_run()
+        self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, self.experiment.config.target
         if self.run.scores_due():
             self.run.rescore()  # the first observation already describes the difficulty of the data
         self.agent_clock = time.perf_counter()
@@ -137,9 +140,7 @@ class CurriculumEnv(gym.Env):
             episode=self.episode, reward=reward, **components, temperature=run.temperature, agent_seconds=agent_seconds
         )
         row["seconds"] = row.pop("seconds")  # keep the wall-clock column last
-        self.history.append(row)
-        if self.log is not None:
-            run.end_epoch(row, {"episode": self.episode})
+        self.history.append(row)  # the caller records it (run.end_epoch) once its own state is up to date
         self.last_target = target
         observation = self.observation(row)
         self.prev_val_acc, self.prev_train_loss = row["val_acc"], row["train_loss"]
@@ -149,6 +150,20 @@ class CurriculumEnv(gym.Env):
             self.episodes_done, self.completed_run = self.episodes_done + 1, run
         self.agent_clock = time.perf_counter()
         return observation, float(reward), terminated, False, info
+
+    def state_dict(self) -> dict:
+        return {"episode": self.episode, "episodes_done": self.episodes_done, "prev_val_acc": self.prev_val_acc,
+                "prev_train_loss": self.prev_train_loss, "last_target": self.last_target}  # fmt: skip
+
+    def load_state(self, state: dict, checkpoint: dict) -> None:
+        """Resume mid-run: the episode's counters, and its training run from the checkpoint."""
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.run = self.new_run()
+        self.run.load_state(checkpoint)
+        if self.run.epoch >= self.num_epochs:
+            self.completed_run = self.run
+        self.agent_clock = time.perf_counter()
 
     def observation(self, row: dict | None = None) -> np.ndarray:
         run = self.run

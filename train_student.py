@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curriculum_dataloader import PACINGS, STRATEGIES
-from engine import Experiment, TrainingRun, config_dict, field, parse_config, prepare_run_folder, save_json
+from engine import Experiment, TrainingRun, field, open_run_folder, start_run
 from errors import UserError, run_cli
 
 
@@ -59,6 +59,7 @@ class Config:
     amp: bool = field(False, "mixed precision (bf16 where supported, else fp16 with loss scaling)")
     out: str = field("", "run folder; default runs/<student>-lw<label weight>-<curriculum>-s<seed>")
     overwrite: bool = field(False, "replace the run already in --out")
+    resume: str | None = field(None, "continue the interrupted run in this folder after its last completed epoch")
 
 
 def check_config(config) -> None:
@@ -88,19 +89,15 @@ def check_config(config) -> None:
 
 
 def default_out(config) -> str:
-    return config.out or f"runs/{config.student}-lw{config.label_weight:g}-{config.curriculum}-s{config.seed}"
+    return f"runs/{config.student}-lw{config.label_weight:g}-{config.curriculum}-s{config.seed}"
 
 
 def main(argv=None) -> None:
-    config = parse_config(Config, argv, description=__doc__)
-    config.out = default_out(config)
-    check_config(config)
-    prepare_run_folder(config.out, config.overwrite, dry_run=True)  # refuse before the slow set-up
-
+    config, checkpoint = start_run(Config, argv, "train_student.py", __doc__, default_out, check_config)
     experiment = Experiment(config)
-    folder = prepare_run_folder(config.out, config.overwrite)
-    save_json(folder / "config.json", {"script": "train_student.py", **config_dict(config)})
-    run = TrainingRun(experiment, folder)
+    run = TrainingRun(experiment, open_run_folder(config, "train_student.py"))
+    if config.resume:
+        run.load_state(checkpoint)
     for _ in range(run.epoch, config.epochs):
         run.end_epoch(run.train_epoch())
     results = run.finish()

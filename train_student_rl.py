@@ -15,10 +15,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import obs_as_tensor
 
-from engine import Experiment, MetricsLog, atomic_write, config_dict, field, parse_config, prepare_run_folder, save_json
+from engine import Experiment, MetricsLog, atomic_write, field, open_run_folder, start_run
 from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
 from train_student import Config, check_config
@@ -45,19 +49,11 @@ class RLConfig(Config):
     policy: str | None = field(None, "replay this agent.zip deterministically on a fresh run, without learning")
 
 
-class StopAfterEpisodes(BaseCallback):
-    """Ends learning when the environment has finished its episodes (PPO would otherwise fill its last rollout)."""
-
-    def __init__(self, env: CurriculumEnv, episodes: int):
-        super().__init__()
-        self.env, self.episodes = env, episodes
-
-    def _on_step(self) -> bool:
-        return self.env.episodes_done < self.episodes
+BUFFER_FIELDS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
 
 
 def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
-    return PPO(
+    agent = PPO(
         "MlpPolicy",
         env,
         n_steps=config.agent_steps,
@@ -72,6 +68,8 @@ def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
         device="cpu",  # a 64x64 MLP: the GPU would only add transfers
         verbose=0,
     )
+    agent.set_logger(configure(None, [""]))
+    return agent
 
 
 def load_agent(path: str, env: CurriculumEnv) -> PPO:
@@ -86,36 +84,108 @@ def load_agent(path: str, env: CurriculumEnv) -> PPO:
     return agent
 
 
-def replay(agent: PPO, env: CurriculumEnv, seed: int) -> None:
-    """Steer one fresh training run with the agent's deterministic actions."""
-    observation, _ = env.reset(seed=seed)
-    done = False
-    while not done:
-        action, _ = agent.predict(observation, deterministic=True)
-        observation, _, done, _, _ = env.step(action)
+def choose(agent: PPO, observation: np.ndarray, learn: bool, seed: int):
+    """The policy's action for one epoch: sampled while learning (with its value and log-probability for PPO),
+    the mode when replaying. Seeded per step, so a resumed run samples what the uninterrupted one would."""
+    torch.manual_seed(seed)
+    if not learn:
+        return agent.predict(observation, deterministic=True)[0], None, None, None
+    agent.policy.set_training_mode(False)
+    with torch.no_grad():
+        action, value, log_prob = agent.policy(obs_as_tensor(observation[None], agent.device))
+    action = action.cpu().numpy()
+    box = isinstance(agent.action_space, spaces.Box)
+    env_action = np.clip(action, agent.action_space.low, agent.action_space.high) if box else action
+    if isinstance(agent.action_space, spaces.Discrete):
+        action = action.reshape(-1, 1)
+    return env_action[0], action, value, log_prob
+
+
+def update(agent: PPO, next_observation: np.ndarray, done: bool, seed: int) -> None:
+    """PPO's update on a full rollout: returns and advantages with GAE, then `agent_epochs` passes (stable-baselines3's
+    collect_rollouts ending and train, one epoch-long step at a time)."""
+    with torch.no_grad():
+        last_value = agent.policy.predict_values(obs_as_tensor(next_observation[None], agent.device))
+    agent.rollout_buffer.compute_returns_and_advantage(last_values=last_value, dones=np.array([done]))
+    np.random.seed(seed % 2**32)  # the buffer's minibatch order
+    torch.manual_seed(seed)
+    agent.train()
+    agent.rollout_buffer.reset()
+
+
+def agent_state(agent: PPO) -> dict:
+    """Everything that makes the agent continue exactly: weights, optimiser, timestep count and the partial rollout."""
+    buffer = agent.rollout_buffer
+    return {
+        "policy": agent.policy.state_dict(),
+        "optimizer": agent.policy.optimizer.state_dict(),
+        "num_timesteps": agent.num_timesteps,
+        "n_updates": agent._n_updates,
+        "buffer": {name: getattr(buffer, name).copy() for name in BUFFER_FIELDS},
+        "buffer_pos": buffer.pos,
+        "buffer_full": buffer.full,
+    }
+
+
+def load_agent_state(agent: PPO, state: dict) -> None:
+    agent.policy.load_state_dict(state["policy"])
+    agent.policy.optimizer.load_state_dict(state["optimizer"])
+    agent.num_timesteps, agent._n_updates = state["num_timesteps"], state["n_updates"]
+    buffer = agent.rollout_buffer
+    for name, value in state["buffer"].items():
+        setattr(buffer, name, value.copy())
+    buffer.pos, buffer.full = state["buffer_pos"], state["buffer_full"]
+
+
+def steer(agent: PPO, env: CurriculumEnv, config: RLConfig, resume: dict | None = None) -> None:
+    """Train the student for `episodes` runs, one epoch per agent step; learn online unless replaying (--policy).
+    After every epoch last.pt holds the student, the environment's counters and the agent, so a kill loses at most
+    the epoch in progress."""
+    learn = not config.policy
+    if resume is None:
+        observation, episode_start = env.reset(seed=config.seed)[0], True
+    else:
+        env.load_state(resume["env"], resume)
+        observation, episode_start = resume["observation"], resume["episode_start"]
+        if learn:
+            load_agent_state(agent, resume["agent"])
+    while env.episodes_done < config.episodes:
+        if env.run.epoch >= config.epochs:  # resumed right after an episode ended
+            observation, episode_start = env.reset()[0], True
+        step = config.seed * 100_003 + env.experiment.config.epochs * env.episode + env.run.epoch
+        env_action, action, value, log_prob = choose(agent, observation, learn, step)
+        next_observation, reward, done, _, _ = env.step(env_action)
+        if learn:
+            agent.rollout_buffer.add(observation[None], action, np.array([reward]), np.array([episode_start]), value,
+                                     log_prob)  # fmt: skip
+            agent.num_timesteps += 1
+            if agent.rollout_buffer.full:
+                update(agent, next_observation, done, step)
+        observation, episode_start = next_observation, done
+        rl_state = {"env": env.state_dict(), "observation": observation, "episode_start": episode_start}
+        if learn:
+            rl_state["agent"] = agent_state(agent)
+        env.run.end_epoch(env.history[-1], rl_state)
 
 
 def check_rl_config(config: RLConfig) -> None:
+    check_config(config)
     if config.episodes < 1 or config.agent_steps < 2 or config.bins < 2:
         raise UserError("--episodes must be >= 1, --agent-steps >= 2 and --bins >= 2.")
 
 
-def main(argv=None) -> None:
-    config = parse_config(RLConfig, argv, description=__doc__)
-    config.out = config.out or f"runs/rl-{config.student}-lw{config.label_weight:g}-s{config.seed}"
-    check_config(config)
-    check_rl_config(config)
-    prepare_run_folder(config.out, config.overwrite, dry_run=True)
+def default_out(config: RLConfig) -> str:
+    return f"runs/rl-{config.student}-lw{config.label_weight:g}-s{config.seed}"
 
+
+def main(argv=None) -> None:
+    config, checkpoint = start_run(RLConfig, argv, "train_student_rl.py", __doc__, default_out, check_rl_config)
     experiment = Experiment(config)
-    folder = prepare_run_folder(config.out, config.overwrite)
-    save_json(folder / "config.json", {"script": "train_student_rl.py", **config_dict(config)})
+    folder = open_run_folder(config, "train_student_rl.py")
     env = CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, MetricsLog(folder))
-    if config.policy:
-        replay(load_agent(config.policy, env), env, config.seed)
-    else:
-        agent = make_agent(config, env)
-        agent.learn(total_timesteps=config.episodes * config.epochs, callback=StopAfterEpisodes(env, config.episodes))
+    agent = load_agent(config.policy, env) if config.policy else make_agent(config, env)
+    steer(agent, env, config, checkpoint)
+    if not config.policy:
         atomic_write(folder / "agent.zip", agent.save)
     results = env.completed_run.finish()
     print(json.dumps(results))

@@ -1,0 +1,177 @@
+"""Runs that survive: SIGKILL then --resume gives the uninterrupted run's results; atomic checkpoints; determinism;
+refusals of incompatible resumes; a non-finite loss stops the run and keeps the checkpoints."""
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+import engine
+import models
+import train_student
+from conftest import ROOT, run_script, train_args
+from errors import run_cli
+
+DATA = "synthetic:classes=4,train=96,val=32,test=32,size=32,seed=0"
+WALL_CLOCK = {"seconds", "agent_seconds"}
+
+
+def comparable(folder) -> list[dict]:
+    """metrics.csv without its wall-clock columns."""
+    rows = engine.read_metrics(folder / "metrics.csv")
+    return [{key: value for key, value in row.items() if key not in WALL_CLOCK} for row in rows]
+
+
+def kill_part_way(argv: list, folder, rows_first: int, total: int) -> int:
+    """Start a run, SIGKILL it at a random moment after `rows_first` epochs are logged; returns the rows it left."""
+    process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics = folder / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and len(engine.read_metrics(metrics)) >= rows_first:
+            break
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.6))  # somewhere inside a later epoch, or while it writes its files
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+    left = len(engine.read_metrics(metrics)) if metrics.exists() else 0
+    assert left < total, "the run finished before the kill; give it more epochs"
+    return left
+
+
+@pytest.mark.parametrize("curriculum", ["none", "adaptive"])
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_teacher, cache_dir, curriculum):
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "resnet10t",
+             "--curriculum", curriculum, "--rescore-every", "2", "--cache-dir", cache_dir]  # fmt: skip
+    epochs = 5
+    whole, twin, killed = tmp_path / "whole", tmp_path / "twin", tmp_path / "killed"
+    run_script(*train_args(whole, *flags, data=DATA, epochs=epochs))
+    kill_part_way(train_args(killed, *flags, data=DATA, epochs=epochs), killed, rows_first=2, total=epochs)
+    run_script("train_student.py", "--resume", killed, "--workers", "1")  # workers may change on resume
+    assert comparable(killed) == comparable(whole)
+    assert json.loads((killed / "results.json").read_text()) == json.loads((whole / "results.json").read_text())
+    for name in ("coverage.npy", "best.pt"):
+        assert (killed / name).is_file()
+    if curriculum == "none":  # two uninterrupted runs with the same seed are identical too (CPU)
+        run_script(*train_args(twin, *flags, data=DATA, epochs=epochs))
+        assert comparable(twin) == comparable(whole)
+
+
+def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, tiny_teacher, cache_dir):
+    """The agent's weights, optimiser, timestep count and partial rollout survive the kill: the resumed run is the
+    uninterrupted one, epoch for epoch, and so is the final agent."""
+    flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
+             "--agent-steps", "3", "--control-temperature"]  # fmt: skip
+    epochs = 7
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    args = {"data": DATA, "epochs": epochs, "script": "train_student_rl.py"}
+    run_script(*train_args(whole, *flags, **args))
+    kill_part_way(train_args(killed, *flags, **args), killed, rows_first=2, total=epochs)
+    run_script("train_student_rl.py", "--resume", killed)
+    rows = comparable(killed)
+    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))  # every epoch logged exactly once
+    assert rows == comparable(whole)
+    agents = [PPO.load(folder / "agent.zip", device="cpu") for folder in (whole, killed)]
+    assert agents[0].num_timesteps == agents[1].num_timesteps == epochs
+    for (name, a), b in zip(agents[0].policy.state_dict().items(), agents[1].policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_kill_during_checkpoint_write_leaves_a_loadable_file(tmp_path):
+    """A writer saving a 16 MB checkpoint in a loop is killed at random moments; last.pt always loads."""
+    path = tmp_path / "last.pt"
+    writer = (
+        "import sys, torch, engine\n"
+        "payload = {'model': 'x', 'state_dict': {'w': torch.randn(4_000_000)}, 'step': 0}\n"
+        "while True:\n"
+        "    payload['step'] += 1\n"
+        f"    engine.save_checkpoint(r'{path}', payload)\n"
+    )
+    seen = set()
+    for _ in range(3):
+        process = subprocess.Popen([sys.executable, "-c", writer], cwd=ROOT)
+        while not path.exists():
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.2, 1.5))
+        process.kill()
+        process.wait()
+        checkpoint = engine.load_checkpoint(path)
+        assert checkpoint["state_dict"]["w"].shape == (4_000_000,)
+        seen.add(checkpoint["step"])
+    assert max(seen) > 1  # the writer got past its first save, so kills could land mid-write
+
+
+def fails_cleanly(capsys, main, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("done") / "run"
+    run_script(*train_args(out, "--label-weight", "1", "--student", "resnet10t", data=DATA, epochs=1))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--data", "synthetic:classes=4,train=64,val=32,test=32"], "--data differ"),
+        (["--student", "mobilenetv2_100"], "--student differ"),
+        (["--label-weight", "0.5", "--lr", "0.01"], "--label-weight, --lr differ"),
+    ],
+)
+def test_resume_refuses_incompatible_flags(capsys, finished_run, flags, expected):
+    err = fails_cleanly(capsys, train_student.main, ["--resume", str(finished_run), *flags])
+    assert expected in err and "another --out" in err
+
+
+def test_resume_refuses_other_scripts_runs_and_non_runs(capsys, finished_run, tmp_path):
+    import train_student_rl
+
+    err = fails_cleanly(capsys, train_student_rl.main, ["--resume", str(finished_run)])
+    assert "train_student.py" in err
+    err = fails_cleanly(capsys, train_student.main, ["--resume", str(tmp_path)])
+    assert "no config.json" in err
+
+
+def test_resume_refuses_changed_data(capsys, finished_run, tmp_path):
+    """The saved config names the data; if what it names has changed (another folder content), refuse."""
+    checkpoint = engine.load_checkpoint(finished_run / "last.pt")
+    checkpoint["data"] = '{"synthetic": "something else"}'
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("config.json", "metrics.csv"):
+        (copy / name).write_bytes((finished_run / name).read_bytes())
+    engine.save_checkpoint(copy / "last.pt", checkpoint)
+    err = fails_cleanly(capsys, train_student.main, ["--resume", str(copy)])
+    assert "data" in err and "changed" in err
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_checkpoints(capsys, tmp_path, monkeypatch):
+    """The loss turns NaN in epoch 2, batch 2: the run exits 2 naming both, with epoch 1's checkpoints intact."""
+    real_loss, calls = models.kd_loss, []
+
+    def loss_that_turns_nan(*args):
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) == 3 + 2 else loss  # 3 batches of 32 per epoch
+
+    monkeypatch.setattr(models, "kd_loss", loss_that_turns_nan)
+    out = tmp_path / "run"
+    argv = train_args(out, "--label-weight", "1", "--student", "resnet10t", data=DATA, epochs=3)[1:]
+    err = fails_cleanly(capsys, train_student.main, argv)
+    assert "nan at epoch 2, batch 2" in err and "--lr" in err
+    assert engine.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert engine.load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert len(engine.read_metrics(out / "metrics.csv")) == 1
+    assert not (out / "results.json").exists()
