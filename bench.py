@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import engine
@@ -27,6 +28,8 @@ from data import synthetic_class_names
 from engine import field, parse_config
 from errors import run_cli
 from rl_curriculum_env import CurriculumEnv
+
+RESCORE_EVERY = 5  # train_student.py's default
 
 
 @dataclass
@@ -87,15 +90,58 @@ def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path)
     return {"agent_s_per_epoch": statistics.mean(agent_seconds), "rl_epoch_s": statistics.mean(epoch_seconds)}
 
 
-def epoch_fn(run: engine.TrainingRun):
-    """One training epoch over the whole training set, as train_epoch runs it (without validation)."""
-    exp = run.experiment
-    exp.sampler.set_epoch(1, torch.arange(len(exp.data.train)).numpy())
-    config = run.config
-    return lambda: engine.train_one_epoch(
-        run.student, exp.teacher, exp.train_loader, run.optimizer, run.scaler,
-        config.label_weight, config.temperature, exp.device, exp.dtype, 1,
-    )  # fmt: skip
+def epoch_fn(run: engine.TrainingRun, cached: bool = False, train_pass: bool = False):
+    """One training epoch over the whole training set, as TrainingRun.train_epoch runs it (without validation)."""
+    exp, config = run.experiment, run.config
+    exp.sampler.set_epoch(1, np.arange(len(exp.data.train)))
+
+    def epoch():
+        recorder = engine.TrainPassScores(len(exp.data.train), exp.device) if train_pass else None
+        engine.train_one_epoch(
+            run.model, exp.teacher, exp.train_loader, run.optimizer, run.scaler,
+            config.label_weight, config.temperature, exp.device, exp.dtype, 1,
+            exp.teacher_table() if cached else None, recorder.record if recorder else None,
+        )  # fmt: skip
+        if recorder:
+            recorder.collect()
+
+    return epoch
+
+
+def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device) -> dict:
+    figures = {}
+    labels = make_run(bench, teacher, cache, label_weight=1.0)
+    figures["epoch_labels_s"] = timed(epoch_fn(labels), bench.repeats, device)
+    kd = make_run(bench, teacher, cache, label_weight=0.0)
+    exp = kd.experiment
+    figures["epoch_kd_online_s"] = timed(epoch_fn(kd), bench.repeats, device)
+    figures["teacher_forward_s"] = timed(
+        lambda: engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "teacher"),
+        bench.repeats,
+        device,
+    )
+    exp.teacher_train_logits()  # fill the cache
+    figures["epoch_kd_cached_s"] = timed(epoch_fn(kd, cached=True), bench.repeats, device)
+    figures["score_cached_s"] = timed(kd.rescore, bench.repeats, device)
+
+    def recompute():
+        exp._teacher_train_logits = engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
+        kd.rescore()
+
+    figures["score_recompute_s"] = timed(recompute, bench.repeats, device)
+    # train-pass: the per-batch difficulty on the training step's logits, plus a pass over the samples an adaptive
+    # epoch leaves out (1 - fraction of them) every rescore_every epochs
+    figures["epoch_kd_train_pass_s"] = timed(epoch_fn(kd, train_pass=True), bench.repeats, device)
+    kd.epoch, kd.curriculum.trained_epoch[:] = 1, 0
+    kd.curriculum.trained_epoch[: round(kd.config.fraction * len(exp.data.train))] = 1  # the rest is stale
+
+    def stale_pass():
+        kd.config.score_source = "train-pass"
+        kd.rescore()
+
+    figures["score_stale_pass_s"] = timed(stale_pass, bench.repeats, device)
+    figures.update(agent_figures(bench, teacher, cache))
+    return figures
 
 
 def main(argv=None) -> None:
@@ -108,32 +154,18 @@ def main(argv=None) -> None:
         checkpoint = {"model": bench.teacher, "class_names": synthetic_class_names(bench.classes),
                       "state_dict": teacher.state_dict()}  # fmt: skip
         engine.save_checkpoint(tmp / "teacher.pt", checkpoint)
-
-        labels = make_run(bench, tmp / "teacher.pt", tmp / "cache", label_weight=1.0)
-        figures["epoch_labels_s"] = timed(epoch_fn(labels), bench.repeats, device)
-        kd = make_run(bench, tmp / "teacher.pt", tmp / "cache", label_weight=0.0)
-        figures["epoch_kd_online_s"] = timed(epoch_fn(kd), bench.repeats, device)
-        exp = kd.experiment
-        figures["teacher_forward_s"] = timed(
-            lambda: engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "teacher"),
-            bench.repeats,
-            device,
-        )
-        exp.teacher_train_logits()  # fill the cache
-        figures["score_cached_s"] = timed(kd.rescore, bench.repeats, device)
-
-        def recompute():
-            exp._teacher_train_logits = engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
-            kd.rescore()
-
-        figures["score_recompute_s"] = timed(recompute, bench.repeats, device)
-        figures.update(agent_figures(bench, tmp / "teacher.pt", tmp / "cache"))
+        figures.update(measure(bench, tmp / "teacher.pt", tmp / "cache", device))
 
     base = figures["epoch_labels_s"]
+    for name in ("labels", "kd_online", "kd_cached", "kd_train_pass"):
+        figures[f"images_per_s_{name}"] = bench.train / figures[f"epoch_{name}_s"]
     figures["ratio_kd_online"] = figures["epoch_kd_online_s"] / base
     figures["ratio_kd_online_budget"] = figures["epoch_kd_online_s"] / (base + figures["teacher_forward_s"])
+    figures["ratio_kd_cached"] = figures["epoch_kd_cached_s"] / base
     figures["ratio_score_cached"] = figures["score_cached_s"] / base
     figures["ratio_score_recompute"] = figures["score_recompute_s"] / base
+    train_pass_cost = figures["epoch_kd_train_pass_s"] - figures["epoch_kd_online_s"]
+    figures["ratio_train_pass"] = (train_pass_cost + figures["score_stale_pass_s"] / RESCORE_EVERY) / base
     figures["ratio_agent"] = figures["agent_s_per_epoch"] / figures["rl_epoch_s"]
     figures["peak_host_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -147,12 +179,18 @@ def print_table(figures: dict) -> None:
         ("training epoch, labels only", "epoch_labels_s", None, "1 (reference)"),
         ("training epoch, KD, online teacher", "epoch_kd_online_s", "ratio_kd_online", ""),
         ("  vs labels-only + teacher forward", None, "ratio_kd_online_budget", "<= 1.0"),
+        ("training epoch, KD, cached teacher logits", "epoch_kd_cached_s", "ratio_kd_cached", "<= 1.1"),
         ("teacher forward over the training set", "teacher_forward_s", None, ""),
         ("scoring pass, teacher logits cached", "score_cached_s", "ratio_score_cached", "<= 0.35"),
         ("scoring pass, teacher recomputed", "score_recompute_s", "ratio_score_recompute", ""),
+        ("train-pass scores: epoch with them (online KD)", "epoch_kd_train_pass_s", None, ""),
+        ("  pass over the unselected 30%", "score_stale_pass_s", None, ""),
+        (f"  train-pass scoring per epoch (pass every {RESCORE_EVERY})", None, "ratio_train_pass", "<= 0.05"),
         ("RL agent per epoch (vs that run's epochs)", "agent_s_per_epoch", "ratio_agent", "< 0.01"),
     ]
     print(f"device: {figures['device']}  train images: {figures['train']}  image size: {figures['image_size']}")
+    speeds = ", ".join(f"{name} {figures[f'images_per_s_{name}']:.0f}" for name in ("labels", "kd_online", "kd_cached"))
+    print(f"training images/s: {speeds}")
     print("| measure | seconds | x labels-only epoch | target |\n|---|---|---|---|")
     for label, seconds, ratio, target in rows:
         if (seconds and seconds not in figures) or (ratio and ratio not in figures):

@@ -127,15 +127,17 @@ def select_samples(
 
 
 class EpochSampler(Sampler):
-    """Yields `(index, epoch)` for this epoch's selected samples in an order seeded by (seed, epoch).
+    """Batches of `(index, epoch)` pairs: this epoch's selected samples in an order seeded by (seed, epoch).
 
     The epoch travels with each index so the dataset seeds that sample's augmentation from (seed, epoch, index):
     reproducible with any number of DataLoader workers. With `world_size > 1` each rank takes a disjoint strided
-    shard of the shuffled selection (trimmed to a multiple of world_size so every rank runs the same step count).
+    shard of the shuffled selection, so every selected sample is trained exactly once per epoch (ranks may differ by
+    one sample; DDP's join() evens out the step counts). A shard is cut into ceil(n / batch_size) batches of nearly
+    equal size, so no epoch ends on a batch of one (which BatchNorm cannot train on).
     """
 
-    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+    def __init__(self, num_samples: int, seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.seed, self.batch_size, self.rank, self.world_size = seed, batch_size, rank, world_size
         self.indices = np.arange(num_samples)
         self.epoch = 0
 
@@ -144,14 +146,16 @@ class EpochSampler(Sampler):
 
     def shard(self) -> np.ndarray:
         order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.indices)
-        usable = len(order) - len(order) % self.world_size
-        return order[self.rank : usable : self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __iter__(self):
-        return iter([(int(i), self.epoch) for i in self.shard()])
+        shard = self.shard()
+        for batch in np.array_split(shard, len(self)):
+            yield [(int(i), self.epoch) for i in batch]
 
     def __len__(self) -> int:
-        return len(self.indices) // self.world_size
+        """Batches in this rank's shard; the same on every rank unless the shards straddle a multiple of the batch."""
+        return max(1, math.ceil(len(range(self.rank, len(self.indices), self.world_size)) / self.batch_size))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cached_logits(cache_dir: Path, parts: dict, compute) -> tuple[torch.Tensor, bool]:
+def cached_logits(cache_dir: Path, parts: dict, compute, write: bool = True) -> tuple[torch.Tensor, bool]:
     """Logits stored as fp16 under a hash of `parts`; `compute()` runs only on a miss. Returns (logits, was_cached).
 
     Fresh logits are rounded through fp16 too, so a run that computed them and a run that loaded them agree exactly.
@@ -177,9 +181,10 @@ def cached_logits(cache_dir: Path, parts: dict, compute) -> tuple[torch.Tensor, 
         except Exception:  # a truncated file from an older, non-atomic writer: recompute it
             path.unlink()
     logits = compute().half()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda handle: torch.save(logits, handle))
-    atomic_write(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(parts, indent=2).encode()))
+    if write:  # with several processes, rank 0 writes
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda handle: torch.save(logits, handle))
+        atomic_write(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(parts, indent=2).encode()))
     return logits.float(), False
 
 
@@ -208,6 +213,7 @@ class Curriculum:
         self.coverage = np.zeros(num_samples, dtype=np.int64)
         self.scored_epoch = 0
         self.history: dict[str, np.ndarray] = {}  # "epoch_E": the scores used from epoch E + 1 on (fp16)
+        self.trained_epoch = np.zeros(num_samples, dtype=np.int64)  # the last epoch each sample was trained in
 
     @property
     def needs_scores(self) -> bool:
@@ -220,13 +226,27 @@ class Curriculum:
         self.scored_epoch = epoch
         self.history[f"epoch_{epoch}"] = self.scores.astype(np.float16)
 
+    def update_some(self, indices: np.ndarray, components: dict[str, torch.Tensor], epoch: int) -> None:
+        """Refresh the scores of some samples (train-pass scoring, or a pass over the samples it did not see)."""
+        for name, values in components.items():
+            self.components[name][indices] = values.numpy()
+        self.scores[indices] = models.combine_difficulty(components).numpy()
+        self.history[f"epoch_{epoch}"] = self.scores.astype(np.float16)
+
+    def count_trained(self, seen: np.ndarray, chosen: np.ndarray, epoch: int) -> None:
+        """Coverage from what the epoch actually trained on, which must be its selection, each sample once."""
+        selected = np.zeros_like(seen)
+        selected[chosen] = 1
+        if not np.array_equal(seen, selected):
+            raise RuntimeError(f"epoch {epoch} trained on other samples than it selected; a sampler bug")
+        self.coverage += seen
+        self.trained_epoch[seen > 0] = epoch
+
     def select(self, epoch: int, target: float) -> np.ndarray:
-        """Indices of 1-based `epoch`, seeded by (seed, epoch); counted into coverage."""
+        """Indices of 1-based `epoch`, seeded by (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
         data_fraction = pacing(epoch - 1, self.pace_epochs, self.start_fraction, self.pacing_kind)
-        chosen = select_samples(self.strategy, self.scores, self.num_samples, rng, target, self.fraction, data_fraction)
-        self.coverage[chosen] += 1
-        return chosen
+        return select_samples(self.strategy, self.scores, self.num_samples, rng, target, self.fraction, data_fraction)
 
     def epoch_stats(self, chosen: np.ndarray, target: float | None) -> dict:
         """The metrics.csv columns of an epoch's selection."""
@@ -251,9 +271,10 @@ class Curriculum:
             "coverage": self.coverage,
             "scored_epoch": self.scored_epoch,
             "history": self.history,
+            "trained_epoch": self.trained_epoch,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.scores, self.components = state["scores"], state["components"]
         self.coverage, self.scored_epoch = state["coverage"], state["scored_epoch"]
-        self.history = state["history"]
+        self.history, self.trained_epoch = state["history"], state["trained_epoch"]

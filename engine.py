@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import curriculum_dataloader as curriculum
@@ -104,17 +105,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Several processes (torchrun): DDP for the student, sharded evaluation, rank 0 writes
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; starts the process group when torchrun launched several.
+    NCCL between GPUs (one per process, by LOCAL_RANK), gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
+
+
+def end_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_from_main(value):
+    """rank 0's value on every rank (the RL agent's action)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def make_loader(view, batch_size: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
-    """Evaluation loaders keep the data order (index i of the output is sample i); training passes a sampler."""
+    """Evaluation loaders take this process's strided shard of the view (all of it in a single process);
+    predict_logits puts each output row back at its sample index. Training passes its own sampler."""
+    if sampler is None and dist.is_initialized():
+        view = Subset(view, range(dist.get_rank(), len(view), dist.get_world_size()))
+    batching = {"batch_sampler": sampler} if sampler is not None else {"batch_size": batch_size}
     return DataLoader(
         view,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
+        **batching,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        drop_last=False,
     )
 
 
@@ -225,7 +269,7 @@ def start_run(config_class, argv, script: str, description: str, default_out, ch
 
 def open_run_folder(config, script: str) -> Path:
     """The run folder, once set-up worked: a resumed one as it is, a new one cleared and given its config.json."""
-    if config.resume:
+    if config.resume or not is_main_process():  # rank 0 alone writes
         return Path(config.out)
     folder = prepare_run_folder(config.out, config.overwrite)
     save_json(folder / "config.json", {"script": script, **config_dict(config)})
@@ -237,10 +281,10 @@ class MetricsLog:
 
     GROUPS = {"loss": "losses", "reward": "reward", "difficulty": "curriculum", "target": "curriculum"}
 
-    def __init__(self, folder: Path, enabled: bool = True):
+    def __init__(self, folder: Path, enabled: bool | None = None):
         self.folder = folder
         self.path = folder / "metrics.csv"
-        self.enabled = enabled
+        self.enabled = is_main_process() if enabled is None else enabled
         self.writer = None  # opened at the first row, so a resumed run can purge the events it will redo
         self.count = 0  # rows in metrics.csv
 
@@ -248,7 +292,7 @@ class MetricsLog:
         """On resume: keep the first `rows` rows, those the checkpoint saw (a kill can land between the CSV row and
         the checkpoint of an epoch, which the resumed run then redoes)."""
         logged = read_metrics(self.path) if self.path.exists() else []
-        if len(logged) > rows:
+        if len(logged) > rows and self.enabled:
             self._write_rows(logged[:rows], list(logged[0].keys()))
         self.count = min(rows, len(logged))
 
@@ -347,7 +391,7 @@ class NonFiniteLoss(UserError):
 
 
 def train_one_epoch(
-    student,
+    model,
     teacher,
     loader,
     optimizer,
@@ -357,45 +401,53 @@ def train_one_epoch(
     device: torch.device,
     dtype: torch.dtype | None,
     epoch: int,
-    teacher_logits_table: torch.Tensor | None = None,
+    teacher_table: torch.Tensor | None = None,
     on_logits=None,
+    seen: torch.Tensor | None = None,
 ) -> float:
-    """One epoch of KD. Returns the mean training loss.
+    """One epoch of KD. Returns the mean training loss (over all processes).
 
-    Teacher logits come from the teacher on the same augmented batch (online) or from `teacher_logits_table[index]`
-    (cached). `on_logits(indices, teacher_logits, student_logits)` sees every batch's logits (train-pass scoring).
-    Losses stay on the device; the host only looks at them every few batches for the progress bar and the NaN check.
+    Teacher logits come from the teacher on the same augmented batch (online) or from `teacher_table[index]`, the
+    cached logits of the un-augmented image, kept on the device. `on_logits(indices, teacher_logits, student_logits)`
+    sees every batch (train-pass scoring); `seen[index] += 1` counts what was trained. Nothing in the loop waits for
+    the device: losses stay there and are checked for NaN once, after the epoch.
     """
-    student.train()
+    model.train()
+    channels_last = device.type == "cuda"
     batch_losses = torch.zeros(len(loader), device=device)
     batch_sizes = torch.zeros(len(loader), device=device)
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, mininterval=2, disable=None)
-    for step, (images, labels, indices) in enumerate(progress):
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        teacher_logits = None
-        if teacher_logits_table is not None:
-            teacher_logits = teacher_logits_table[indices].to(device, non_blocking=True).float()
-        elif label_weight < 1 or on_logits is not None:
-            with torch.inference_mode(), autocast(device, dtype):
-                teacher_logits = teacher(images)
-            teacher_logits = teacher_logits.clone()  # leave inference mode: autograd may see it in kd_loss
-        with autocast(device, dtype):
-            student_logits = student(images)
-        loss = models.kd_loss(student_logits, teacher_logits, labels, label_weight, temperature)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        batch_losses[step] = loss.detach()
-        batch_sizes[step] = len(labels)
-        if on_logits is not None:
-            on_logits(indices, teacher_logits, student_logits.detach())
-        if step % 20 == 19:
-            check_finite(batch_losses[: step + 1], epoch)
-            progress.set_postfix(loss=f"{batch_losses[step].item():.4f}")
+    join = model.join() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    with join:  # DDP: ranks may get one batch more or less (every selected sample is used exactly once)
+        for step, (images, labels, indices) in enumerate(progress):
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            indices = indices.to(device, non_blocking=True)
+            teacher_logits = None
+            if teacher_table is not None:
+                teacher_logits = teacher_table[indices].float()
+            elif label_weight < 1 or on_logits is not None:
+                with torch.inference_mode(), autocast(device, dtype):
+                    teacher_logits = teacher(images)
+                teacher_logits = teacher_logits.clone()  # an inference tensor cannot enter the autograd graph
+            with autocast(device, dtype):
+                student_logits = model(images)
+            loss = models.kd_loss(student_logits, teacher_logits, labels, label_weight, temperature)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            batch_losses[step] = loss.detach()
+            batch_sizes[step] = len(labels)
+            if on_logits is not None:
+                on_logits(indices, teacher_logits, student_logits.detach())
+            if seen is not None:
+                seen.index_add_(0, indices, torch.ones_like(indices))
     check_finite(batch_losses, epoch)
-    return float((batch_losses * batch_sizes).sum() / batch_sizes.sum())
+    totals = sum_across_processes(torch.stack([(batch_losses * batch_sizes).sum(), batch_sizes.sum()]))
+    return (totals[0] / totals[1]).item()
 
 
 def check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
@@ -408,15 +460,30 @@ def check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
         )
 
 
+def base_view(dataset):
+    """The SampleView under any Subsets (a process's shard, a rescoring's stale samples)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return dataset
+
+
 @torch.inference_mode()
 def predict_logits(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str) -> torch.Tensor:
-    """Logits of every sample of an order-preserving loader, as one CPU float32 tensor [N, K]."""
+    """Logits of every sample of the loader's view, as a CPU float32 tensor [N, K] in sample order. With several
+    processes each predicts its shard and the rows are summed into place across processes."""
     model.eval()
-    outputs = []
-    for images, _, _ in tqdm(loader, desc=desc, leave=False, mininterval=2, disable=None):
+    view = base_view(loader.dataset)
+    logits = None
+    for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=None):
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
-            outputs.append(model(images.to(device, non_blocking=True)).float())
-    return torch.cat(outputs).cpu()
+            batch = model(images).float()
+        if logits is None:
+            logits = torch.zeros(len(view), batch.shape[1], device=device)
+        logits[indices.to(device, non_blocking=True)] = batch
+    return sum_across_processes(logits).cpu()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
@@ -429,7 +496,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
 def evaluate(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval") -> dict:
     """Top-1 and top-5 accuracy (percent) and cross-entropy of a model on an order-preserving loader."""
     logits = predict_logits(model, loader, device, dtype, desc)
-    labels = torch.as_tensor(loader.dataset.labels)
+    labels = torch.as_tensor(base_view(loader.dataset).labels)
     return {
         "acc1": accuracy(logits, labels, 1),
         "acc5": accuracy(logits, labels, 5),
@@ -452,19 +519,37 @@ class Experiment:
         from data import load_data
 
         self.config = config
-        self.device = pick_device(config.device)
+        self.rank, self.world, self.device = init_distributed(pick_device(config.device))
         self.dtype = amp_dtype(self.device, config.amp)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         self.data = load_data(config.data, config.image_size, config.seed, config.min_scale)
         self.num_classes = len(self.data.class_names)
-        needs_teacher = config.label_weight < 1 or config.curriculum in curriculum.SCORED
-        self.teacher = load_teacher(config, self.data).to(self.device) if needs_teacher else None
+        needs_teacher = (
+            config.label_weight < 1 or config.curriculum in curriculum.SCORED or config.teacher_logits == "cached"
+        )
+        self.teacher = (
+            load_teacher(config, self.data).to(self.device, memory_format=self.memory_format) if needs_teacher else None
+        )
         eval_batch = 2 * config.batch_size  # no activations kept for backward: twice the batch fits
         self.val_loader = make_loader(self.data.val, eval_batch, config.workers, self.device)
         self.test_loader = make_loader(self.data.test, eval_batch, config.workers, self.device)
         self.score_loader = make_loader(self.data.score, eval_batch, config.workers, self.device)
-        self.sampler = curriculum.EpochSampler(len(self.data.train), config.seed)
+        self.sampler = curriculum.EpochSampler(
+            len(self.data.train), config.seed, config.batch_size, self.rank, self.world
+        )
         self.train_loader = make_loader(self.data.train, config.batch_size, config.workers, self.device, self.sampler)
-        self._teacher_train_logits = None
+        self._teacher_train_logits = self._teacher_table = None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Channels-last on GPUs: convolutions in NHWC use the tensor cores without transposes."""
+        return torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+
+    def teacher_table(self) -> torch.Tensor:
+        """The cached teacher logits on the device, for --teacher-logits cached (fp16: 10 MB for mini-imagenet)."""
+        if self._teacher_table is None:
+            self._teacher_table = self.teacher_train_logits().to(self.device, torch.float16)
+        return self._teacher_table
 
     def teacher_cache_parts(self) -> dict:
         """The cache key: teacher and weights, data, split, transform and image size, precision."""
@@ -481,9 +566,30 @@ class Experiment:
         if self._teacher_train_logits is None:
             compute = lambda: predict_logits(self.teacher, self.score_loader, self.device, self.dtype, "teacher logits")  # noqa: E731
             self._teacher_train_logits, _ = curriculum.cached_logits(
-                self.config.cache_dir, self.teacher_cache_parts(), compute
+                self.config.cache_dir, self.teacher_cache_parts(), compute, write=is_main_process()
             )
         return self._teacher_train_logits
+
+
+class TrainPassScores:
+    """Difficulty of the samples a training epoch saw, from the logits its steps already computed (the online
+    teacher's and the student's on the augmented batch): fresh scores at no extra forward pass."""
+
+    def __init__(self, num_samples: int, device: torch.device):
+        self.components = {name: torch.zeros(num_samples, device=device) for name in models.DIFFICULTY_WEIGHTS}
+        self.trained = torch.zeros(num_samples, device=device)
+
+    def record(self, indices: torch.Tensor, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> None:
+        for name, values in models.difficulty_components(teacher_logits, student_logits).items():
+            self.components[name][indices] = values
+        self.trained[indices] = 1.0
+
+    def collect(self) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+        """(indices, components) of the samples trained on, gathered across processes (their shards are disjoint)."""
+        trained = sum_across_processes(self.trained).cpu().numpy() > 0
+        components = {name: sum_across_processes(values).cpu() for name, values in self.components.items()}
+        indices = np.flatnonzero(trained)
+        return indices, {name: values[indices] for name, values in components.items()}
 
 
 class TrainingRun:
@@ -503,7 +609,13 @@ class TrainingRun:
         seed_everything(self.seed)
         self.student = models.create_model(
             config.student, experiment.num_classes, config.pretrained, config.student_weights, "--student-weights"
-        ).to(experiment.device)
+        ).to(experiment.device, memory_format=experiment.memory_format)
+        self.model = self.student  # what the training step calls: DDP and/or torch.compile around the student
+        if experiment.world > 1:
+            device_ids = [experiment.device] if experiment.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=device_ids)
+        if config.compile:
+            self.model = torch.compile(self.model)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
         self.scaler = torch.amp.GradScaler(experiment.device.type, enabled=experiment.dtype == torch.float16)
@@ -520,10 +632,28 @@ class TrainingRun:
         self.log = log or (MetricsLog(folder) if folder else None)
 
     def rescore(self) -> None:
-        """Difficulty of every training sample from the cached teacher logits and the current student."""
-        exp = self.experiment
-        student_logits = predict_logits(self.student, exp.score_loader, exp.device, exp.dtype, "student logits")
-        self.curriculum.update_scores(exp.teacher_train_logits(), student_logits, self.epoch)
+        """Difficulty from the cached teacher logits and the current student on the un-augmented images: of every
+        training sample, or with --score-source train-pass only of those the last epoch did not train on."""
+        exp, curriculum = self.experiment, self.curriculum
+        stale = None
+        if self.config.score_source == "train-pass" and curriculum.scores is not None:
+            stale = np.flatnonzero(curriculum.trained_epoch != self.epoch)
+            if len(stale) == 0:
+                curriculum.scored_epoch = self.epoch
+                return
+        loader = exp.score_loader
+        if stale is not None:
+            loader = make_loader(Subset(exp.data.score, stale), loader.batch_size, self.config.workers, exp.device)
+        student_logits = predict_logits(self.student, loader, exp.device, exp.dtype, "student logits")
+        if stale is None:
+            curriculum.update_scores(exp.teacher_train_logits(), student_logits, self.epoch)
+        else:
+            components = models.difficulty_components(exp.teacher_train_logits()[stale], student_logits[stale])
+            curriculum.update_some(stale, components, self.epoch)
+            curriculum.scored_epoch = self.epoch
+
+    def scores_from_train_pass(self) -> bool:
+        return self.config.score_source == "train-pass" and self.curriculum.needs_scores
 
     def scores_due(self) -> bool:
         """Scores are refreshed before the first epoch and then every rescore_every epochs."""
@@ -543,11 +673,21 @@ class TrainingRun:
         chosen = self.curriculum.select(self.epoch, target)
         exp.sampler.set_epoch(self.epoch, chosen)
         lr = self.optimizer.param_groups[0]["lr"]
+        seen = torch.zeros(len(exp.data.train), dtype=torch.long, device=exp.device)
+        train_pass = TrainPassScores(len(seen), exp.device) if self.scores_from_train_pass() else None
         train_loss = train_one_epoch(
-            self.student, exp.teacher, exp.train_loader, self.optimizer, self.scaler,
+            self.model, exp.teacher, exp.train_loader, self.optimizer, self.scaler,
             config.label_weight, self.temperature, exp.device, exp.dtype, self.epoch,
+            exp.teacher_table() if config.teacher_logits == "cached" else None,
+            train_pass.record if train_pass else None, seen,
         )  # fmt: skip
+        self.curriculum.count_trained(sum_across_processes(seen).cpu().numpy(), chosen, self.epoch)
+        if train_pass:
+            self.curriculum.update_some(*train_pass.collect(), self.epoch)
         self.scheduler.step()
+        if exp.world > 1:  # evaluate and save rank 0's BatchNorm statistics on every rank
+            for buffer in self.student.buffers():
+                dist.broadcast(buffer, 0)
         val = evaluate(self.student, exp.val_loader, exp.device, exp.dtype, "validate")
         uses_target = config.curriculum in ("adaptive", "hard_mining", "mixed", "soft")
         return {
@@ -625,6 +765,8 @@ class TrainingRun:
         improved = row["val_acc"] > self.best_val_acc
         if improved:
             self.best_val_acc, self.best_epoch = row["val_acc"], self.epoch
+        if not is_main_process():  # every rank keeps the same state; rank 0 alone prints and writes
+            return
         print(
             f"epoch {self.epoch}/{self.config.epochs}  loss {row['train_loss']:.4f}  val {row['val_acc']:.2f}%"
             f"  lr {row['lr']:.2e}  samples {row['selected']}  {row['seconds']:.1f}s" + ("  *" if improved else ""),
@@ -645,6 +787,8 @@ class TrainingRun:
         """Test accuracy of the best-validation checkpoint (the reported figure) and of the last epoch's model."""
         exp = self.experiment
         last = evaluate(self.student, exp.test_loader, exp.device, exp.dtype, "test (last)")
+        if dist.is_initialized():
+            dist.barrier()  # rank 0 has written best.pt
         best_model = models.model_from_checkpoint(load_checkpoint(self.folder / "best.pt")).to(exp.device)
         best = evaluate(best_model, exp.test_loader, exp.device, exp.dtype, "test (best)")
         results = {
@@ -657,7 +801,8 @@ class TrainingRun:
             "last_test_acc5": last["acc5"],
             "params": count_parameters(self.student),
         }
-        save_json(self.folder / "results.json", results)
+        if is_main_process():
+            save_json(self.folder / "results.json", results)
         if self.log:
             self.log.close()
         return results

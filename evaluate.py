@@ -2,15 +2,20 @@
 
     python evaluate.py runs/labels runs/kd runs/kd-teacher runs/rl            # teacher from the runs' config
     python evaluate.py runs/*/ --json results.json --no-teacher
+    python evaluate.py runs/table/*-s*/ --report runs/table/report         # seeds aggregated, figures + report.md
 
 Each run folder is tested twice: its best-validation checkpoint (best.pt, the figure the table reports) and its
-last epoch (last.pt), labelled so nobody confuses the two.
+last epoch (last.pt), labelled so nobody confuses the two. Runs whose config differs only in the seed (and the run
+folder) are one row: mean +- sample std over the n seeds.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,10 @@ from engine import (
     save_json,
 )
 from errors import UserError, run_cli
+from report import write_report
+
+# config entries that do not change what is trained: runs differing only in these are seeds of one row
+NOT_THE_CONFIGURATION = ("seed", "out", "overwrite", "resume", "policy")
 
 
 @dataclass
@@ -47,7 +56,8 @@ class Config:
     workers: int = field(4, "DataLoader worker processes")
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = field(False, "mixed precision inference")
-    json: str | None = field(None, "also write the table's figures to this JSON file")
+    json: str | None = field(None, "also write the table's figures (per run and aggregated) to this JSON file")
+    report: str | None = field(None, "also write figures and report.md (the table beside them) into this folder")
 
 
 def read_run(path: str) -> dict:
@@ -107,18 +117,47 @@ def student_row(run: dict, data_cache: dict, config: Config, device, dtype) -> d
     row = {
         "model": describe(run["config"]),
         "run": run["name"],
+        "seed": run["config"].get("seed"),
         "top1": scores["acc1"],
         "top5": scores["acc5"],
         "params": count_parameters(model),
         "best_epoch": best["epoch"],
         "last_top1": None,
+        "last_top5": None,
     }
     if run["last"]:
         last = load_checkpoint(run["last"])
         model.load_state_dict(last["state_dict"])
-        row["last_top1"] = evaluate(model, loader, device, dtype, "test last")["acc1"]
-        row["last_epoch"] = last["epoch"]
+        last_scores = evaluate(model, loader, device, dtype, "test last")
+        row["last_top1"], row["last_top5"], row["last_epoch"] = last_scores["acc1"], last_scores["acc5"], last["epoch"]
     return row
+
+
+def group_runs(runs: list[dict]) -> list[list[dict]]:
+    """Runs of one configuration (equal configs but for NOT_THE_CONFIGURATION), in the order they were given."""
+    groups: dict[str, list[dict]] = {}
+    for run in runs:
+        kept = {key: value for key, value in run["config"].items() if key not in NOT_THE_CONFIGURATION}
+        groups.setdefault(json.dumps(kept, sort_keys=True), []).append(run)
+    return list(groups.values())
+
+
+def group_name(run_rows: list[dict]) -> str:
+    """A short name for curves and the table: the run folder, without its -s<seed> suffix when seeds are pooled."""
+    path = Path(run_rows[0]["run"])
+    name = path.parent.name if path.is_file() else path.name
+    return re.sub(r"-s\d+$", "", name) if len(run_rows) > 1 else name
+
+
+def aggregate_row(run_rows: list[dict]) -> dict:
+    """One table row from the runs of one configuration: the mean, and the sample std when there are several."""
+    first = run_rows[0]
+    row = {"model": first["model"], "name": group_name(run_rows), "n": len(run_rows), "params": first["params"]}
+    for key in ("top1", "top5", "last_top1", "last_top5"):
+        values = [run[key] for run in run_rows if run.get(key) is not None]
+        row[key] = statistics.fmean(values) if values else None
+        row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+    return {**row, "runs": run_rows}
 
 
 def test_loader(data_name: str, image_size: int, cache: dict, config: Config, device):
@@ -130,16 +169,24 @@ def test_loader(data_name: str, image_size: int, cache: dict, config: Config, de
     return cache[key][1]
 
 
+def format_accuracy(row: dict, key: str) -> str:
+    """`85.06%`, or `85.06 ± 0.42% (n=3)` for a row of several seeds."""
+    if row.get(key) is None:
+        return "—"
+    if row.get(f"{key}_std") is None:
+        return f"{row[key]:.2f}%"
+    return f"{row[key]:.2f} ± {row[f'{key}_std']:.2f}% (n={row['n']})"
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| Model | Test top-1 (best-val checkpoint) | Test top-5 | Test top-1 (last epoch) | Parameters |",
-        "|---|---|---|---|---|",
+        "| Model | Test top-1 (best-val checkpoint) | Test top-5 | Test top-1 (last epoch) | Parameters | Run |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        last = f"{row['last_top1']:.2f}%" if row.get("last_top1") is not None else "—"
-        lines.append(
-            f"| {row['model']} | {row['top1']:.2f}% | {row['top5']:.2f}% | {last} | {row['params'] / 1e6:.2f}M |"
-        )
+        accuracies = " | ".join(format_accuracy(row, key) for key in ("top1", "top5", "last_top1"))
+        run = f"`{row['name']}`" if "name" in row else "—"
+        lines.append(f"| {row['model']} | {accuracies} | {row['params'] / 1e6:.2f}M | {run} |")
     return "\n".join(lines)
 
 
@@ -157,10 +204,14 @@ def main(argv=None) -> None:
         image_size = load_checkpoint(first["best"])["image_size"] if first else None
         loader = test_loader(data_name, image_size, data_cache, config, device)
         rows.append(teacher_row(config, first, data_cache[(data_name, image_size)][0], loader, device, dtype))
-    rows += [student_row(run, data_cache, config, device, dtype) for run in runs]
-    print(markdown_table(rows))
+    for group in group_runs(runs):
+        rows.append(aggregate_row([student_row(run, data_cache, config, device, dtype) for run in group]))
+    table = markdown_table(rows)
+    print(table)
     if config.json:
         save_json(Path(config.json), rows)
+    if config.report:
+        print(f"report: {write_report(rows, table, config.report)}", file=sys.stderr)  # stdout: the table alone
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curriculum_dataloader import PACINGS, STRATEGIES
-from engine import Experiment, TrainingRun, field, open_run_folder, start_run
+from engine import Experiment, TrainingRun, end_distributed, field, is_main_process, open_run_folder, start_run
 from errors import UserError, run_cli
 
 
@@ -53,10 +53,19 @@ class Config:
     pace_epochs: float = field(0.5, "easy_to_hard / hard_to_easy: fraction of the epochs until all data is used")
     rescore_every: int = field(5, "epochs between refreshes of the student's half of the difficulty scores")
     cache_dir: str = field("~/.cache/kd-curriculum", "where the teacher's logits over the training set are cached")
+    score_source: str = field(
+        "pass", "pass: a scoring pass every --rescore-every epochs; train-pass: trained samples rescored every epoch "
+        "from the training step's own logits, only the rest by a pass", choices=("pass", "train-pass")
+    )  # fmt: skip
+    teacher_logits: str = field(
+        "online", "online: the teacher runs on each augmented batch; cached: reuse its cached logits of the "
+        "un-augmented image (much cheaper; fixed views can overfit on long schedules)", choices=("online", "cached")
+    )  # fmt: skip
     # run
     seed: int = field(0, "seed of initialisation, sampling and augmentation")
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = field(False, "mixed precision (bf16 where supported, else fp16 with loss scaling)")
+    compile: bool = field(False, "torch.compile the student's training step (GPU; slow first epoch)")
     out: str = field("", "run folder; default runs/<student>-lw<label weight>-<curriculum>-s<seed>")
     overwrite: bool = field(False, "replace the run already in --out")
     resume: str | None = field(None, "continue the interrupted run in this folder after its last completed epoch")
@@ -101,7 +110,9 @@ def main(argv=None) -> None:
     for _ in range(run.epoch, config.epochs):
         run.end_epoch(run.train_epoch())
     results = run.finish()
-    print(json.dumps(results))
+    if is_main_process():
+        print(json.dumps(results))
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,17 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import obs_as_tensor
 
-from engine import Experiment, MetricsLog, atomic_write, field, open_run_folder, start_run
+from engine import (
+    Experiment,
+    MetricsLog,
+    atomic_write,
+    broadcast_from_main,
+    end_distributed,
+    field,
+    is_main_process,
+    open_run_folder,
+    start_run,
+)
 from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
 from train_student import Config, check_config
@@ -141,7 +151,7 @@ def steer(agent: PPO, env: CurriculumEnv, config: RLConfig, resume: dict | None 
     """Train the student for `episodes` runs, one epoch per agent step; learn online unless replaying (--policy).
     After every epoch last.pt holds the student, the environment's counters and the agent, so a kill loses at most
     the epoch in progress."""
-    learn = not config.policy
+    learn, main = not config.policy, is_main_process()
     if resume is None:
         observation, episode_start = env.reset(seed=config.seed)[0], True
     else:
@@ -153,9 +163,11 @@ def steer(agent: PPO, env: CurriculumEnv, config: RLConfig, resume: dict | None 
         if env.run.epoch >= config.epochs:  # resumed right after an episode ended
             observation, episode_start = env.reset()[0], True
         step = config.seed * 100_003 + env.experiment.config.epochs * env.episode + env.run.epoch
-        env_action, action, value, log_prob = choose(agent, observation, learn, step)
+        if main:  # the agent lives on rank 0; the other ranks train their shard with its action
+            env_action, action, value, log_prob = choose(agent, observation, learn, step)
+        env_action = broadcast_from_main(env_action if main else None)
         next_observation, reward, done, _, _ = env.step(env_action)
-        if learn:
+        if learn and main:
             agent.rollout_buffer.add(observation[None], action, np.array([reward]), np.array([episode_start]), value,
                                      log_prob)  # fmt: skip
             agent.num_timesteps += 1
@@ -185,10 +197,12 @@ def main(argv=None) -> None:
     env = CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, MetricsLog(folder))
     agent = load_agent(config.policy, env) if config.policy else make_agent(config, env)
     steer(agent, env, config, checkpoint)
-    if not config.policy:
+    if not config.policy and is_main_process():
         atomic_write(folder / "agent.zip", agent.save)
     results = env.completed_run.finish()
-    print(json.dumps(results))
+    if is_main_process():
+        print(json.dumps(results))
+    end_distributed()
 
 
 if __name__ == "__main__":

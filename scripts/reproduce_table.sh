@@ -4,25 +4,31 @@
 #   scripts/reproduce_table.sh --data synthetic            # the CPU demo, a few minutes
 #   scripts/reproduce_table.sh                             # the reference table: timm/mini-imagenet on a GPU
 #   scripts/reproduce_table.sh --data synthetic --quick    # a smoke test (what the test suite runs)
+#   scripts/reproduce_table.sh --data synthetic --seeds 0,1,2   # each row 3 times: mean +- std in the table
 #
-# Options: --data D  --out DIR (default runs/table)  --epochs N  --device DEV  --quick
+# Options: --data D  --out DIR (default runs/table)  --epochs N  --device DEV  --seeds S,S,... (default 0)  --quick
+# With one seed a row's run folder is $out/<row>; with several, $out/<row>-s<seed>. The report (figures beside the
+# table) lands in $out/report/report.md.
 # Extra flags after -- go to every train_student.py call (e.g. -- --amp --workers 8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 
-data=timm/mini-imagenet out=runs/table epochs="" device=auto quick=0 extra=()
+data=timm/mini-imagenet out=runs/table epochs="" device=auto seeds=0 quick=0 extra=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --data) data=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
+    --seeds) seeds=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     --) shift; extra=("$@"); break ;;
     *) echo "error: unknown option $1; see the header of $0." >&2; exit 2 ;;
   esac
 done
+IFS=, read -ra seeds <<< "$seeds"
+[[ ${#seeds[@]} -gt 0 ]] || { echo "error: --seeds needs at least one seed, e.g. --seeds 0,1,2." >&2; exit 2; }
 
 if [[ $data == synthetic* ]]; then
   # No ImageNet teacher knows procedural gratings: train one (a labels-only ResNet-18), as for any new data.
@@ -32,7 +38,8 @@ if [[ $data == synthetic* ]]; then
   [[ $quick == 1 ]] && data=synthetic:classes=4,train=192,val=64,test=64 && : "${epochs:=1}"
   : "${epochs:=8}"
   common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size 128)
-  $PYTHON train_student.py "${common[@]}" --student resnet18 --label-weight 1 --out "$out/teacher" --overwrite "${extra[@]}"
+  $PYTHON train_student.py "${common[@]}" --student resnet18 --label-weight 1 --seed "${seeds[0]}" \
+    --out "$out/teacher" --overwrite "${extra[@]}"
   teacher=(--teacher-checkpoint "$out/teacher/best.pt")
 else
   student=mobilenetv2_100 workers=8
@@ -41,10 +48,16 @@ else
   teacher=(--teacher resnet152.tv_in1k)
 fi
 
-run() {  # run SCRIPT NAME FLAGS...: one table row
-  local script=$1 name=$2; shift 2
-  $PYTHON "$script" "${common[@]}" --student "$student" "${teacher[@]}" --out "$out/$name" --overwrite \
-    "$@" "${extra[@]}"
+folders=()
+run() {  # run SCRIPT NAME FLAGS...: one table row, once per seed
+  local script=$1 name=$2 seed folder; shift 2
+  for seed in "${seeds[@]}"; do
+    folder=$out/$name
+    [[ ${#seeds[@]} -gt 1 ]] && folder=$out/$name-s$seed
+    $PYTHON "$script" "${common[@]}" --student "$student" "${teacher[@]}" --seed "$seed" --out "$folder" \
+      --overwrite "$@" "${extra[@]}"
+    folders+=("$folder")
+  done
 }
 run train_student.py labels --label-weight 1
 run train_student.py kd --label-weight 0.6
@@ -53,6 +66,6 @@ run train_student_rl.py rl --label-weight 0 --fraction 0.6
 # the control: as much data per epoch as the RL row, drawn uniformly
 run train_student.py random-subset --label-weight 0 --curriculum random_subset --fraction 0.6
 
-rows=(labels kd kd-teacher-only rl random-subset)
-$PYTHON evaluate.py "${rows[@]/#/$out/}" "${teacher[@]}" --device "$device" \
-  --workers "$workers" --json "$out/table.json" | tee "$out/table.md"
+# seeds of one row share a config but for --seed and --out: evaluate.py pools them into one row
+$PYTHON evaluate.py "${folders[@]}" "${teacher[@]}" --device "$device" \
+  --workers "$workers" --json "$out/table.json" --report "$out/report" | tee "$out/table.md"

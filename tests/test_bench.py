@@ -7,8 +7,8 @@ from conftest import run_script
 
 def test_bench_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
-    result = run_script("bench.py", "--train", 64, "--repeats", 1, "--batch-size", 32, "--device", "cpu",
-                        "--agent-epochs", 3, "--json", out)  # fmt: skip
+    result = run_script("bench.py", "--train", 32, "--repeats", 1, "--batch-size", 16, "--device", "cpu",
+                        "--agent-epochs", 2, "--json", out)  # fmt: skip
     figures = json.loads(out.read_text())
     for key in (
         "epoch_labels_s",

@@ -199,26 +199,37 @@ def test_unknown_strategy(scores):
 SELECTION = np.array([3, 8, 9, 15, 21, 22, 40, 41, 57, 60, 61, 77, 80, 90, 99])  # 15 indices: odd on purpose
 
 
+def items(sampler) -> list:
+    return [item for batch in sampler for item in batch]
+
+
 def test_epoch_sampler_yields_selection_with_epoch():
-    sampler = cd.EpochSampler(100, seed=0)
+    sampler = cd.EpochSampler(100, seed=0, batch_size=4)
     sampler.set_epoch(3, SELECTION)
-    items = list(sampler)
-    assert len(items) == len(sampler) == len(SELECTION)
-    assert all(epoch == 3 for _, epoch in items)
-    assert sorted(index for index, _ in items) == SELECTION.tolist()
-    assert all(isinstance(index, int) for index, _ in items)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 4  # ceil(15 / 4)
+    assert sorted(len(batch) for batch in batches) == [3, 4, 4, 4]
+    assert all(epoch == 3 for _, epoch in items(sampler))
+    assert sorted(index for index, _ in items(sampler)) == SELECTION.tolist()
+    assert all(isinstance(index, int) for index, _ in items(sampler))
+
+
+def test_epoch_sampler_never_ends_on_a_batch_of_one():
+    """BatchNorm cannot train on one sample: 17 samples in batches of 16 become 9 + 8, not 16 + 1."""
+    sampler = cd.EpochSampler(17, seed=0, batch_size=16)
+    assert [len(batch) for batch in sampler] == [9, 8]
 
 
 def test_epoch_sampler_default_is_all_samples():
-    sampler = cd.EpochSampler(10, seed=0)
-    assert sorted(sampler) == [(i, 0) for i in range(10)]
+    sampler = cd.EpochSampler(10, seed=0, batch_size=3)
+    assert sorted(items(sampler)) == [(i, 0) for i in range(10)]
 
 
 def test_epoch_sampler_order_depends_on_epoch_and_seed():
     def order(seed, epoch):
-        sampler = cd.EpochSampler(100, seed=seed)
+        sampler = cd.EpochSampler(100, seed=seed, batch_size=4)
         sampler.set_epoch(epoch, SELECTION)
-        return [index for index, _ in sampler]
+        return [index for index, _ in items(sampler)]
 
     assert order(0, 1) == order(0, 1)
     assert order(0, 1) != order(0, 2)
@@ -227,23 +238,17 @@ def test_epoch_sampler_order_depends_on_epoch_and_seed():
 
 
 def test_epoch_sampler_shards_are_disjoint_and_cover_the_selection():
-    shards = []
-    for rank in range(2):
-        sampler = cd.EpochSampler(100, seed=5, rank=rank, world_size=2)
-        sampler.set_epoch(2, SELECTION)
-        shards.append([index for index, _ in sampler])
-        assert len(shards[-1]) == len(sampler) == len(SELECTION) // 2
-    assert not set(shards[0]) & set(shards[1])
-    union = set(shards[0]) | set(shards[1])
-    assert len(union) == len(SELECTION) - 1 and union <= set(SELECTION.tolist())
-    # With an even selection nothing is dropped.
-    even = SELECTION[:14]
-    covered = set()
-    for rank in range(2):
-        sampler = cd.EpochSampler(100, seed=5, rank=rank, world_size=2)
-        sampler.set_epoch(2, even)
-        covered |= {index for index, _ in sampler}
-    assert covered == set(even.tolist())
+    """Every selected sample goes to exactly one rank, odd selections included (ranks differ by at most one)."""
+    for selection in (SELECTION, SELECTION[:14]):
+        shards = []
+        for rank in range(2):
+            sampler = cd.EpochSampler(100, seed=5, batch_size=4, rank=rank, world_size=2)
+            sampler.set_epoch(2, selection)
+            shards.append([index for index, _ in items(sampler)])
+            assert len(list(sampler)) == len(sampler)
+        assert not set(shards[0]) & set(shards[1])
+        assert sorted(shards[0] + shards[1]) == sorted(selection.tolist())
+        assert abs(len(shards[0]) - len(shards[1])) <= 1
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -293,16 +298,24 @@ def make_curriculum(strategy, num_samples=50):
     )
 
 
-def test_curriculum_select_counts_coverage():
+def test_curriculum_counts_what_was_trained():
     curriculum = make_curriculum("random_subset")
     first = curriculum.select(1, target=0.5)
     assert len(first) == 20
-    assert curriculum.coverage[first].tolist() == [1] * 20 and curriculum.coverage.sum() == 20
-    second = curriculum.select(2, target=0.5)
-    assert curriculum.coverage.sum() == 40
-    np.testing.assert_array_equal(curriculum.coverage, np.bincount(np.concatenate([first, second]), minlength=50))
     np.testing.assert_array_equal(curriculum.select(1, target=0.5), first)  # seeded by (seed, epoch)
-    assert curriculum.coverage.sum() == 60
+    seen = np.zeros(50, dtype=np.int64)
+    seen[first] = 1
+    curriculum.count_trained(seen, first, 1)
+    assert curriculum.coverage[first].tolist() == [1] * 20 and curriculum.coverage.sum() == 20
+    assert (curriculum.trained_epoch[first] == 1).all()
+    second = curriculum.select(2, target=0.5)
+    seen = np.zeros(50, dtype=np.int64)
+    seen[second] = 1
+    curriculum.count_trained(seen, second, 2)
+    np.testing.assert_array_equal(curriculum.coverage, np.bincount(np.concatenate([first, second]), minlength=50))
+    seen[second[0]] = 2  # a sample trained twice, or one not selected, is a sampler bug
+    with pytest.raises(RuntimeError, match="sampler bug"):
+        curriculum.count_trained(seen, second, 3)
 
 
 def test_curriculum_scored_strategies():
@@ -328,7 +341,10 @@ def test_curriculum_scored_strategies():
 
 def test_curriculum_state_round_trip():
     curriculum = make_curriculum("random_subset")
-    curriculum.select(1, target=0.5)
+    chosen = curriculum.select(1, target=0.5)
+    seen = np.zeros(50, dtype=np.int64)
+    seen[chosen] = 1
+    curriculum.count_trained(seen, chosen, 1)
     restored = make_curriculum("random_subset")
     restored.load_state_dict(curriculum.state_dict())
     np.testing.assert_array_equal(restored.coverage, curriculum.coverage)

@@ -98,3 +98,33 @@ def test_generated_hard_samples_score_harder(trained_pair, cache_dir):
     hard, easy = scores[hardness > 0.5].mean(), scores[hardness <= 0.5].mean()
     assert hard > easy + 0.05, (hard, easy)
     assert np.corrcoef(scores, hardness)[0, 1] > 0.3
+
+
+def test_cached_teacher_logits_and_train_pass_scores(tmp_path, tiny_teacher, cache_dir):
+    """--teacher-logits cached trains from the cache; --score-source train-pass refreshes the trained samples' scores
+    every epoch (a new entry in the score history each epoch) and passes only over the rest every --rescore-every."""
+    out = tmp_path / "fast"
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0", "--curriculum", "adaptive",
+             "--teacher-logits", "cached", "--score-source", "train-pass", "--rescore-every", "2",
+             "--cache-dir", cache_dir, "--student", "resnet10t"]  # fmt: skip
+    run_script(*train_args(out, *flags, epochs=3))
+    history = np.load(out / "difficulty_history.npz")
+    assert sorted(history.files) == ["epoch_0", "epoch_1", "epoch_2", "epoch_3"]
+    assert not np.array_equal(history["epoch_1"], history["epoch_0"])
+    rows = engine.read_metrics(out / "metrics.csv")
+    assert [int(row["selected"]) for row in rows] == [67, 67, 67]
+
+
+def test_train_pass_scores_equal_the_difficulty_of_the_batch_logits():
+    import torch
+
+    import models
+
+    recorder = engine.TrainPassScores(6, torch.device("cpu"))
+    teacher, student = torch.randn(3, 4), torch.randn(3, 4)
+    recorder.record(torch.tensor([4, 0, 2]), teacher, student)
+    indices, components = recorder.collect()
+    assert indices.tolist() == [0, 2, 4]
+    expected = models.difficulty_components(teacher, student)
+    for name in ("conf", "entropy", "kl"):
+        torch.testing.assert_close(components[name], expected[name][[1, 2, 0]])

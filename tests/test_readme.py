@@ -45,6 +45,8 @@ def test_demo_runs_as_written(tmp_path):
         "| Student (resnet10t, KD + random_subset curriculum, teacher only)",
     ]
     assert "| Student (resnet10t, labels only)" in (out / "table.md").read_text()
+    report = (out / "report" / "report.md").read_text()  # the demo ends by writing the report for its rows
+    assert "| Student (resnet10t, labels only)" in report and (out / "report" / "accuracy.png").is_file()
 
 
 def test_every_python_command_in_the_readme_parses():
