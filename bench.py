@@ -48,19 +48,21 @@ class BenchConfig:
     json: str = field("bench.json", "where to write the figures")
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of fn() over `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(functions: dict, repeats: int, device: torch.device) -> dict:
+    """Median seconds of each function over `repeats` rounds after one warm-up round. The functions take turns within
+    a round, so a slow stretch of a shared machine hits all of them alike instead of skewing one ratio."""
+    times = {name: [] for name in functions}
+    for round_ in range(repeats + 1):
+        for name, fn in functions.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def make_config(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, config_class=train_student.Config,
@@ -109,37 +111,37 @@ def epoch_fn(run: engine.TrainingRun, cached: bool = False, train_pass: bool = F
 
 
 def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device) -> dict:
-    figures = {}
     labels = make_run(bench, teacher, cache, label_weight=1.0)
-    figures["epoch_labels_s"] = timed(epoch_fn(labels), bench.repeats, device)
     kd = make_run(bench, teacher, cache, label_weight=0.0)
     exp = kd.experiment
-    figures["epoch_kd_online_s"] = timed(epoch_fn(kd), bench.repeats, device)
-    figures["teacher_forward_s"] = timed(
-        lambda: engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "teacher"),
-        bench.repeats,
-        device,
-    )
     exp.teacher_train_logits()  # fill the cache
-    figures["epoch_kd_cached_s"] = timed(epoch_fn(kd, cached=True), bench.repeats, device)
-    figures["score_cached_s"] = timed(kd.rescore, bench.repeats, device)
 
     def recompute():
         exp._teacher_train_logits = engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
         kd.rescore()
 
-    figures["score_recompute_s"] = timed(recompute, bench.repeats, device)
-    # train-pass: the per-batch difficulty on the training step's logits, plus a pass over the samples an adaptive
-    # epoch leaves out (1 - fraction of them) every rescore_every epochs
-    figures["epoch_kd_train_pass_s"] = timed(epoch_fn(kd, train_pass=True), bench.repeats, device)
-    kd.epoch, kd.curriculum.trained_epoch[:] = 1, 0
-    kd.curriculum.trained_epoch[: round(kd.config.fraction * len(exp.data.train))] = 1  # the rest is stale
-
     def stale_pass():
+        """train-pass: a pass over the samples an adaptive epoch left out (1 - fraction of them)."""
         kd.config.score_source = "train-pass"
+        kd.epoch, kd.curriculum.trained_epoch[:] = 1, 0
+        kd.curriculum.trained_epoch[: round(kd.config.fraction * len(exp.data.train))] = 1
         kd.rescore()
+        kd.config.score_source = "pass"
 
-    figures["score_stale_pass_s"] = timed(stale_pass, bench.repeats, device)
+    figures = timed(
+        {
+            "epoch_labels_s": epoch_fn(labels),
+            "epoch_kd_online_s": epoch_fn(kd),
+            "epoch_kd_cached_s": epoch_fn(kd, cached=True),
+            "epoch_kd_train_pass_s": epoch_fn(kd, train_pass=True),
+            "teacher_forward_s": lambda: engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t"),
+            "score_cached_s": kd.rescore,
+            "score_recompute_s": recompute,
+            "score_stale_pass_s": stale_pass,
+        },
+        bench.repeats,
+        device,
+    )
     figures.update(agent_figures(bench, teacher, cache))
     return figures
 
