@@ -36,7 +36,7 @@ if [[ $data == synthetic* ]]; then
   # for a CPU demo of a few epochs; the real-data rows use the reference's mobilenetv2_100.
   student=resnet10t workers=1
   [[ $quick == 1 ]] && data=synthetic:classes=4,train=192,val=64,test=64 && : "${epochs:=1}"
-  : "${epochs:=8}"
+  : "${epochs:=7}"
   common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size 128)
   $PYTHON train_student.py "${common[@]}" --student resnet18 --label-weight 1 --seed "${seeds[0]}" \
     --out "$out/teacher" --overwrite "${extra[@]}"
