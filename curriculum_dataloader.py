@@ -20,6 +20,7 @@ import models
 STRATEGIES = ("none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft")
 PACINGS = ("linear", "root", "geometric")
 SCORED = {"adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "soft"}  # strategies that read scores
+TARGETED = ("adaptive", "soft", "mixed", "hard_mining")  # strategies a target difficulty steers (the RL agent's)
 BUCKETS = 5  # difficulty quantile buckets of hard_mining and mixed
 SOFT_WIDTH = 0.15  # soft: std of the Gaussian weight around the target, in difficulty units
 SOFT_FLOOR = 0.05  # soft: weight every sample keeps, however far from the target

@@ -689,7 +689,7 @@ class TrainingRun:
             for buffer in self.student.buffers():
                 dist.broadcast(buffer, 0)
         val = evaluate(self.student, exp.val_loader, exp.device, exp.dtype, "validate")
-        uses_target = config.curriculum in ("adaptive", "hard_mining", "mixed", "soft")
+        uses_target = config.curriculum in curriculum.TARGETED
         return {
             "epoch": self.epoch,
             "train_loss": train_loss,

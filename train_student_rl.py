@@ -22,6 +22,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import obs_as_tensor
 
+from curriculum_dataloader import TARGETED
 from engine import (
     Experiment,
     MetricsLog,
@@ -37,14 +38,12 @@ from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
 from train_student import Config, check_config
 
-TARGET_STRATEGIES = ("adaptive", "soft", "mixed", "hard_mining")
-
 
 @dataclass
 class RLConfig(Config):
     # the reference row: teacher-only KD on the 60% of the data nearest the agent's target
     label_weight: float = field(0.0, "weight of the label CE (the reference's RL row: 0, teacher only)")
-    curriculum: str = field("adaptive", "strategy the agent's target steers", choices=TARGET_STRATEGIES)
+    curriculum: str = field("adaptive", "strategy the agent's target steers", choices=TARGETED)
     fraction: float = field(0.6, "fraction of the training set per epoch (the reference's RL run: 0.6)")
     # the agent
     action: str = field("box", "box: a continuous target; discrete: one of --bins targets", choices=("box", "discrete"))
