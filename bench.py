@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import bookkeeping
 import engine
 import models
 import train_student
 import train_student_rl
+from bookkeeping import field, parse_config
 from data import synthetic_class_names
-from engine import field, parse_config
 from errors import run_cli
 from rl_curriculum_env import CurriculumEnv
 
@@ -155,7 +156,7 @@ def main(argv=None) -> None:
         teacher = models.create_model(bench.teacher, bench.classes)
         checkpoint = {"model": bench.teacher, "class_names": synthetic_class_names(bench.classes),
                       "state_dict": teacher.state_dict()}  # fmt: skip
-        engine.save_checkpoint(tmp / "teacher.pt", checkpoint)
+        bookkeeping.save_checkpoint(tmp / "teacher.pt", checkpoint)
         figures.update(measure(bench, tmp / "teacher.pt", tmp / "cache", device))
 
     base = figures["epoch_labels_s"]

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Sampler
 
 import models
+from bookkeeping import atomic_write
 
 STRATEGIES = ("none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft")
 PACINGS = ("linear", "root", "geometric")
@@ -172,8 +173,6 @@ def cached_logits(cache_dir: Path, parts: dict, compute, write: bool = True) -> 
 
     Fresh logits are rounded through fp16 too, so a run that computed them and a run that loaded them agree exactly.
     """
-    from engine import atomic_write  # engine imports this module; the cache only needs its atomic writer
-
     cache_dir = Path(cache_dir).expanduser()
     path = cache_dir / f"teacher-logits-{cache_key(parts)}.pt"
     if path.exists():

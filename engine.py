@@ -1,19 +1,11 @@
-"""What every script shares: config parsing, the run folder, checkpoints, the epoch loop and validation.
-
-One place decides each of these; train_student.py, train_student_rl.py, the RL environment and evaluate.py call it.
+"""Training that every script shares: devices, several processes, the teacher, the epoch loop, validation and
+`TrainingRun`. The run's records (config parsing, run folder, checkpoints, metrics log) live in bookkeeping.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import dataclasses
-import json
 import os
 import random
-import shutil
-import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,49 +19,16 @@ from tqdm import tqdm
 
 import curriculum_dataloader as curriculum
 import models
+from bookkeeping import (
+    MetricsLog,
+    atomic_write,
+    config_dict,
+    is_main_process,
+    load_checkpoint,
+    save_checkpoint,
+    save_json,
+)
 from errors import UserError
-
-RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "tb")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Config
-
-
-def build_parser(config_class, description: str = "", explicit_only: bool = False) -> argparse.ArgumentParser:
-    """argparse from a config dataclass: one `--flag` per field, its help from the field's metadata.
-    With `explicit_only` the parsed namespace holds only the flags actually given (for --resume checks)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    module = vars(sys.modules[config_class.__module__])
-    for field in dataclasses.fields(config_class):
-        flag = "--" + field.name.replace("_", "-")
-        kind = field.type if isinstance(field.type, type) else eval(field.type, module)
-        options = {"help": field.metadata.get("help", "")}
-        options["default"] = argparse.SUPPRESS if explicit_only else field.default
-        if "nargs" in field.metadata:  # a positional list, e.g. evaluate.py's run folders
-            parser.add_argument(field.name, nargs=field.metadata["nargs"], help=options["help"])
-            continue
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
-            continue
-        scalar = next((t for t in (int, float, str) if t is kind or t in getattr(kind, "__args__", ())), str)
-        if "choices" in field.metadata:
-            options["choices"] = field.metadata["choices"]
-        parser.add_argument(flag, type=scalar, **options)
-    return parser
-
-
-def parse_config(config_class, argv=None, description: str = ""):
-    return config_class(**vars(build_parser(config_class, description).parse_args(argv)))
-
-
-def field(default, help: str, **metadata):
-    return dataclasses.field(default=default, metadata={"help": help, **metadata})
-
-
-def config_dict(config) -> dict:
-    return dataclasses.asdict(config)
-
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Devices and reproducibility
@@ -128,10 +87,6 @@ def end_distributed() -> None:
         dist.destroy_process_group()
 
 
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(tensor)
@@ -160,191 +115,6 @@ def make_loader(view, batch_size: int, workers: int, device: torch.device, sampl
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Files: atomic writes, checkpoints, the run folder
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a kill leaves the old file intact."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    atomic_write(path, lambda handle: torch.save(payload, handle))
-
-
-def save_json(path: Path, payload) -> None:
-    atomic_write(path, lambda handle: handle.write((json.dumps(payload, indent=2) + "\n").encode()))
-
-
-def load_checkpoint(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of a train_student.py run.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated zip, pickle error, wrong format: one message for all
-        raise UserError(f"cannot read checkpoint {path} ({err}); pass a file written by train_student.py.") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model" not in checkpoint:
-        raise UserError(f"{path} is not a train_student.py checkpoint (no model name and state_dict).")
-    return checkpoint
-
-
-def prepare_run_folder(out: str, overwrite: bool, dry_run: bool = False) -> Path:
-    """A new run folder. An existing run is never touched unless the user asks with --overwrite; `dry_run` only
-    checks, so a script can refuse before its slow set-up and clear the folder only once that set-up worked."""
-    folder = Path(out)
-    existing = [name for name in RUN_FILES if (folder / name).exists()]
-    if existing and not overwrite:
-        raise UserError(
-            f"{folder} already holds a run ({', '.join(existing)}); pick another --out, --resume it, or --overwrite."
-        )
-    if dry_run:
-        return folder
-    for name in existing:
-        target = folder / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-# Flags that may differ on --resume: they change where and how fast a run computes, not what it computes.
-RESUME_MAY_CHANGE = {"resume", "workers", "device", "cache_dir", "overwrite"}
-
-
-def resume_config(config_class, argv, script: str):
-    """The config of the run in `--resume FOLDER`, and its last.pt (None if no epoch finished before the kill).
-
-    Flags given together with --resume must agree with the run's config, except RESUME_MAY_CHANGE."""
-    given = vars(build_parser(config_class, explicit_only=True).parse_args(argv))
-    folder = Path(given["resume"])
-    if not (folder / "config.json").is_file():
-        raise UserError(f"--resume {folder}: no config.json there; pass the run folder of an interrupted run.")
-    saved = json.loads((folder / "config.json").read_text())
-    if saved.get("script") != script:
-        raise UserError(f"--resume {folder}: that run was made by {saved.get('script')}; resume it with that script.")
-    names = {f.name for f in dataclasses.fields(config_class)}
-    config = config_class(**{name: value for name, value in saved.items() if name in names})
-    conflicts = [
-        name for name, value in given.items() if name not in RESUME_MAY_CHANGE and value != getattr(config, name)
-    ]
-    if conflicts:
-        flags = ", ".join("--" + name.replace("_", "-") for name in conflicts)
-        raise UserError(
-            f"--resume {folder}: {flags} differ from the run's config.json; resume without them, "
-            "or start a new run with another --out."
-        )
-    for name in RESUME_MAY_CHANGE & given.keys():
-        setattr(config, name, given[name])
-    config.out = str(folder)
-    last = folder / "last.pt"
-    return config, (load_checkpoint(last) if last.exists() else None)
-
-
-def start_run(config_class, argv, script: str, description: str, default_out, check):
-    """Parse a script's flags for a new run or a --resume; refuse bad flags and an existing --out before any slow
-    set-up. Returns (config, last.pt of the resumed run or None)."""
-    config = parse_config(config_class, argv, description)
-    if config.resume:
-        config, checkpoint = resume_config(config_class, argv, script)
-        check(config)
-        return config, checkpoint
-    config.out = config.out or default_out(config)
-    check(config)
-    prepare_run_folder(config.out, config.overwrite, dry_run=True)
-    return config, None
-
-
-def open_run_folder(config, script: str) -> Path:
-    """The run folder, once set-up worked: a resumed one as it is, a new one cleared and given its config.json."""
-    if config.resume or not is_main_process():  # rank 0 alone writes
-        return Path(config.out)
-    folder = prepare_run_folder(config.out, config.overwrite)
-    save_json(folder / "config.json", {"script": script, **config_dict(config)})
-    return folder
-
-
-class MetricsLog:
-    """metrics.csv (one row per epoch, unrounded values) and TensorBoard scalars under grouped names."""
-
-    GROUPS = {"loss": "losses", "reward": "reward", "difficulty": "curriculum", "target": "curriculum"}
-
-    def __init__(self, folder: Path, enabled: bool | None = None):
-        self.folder = folder
-        self.path = folder / "metrics.csv"
-        self.enabled = is_main_process() if enabled is None else enabled
-        self.writer = None  # opened at the first row, so a resumed run can purge the events it will redo
-        self.count = 0  # rows in metrics.csv
-
-    def truncate(self, rows: int) -> None:
-        """On resume: keep the first `rows` rows, those the checkpoint saw (a kill can land between the CSV row and
-        the checkpoint of an epoch, which the resumed run then redoes)."""
-        logged = read_metrics(self.path) if self.path.exists() else []
-        if len(logged) > rows and self.enabled:
-            self._write_rows(logged[:rows], list(logged[0].keys()))
-        self.count = min(rows, len(logged))
-
-    def _write_rows(self, rows: list[dict], columns: list[str]) -> None:
-        def write(handle):
-            text = csv.DictWriter(_TextSink(handle), fieldnames=columns)
-            text.writeheader()
-            text.writerows(rows)
-
-        atomic_write(self.path, write)
-
-    def append(self, row: dict) -> None:
-        if not self.enabled:
-            return
-        rows = read_metrics(self.path) if self.path.exists() else []
-        columns = list(rows[0].keys()) if rows else list(row.keys())
-        missing = [key for key in row if key not in columns]
-        columns += missing
-        self._write_rows(rows + [{key: _plain(value) for key, value in row.items()}], columns)
-        step = self.count = len(rows) + 1  # epochs logged so far: keeps counting across RL episodes and resumes
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.folder / "tb"), purge_step=step)
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in ("epoch", "episode"):
-                group = next((g for word, g in self.GROUPS.items() if word in key), "charts")
-                self.writer.add_scalar(f"{group}/{key}", value, step)
-        self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
-
-
-class _TextSink:
-    """Lets csv write str into a binary handle (atomic_write hands out binary files)."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    def write(self, text: str) -> None:
-        self.handle.write(text.encode())
-
-
-def _plain(value):
-    return repr(value) if isinstance(value, float) else value
-
-
-def read_metrics(path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

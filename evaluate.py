@@ -20,19 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import models
+from bookkeeping import field, load_checkpoint, parse_config, save_json
 from data import load_data
-from engine import (
-    amp_dtype,
-    count_parameters,
-    evaluate,
-    field,
-    load_checkpoint,
-    load_teacher,
-    make_loader,
-    parse_config,
-    pick_device,
-    save_json,
-)
+from engine import amp_dtype, count_parameters, evaluate, load_teacher, make_loader, pick_device
 from errors import UserError, run_cli
 from report import write_report
 

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from engine import read_metrics
+from bookkeeping import read_metrics
 
 matplotlib.use("Agg")  # files only: no display on a training server
 

@@ -27,7 +27,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from engine import Experiment, MetricsLog, TrainingRun
+from bookkeeping import MetricsLog
+from engine import Experiment, TrainingRun
 
 OBSERVATION_SIZE = 12
 TEMPERATURE_RANGE = (2.0, 8.0)

@@ -14,8 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bookkeeping import field, is_main_process, open_run_folder, start_run
 from curriculum_dataloader import PACINGS, STRATEGIES
-from engine import Experiment, TrainingRun, end_distributed, field, is_main_process, open_run_folder, start_run
+from engine import Experiment, TrainingRun, end_distributed
 from errors import UserError, run_cli
 
 

@@ -22,18 +22,9 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.utils import obs_as_tensor
 
+from bookkeeping import MetricsLog, atomic_write, field, is_main_process, open_run_folder, start_run
 from curriculum_dataloader import TARGETED
-from engine import (
-    Experiment,
-    MetricsLog,
-    atomic_write,
-    broadcast_from_main,
-    end_distributed,
-    field,
-    is_main_process,
-    open_run_folder,
-    start_run,
-)
+from engine import Experiment, broadcast_from_main, end_distributed
 from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
 from train_student import Config, check_config

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import bookkeeping
 import engine
 import train_student
 from conftest import run_script, train_args
@@ -13,7 +14,7 @@ from conftest import run_script, train_args
 def make_experiment(cache_dir, teacher, **overrides):
     argv = train_args("unused", "--teacher-checkpoint", teacher, "--label-weight", "0", "--curriculum", "adaptive",
                       "--cache-dir", cache_dir)[1:]  # fmt: skip
-    config = engine.parse_config(train_student.Config, argv)
+    config = bookkeeping.parse_config(train_student.Config, argv)
     for name, value in overrides.items():
         setattr(config, name, value)
     return engine.Experiment(config)
@@ -48,7 +49,7 @@ def test_adaptive_curriculum_run_records_its_selection(tmp_path, tiny_teacher, c
     flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0", "--curriculum", "adaptive",
              "--target", "0.3", "--fraction", "0.5", "--rescore-every", "2", "--cache-dir", cache_dir]  # fmt: skip
     run_script(*train_args(out, *flags, epochs=3))
-    rows = engine.read_metrics(out / "metrics.csv")
+    rows = bookkeeping.read_metrics(out / "metrics.csv")
     assert len(rows) == 3
     for row in rows:
         assert float(row["target_difficulty"]) == 0.3
@@ -71,7 +72,7 @@ def test_other_strategies_run(tmp_path, tiny_teacher, cache_dir, strategy):
     flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--curriculum", strategy,
              "--cache-dir", cache_dir, "--student", "resnet10t"]  # fmt: skip
     run_script(*train_args(out, *flags, epochs=2))
-    rows = engine.read_metrics(out / "metrics.csv")
+    rows = bookkeeping.read_metrics(out / "metrics.csv")
     expected = {"easy_to_hard": round(0.3 * 96), "soft": round(0.7 * 96), "random_subset": round(0.7 * 96)}
     assert int(rows[0]["selected"]) == expected[strategy]
     assert np.load(out / "coverage.npy").sum() == sum(int(row["selected"]) for row in rows)
@@ -92,7 +93,7 @@ def test_generated_hard_samples_score_harder(trained_pair, cache_dir):
     data, teacher, student = trained_pair
     experiment = make_experiment(cache_dir, teacher, data=data, student="resnet10t")
     run = engine.TrainingRun(experiment)
-    run.student.load_state_dict(engine.load_checkpoint(student)["state_dict"])
+    run.student.load_state_dict(bookkeeping.load_checkpoint(student)["state_dict"])
     run.rescore()
     scores, hardness = run.curriculum.scores, experiment.data.hardness
     hard, easy = scores[hardness > 0.5].mean(), scores[hardness <= 0.5].mean()
@@ -111,7 +112,7 @@ def test_cached_teacher_logits_and_train_pass_scores(tmp_path, tiny_teacher, cac
     history = np.load(out / "difficulty_history.npz")
     assert sorted(history.files) == ["epoch_0", "epoch_1", "epoch_2", "epoch_3"]
     assert not np.array_equal(history["epoch_1"], history["epoch_0"])
-    rows = engine.read_metrics(out / "metrics.csv")
+    rows = bookkeeping.read_metrics(out / "metrics.csv")
     assert [int(row["selected"]) for row in rows] == [67, 67, 67]
 
 

@@ -7,7 +7,7 @@ import socket
 import numpy as np
 import pytest
 
-import engine
+import bookkeeping
 from conftest import run_script, train_args
 
 
@@ -36,7 +36,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_teach
     assert json.loads((two / "results.json").read_text())["test_acc"] >= 0
     # every selected sample trained exactly once per epoch across the ranks (the run checks it; coverage shows it)
     np.testing.assert_array_equal(np.load(two / "coverage.npy"), np.load(one / "coverage.npy"))
-    rows_one, rows_two = engine.read_metrics(one / "metrics.csv"), engine.read_metrics(two / "metrics.csv")
+    rows_one, rows_two = bookkeeping.read_metrics(one / "metrics.csv"), bookkeeping.read_metrics(two / "metrics.csv")
     for a, b in zip(rows_one, rows_two, strict=True):
         assert a["selected"] == b["selected"] == "67"
         # BatchNorm sees 16 images per rank instead of 32: close, not equal
@@ -49,6 +49,6 @@ def test_rl_run_with_two_processes(tmp_path, tiny_teacher, cache_dir):
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
              "--agent-steps", "2", "--score-source", "train-pass"]  # fmt: skip
     torchrun(train_args(out, *flags, epochs=3, script="train_student_rl.py"))
-    rows = engine.read_metrics(out / "metrics.csv")
+    rows = bookkeeping.read_metrics(out / "metrics.csv")
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     assert (out / "agent.zip").is_file() and (out / "results.json").is_file()

@@ -5,7 +5,7 @@ import shlex
 import subprocess
 import sys
 
-import engine
+import bookkeeping
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -62,6 +62,6 @@ def test_every_python_command_in_the_readme_parses():
     for command in commands:
         script, *argv = shlex.split(command)
         try:
-            engine.parse_config(scripts[script], argv)
+            bookkeeping.parse_config(scripts[script], argv)
         except SystemExit as exit_info:  # --help prints and exits 0; a bad flag exits 2
             assert exit_info.code == 0, command

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-import engine
+import bookkeeping
 import evaluate
 import report
 import train_student
@@ -87,7 +87,7 @@ def test_coverage_counts_add_up_to_the_samples_trained_on(reported):
     root, _, _ = reported
     for name in ("labels", "adaptive-s0", "adaptive-s1", "rl"):
         coverage = np.load(root / name / "coverage.npy")
-        selected = [int(row["selected"]) for row in engine.read_metrics(root / name / "metrics.csv")]
+        selected = [int(row["selected"]) for row in bookkeeping.read_metrics(root / name / "metrics.csv")]
         assert coverage.sum() == sum(selected), name
     assert np.load(root / "adaptive-s0" / "coverage.npy").max() <= 3
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-import engine
+import bookkeeping
 import models
 import train_student
 from conftest import ROOT, run_script, train_args
@@ -24,7 +24,7 @@ WALL_CLOCK = {"seconds", "agent_seconds"}
 
 def comparable(folder) -> list[dict]:
     """metrics.csv without its wall-clock columns."""
-    rows = engine.read_metrics(folder / "metrics.csv")
+    rows = bookkeeping.read_metrics(folder / "metrics.csv")
     return [{key: value for key, value in row.items() if key not in WALL_CLOCK} for row in rows]
 
 
@@ -34,14 +34,14 @@ def kill_part_way(argv: list, folder, rows_first: int, total: int) -> int:
     metrics = folder / "metrics.csv"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and len(engine.read_metrics(metrics)) >= rows_first:
+        if metrics.exists() and len(bookkeeping.read_metrics(metrics)) >= rows_first:
             break
         time.sleep(0.05)
     time.sleep(random.uniform(0.0, 0.6))  # somewhere inside a later epoch, or while it writes its files
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
-    left = len(engine.read_metrics(metrics)) if metrics.exists() else 0
+    left = len(bookkeeping.read_metrics(metrics)) if metrics.exists() else 0
     assert left < total, "the run finished before the kill; give it more epochs"
     return left
 
@@ -88,11 +88,11 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_file(tmp_path):
     """A writer saving a 16 MB checkpoint in a loop is killed at random moments; last.pt always loads."""
     path = tmp_path / "last.pt"
     writer = (
-        "import sys, torch, engine\n"
+        "import sys, torch, bookkeeping\n"
         "payload = {'model': 'x', 'state_dict': {'w': torch.randn(4_000_000)}, 'step': 0}\n"
         "while True:\n"
         "    payload['step'] += 1\n"
-        f"    engine.save_checkpoint(r'{path}', payload)\n"
+        f"    bookkeeping.save_checkpoint(r'{path}', payload)\n"
     )
     seen = set()
     for _ in range(3):
@@ -102,7 +102,7 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_file(tmp_path):
         time.sleep(random.uniform(0.2, 1.5))
         process.kill()
         process.wait()
-        checkpoint = engine.load_checkpoint(path)
+        checkpoint = bookkeeping.load_checkpoint(path)
         assert checkpoint["state_dict"]["w"].shape == (4_000_000,)
         seen.add(checkpoint["step"])
     assert max(seen) > 1  # the writer got past its first save, so kills could land mid-write
@@ -146,13 +146,13 @@ def test_resume_refuses_other_scripts_runs_and_non_runs(capsys, finished_run, tm
 
 def test_resume_refuses_changed_data(capsys, finished_run, tmp_path):
     """The saved config names the data; if what it names has changed (another folder content), refuse."""
-    checkpoint = engine.load_checkpoint(finished_run / "last.pt")
+    checkpoint = bookkeeping.load_checkpoint(finished_run / "last.pt")
     checkpoint["data"] = '{"synthetic": "something else"}'
     copy = tmp_path / "copy"
     copy.mkdir()
     for name in ("config.json", "metrics.csv"):
         (copy / name).write_bytes((finished_run / name).read_bytes())
-    engine.save_checkpoint(copy / "last.pt", checkpoint)
+    bookkeeping.save_checkpoint(copy / "last.pt", checkpoint)
     err = fails_cleanly(capsys, train_student.main, ["--resume", str(copy)])
     assert "data" in err and "changed" in err
 
@@ -171,7 +171,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoints(capsys, tmp_path, m
     argv = train_args(out, "--label-weight", "1", "--student", "resnet10t", data=DATA, epochs=3)[1:]
     err = fails_cleanly(capsys, train_student.main, argv)
     assert "nan at epoch 2, batch 2" in err and "--lr" in err
-    assert engine.load_checkpoint(out / "last.pt")["epoch"] == 1
-    assert engine.load_checkpoint(out / "best.pt")["epoch"] == 1
-    assert len(engine.read_metrics(out / "metrics.csv")) == 1
+    assert bookkeeping.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert bookkeeping.load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert len(bookkeeping.read_metrics(out / "metrics.csv")) == 1
     assert not (out / "results.json").exists()

@@ -7,6 +7,7 @@ import warnings
 import pytest
 from stable_baselines3.common.env_checker import check_env
 
+import bookkeeping
 import engine
 import train_student_rl
 from conftest import run_script, train_args
@@ -51,7 +52,7 @@ TINY_RL = "synthetic:classes=4,train=48,val=16,test=16,size=32,seed=0"
 def make_env(tmp_path, teacher, **env_options):
     argv = train_args("unused", "--teacher-checkpoint", teacher, "--cache-dir", tmp_path / "cache",
                       "--student", "resnet10t", "--batch-size", "16", data=TINY_RL, epochs=2)[1:]  # fmt: skip
-    config = engine.parse_config(train_student_rl.RLConfig, argv)
+    config = bookkeeping.parse_config(train_student_rl.RLConfig, argv)
     return CurriculumEnv(engine.Experiment(config), **env_options)
 
 
@@ -87,7 +88,7 @@ def test_rl_script_end_to_end_then_replay(tmp_path, tiny_teacher, cache_dir):
     run_script(*rl_args(out, *flags, epochs=5))
     for name in ("agent.zip", "best.pt", "last.pt", "results.json", "metrics.csv", "config.json"):
         assert (out / name).is_file(), name
-    rows = engine.read_metrics(out / "metrics.csv")
+    rows = bookkeeping.read_metrics(out / "metrics.csv")
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4, 5]
     previous_acc, previous_loss = 0.0, math.inf
     for row in rows:  # every logged reward is the reward of the logged values, to the last bit
@@ -102,12 +103,13 @@ def test_rl_script_end_to_end_then_replay(tmp_path, tiny_teacher, cache_dir):
 
     replayed = tmp_path / "replay"
     run_script(*rl_args(replayed, *flags, "--policy", out / "agent.zip", epochs=5))
-    first = engine.read_metrics(replayed / "metrics.csv")
+    first = bookkeeping.read_metrics(replayed / "metrics.csv")
     assert len(first) == 5 and not (replayed / "agent.zip").exists()
     again = tmp_path / "replay-again"
     run_script(*rl_args(again, *flags, "--policy", out / "agent.zip", epochs=5))
     targets = [row["target_difficulty"] for row in first]
-    assert targets == [row["target_difficulty"] for row in engine.read_metrics(again / "metrics.csv")]  # deterministic
+    replayed_again = bookkeeping.read_metrics(again / "metrics.csv")
+    assert targets == [row["target_difficulty"] for row in replayed_again]  # deterministic
 
 
 def test_replay_refuses_an_agent_of_another_action_space(tmp_path, tiny_teacher, cache_dir):

@@ -6,6 +6,7 @@ import re
 import pytest
 import torch
 
+import bookkeeping
 import engine
 import evaluate
 import models
@@ -28,7 +29,7 @@ def test_run_folder_has_every_file(kd_run):
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     assert list((out / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
-    rows = engine.read_metrics(out / "metrics.csv")
+    rows = bookkeeping.read_metrics(out / "metrics.csv")
     assert [int(row["epoch"]) for row in rows] == [1, 2]
     assert {"epoch", "train_loss", "val_acc", "lr", "seconds"} <= set(rows[0])
     assert float(rows[1]["lr"]) < float(rows[0]["lr"])  # cosine schedule
@@ -41,7 +42,7 @@ def test_run_folder_has_every_file(kd_run):
 
 def test_best_checkpoint_rebuilds_model_without_flags(kd_run):
     out, _ = kd_run
-    checkpoint = engine.load_checkpoint(out / "best.pt")
+    checkpoint = bookkeeping.load_checkpoint(out / "best.pt")
     model = models.model_from_checkpoint(checkpoint)  # name, classes and weights come from the file alone
     assert checkpoint["model"] == "mobilenetv2_100" and len(checkpoint["class_names"]) == 4
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
