@@ -26,6 +26,7 @@ import models
 import train_student
 import train_student_rl
 from bookkeeping import field, parse_config
+from curriculum_dataloader import TrainPassScores
 from data import synthetic_class_names
 from errors import run_cli
 from rl_curriculum_env import CurriculumEnv
@@ -95,18 +96,16 @@ def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path)
 
 def epoch_fn(run: engine.TrainingRun, cached: bool = False, train_pass: bool = False):
     """One training epoch over the whole training set, as TrainingRun.train_epoch runs it (without validation)."""
-    exp, config = run.experiment, run.config
+    exp = run.experiment
     exp.sampler.set_epoch(1, np.arange(len(exp.data.train)))
 
     def epoch():
-        recorder = engine.TrainPassScores(len(exp.data.train), exp.device) if train_pass else None
-        engine.train_one_epoch(
-            run.model, exp.teacher, exp.train_loader, run.optimizer, run.scaler,
-            config.label_weight, config.temperature, exp.device, exp.dtype, 1,
-            exp.teacher_table() if cached else None, recorder.record if recorder else None,
-        )  # fmt: skip
+        recorder = TrainPassScores(len(exp.data.train), exp.device) if train_pass else None
+        run.train_steps(
+            teacher_table=exp.teacher_table() if cached else None, on_logits=recorder.record if recorder else None
+        )
         if recorder:
-            recorder.collect()
+            recorder.collect(engine.sum_across_processes)
 
     return epoch
 
@@ -123,11 +122,11 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
 
     def stale_pass():
         """train-pass: a pass over the samples an adaptive epoch left out (1 - fraction of them)."""
-        kd.config.score_source = "train-pass"
+        kd.curriculum.score_source = "train-pass"
         kd.epoch, kd.curriculum.trained_epoch[:] = 1, 0
         kd.curriculum.trained_epoch[: round(kd.config.fraction * len(exp.data.train))] = 1
         kd.rescore()
-        kd.config.score_source = "pass"
+        kd.curriculum.score_source = "pass"
 
     figures = timed(
         {

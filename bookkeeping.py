@@ -1,5 +1,8 @@
 """Run bookkeeping: config -> command line, --resume checks, the run folder and its files, atomic writes,
 checkpoints and the metrics log. No training here: engine.py trains, this module keeps the records.
+
+A leaf module: it imports none of the project's ML modules, and torch only inside the two checkpoint functions, so
+the report can read runs without loading the training stack.
 """
 
 from __future__ import annotations
@@ -7,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -14,12 +18,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from errors import UserError
 
-RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "tb")
+# Every file a run writes into its folder: --overwrite clears exactly these, and their presence marks a run.
+RUN_FILES = (
+    "config.json",
+    "metrics.csv",
+    "tb",
+    "last.pt",
+    "best.pt",
+    "results.json",
+    "difficulty.npy",
+    "difficulty_history.npz",
+    "coverage.npy",
+    "agent.zip",
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -29,7 +42,7 @@ RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json",
 def build_parser(config_class, description: str = "", explicit_only: bool = False) -> argparse.ArgumentParser:
     """argparse from a config dataclass: one `--flag` per field, its help from the field's metadata.
     With `explicit_only` the parsed namespace holds only the flags actually given (for --resume checks)."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module = vars(sys.modules[config_class.__module__])
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
@@ -39,6 +52,9 @@ def build_parser(config_class, description: str = "", explicit_only: bool = Fals
         if "nargs" in field.metadata:  # a positional list, e.g. evaluate.py's run folders
             parser.add_argument(field.name, nargs=field.metadata["nargs"], help=options["help"])
             continue
+        if kind is bool and field.name.startswith("no_"):  # --no-teacher: argparse would read --no- as "false"
+            parser.add_argument(flag, action="store_true", **options)
+            continue
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
             continue
@@ -47,6 +63,13 @@ def build_parser(config_class, description: str = "", explicit_only: bool = Fals
             options["choices"] = field.metadata["choices"]
         parser.add_argument(flag, type=scalar, **options)
     return parser
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A flag argparse cannot read is a UserError: one line and exit code 2, not the whole usage text."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see --help.")
 
 
 def parse_config(config_class, argv=None, description: str = ""):
@@ -66,7 +89,8 @@ def config_dict(config) -> dict:
 
 
 def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
+    """Rank 0 of a torchrun launch (torchrun sets RANK), or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -74,21 +98,74 @@ def is_main_process() -> bool:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a kill leaves the old file intact."""
+    """Write through a temporary file in the same folder, then rename: a kill leaves the old file intact (and at
+    worst a `.NAME.*.tmp` file, which open_run_folder removes). A full disk is a UserError."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise write_error(path, err) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if disk_full(err, path):
+            raise write_error(path, err) from None
         raise
 
 
+def disk_full(err: BaseException, path: Path) -> bool:
+    """ENOSPC, raised as is or wrapped by torch.save's zip writer as a RuntimeError."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(err, RuntimeError) and "write" in str(err):
+        return shutil.disk_usage(path.parent).free < 2**20
+    return False
+
+
+def write_error(path: Path, err: BaseException) -> Exception:
+    """The one-line error for a file that cannot be written, or the original exception if it is not the user's."""
+    if disk_full(err, path):
+        return UserError(f"no space left on the disk of {path.parent}; free some space and run again (--resume a run).")
+    if isinstance(err, (PermissionError, FileNotFoundError, NotADirectoryError)):
+        return UserError(f"cannot write {path} ({err.strerror}); pick a writable path.")
+    return err
+
+
+def check_writable_folder(path, flag: str) -> Path:
+    """Refuse, before any work, a folder that cannot be created or written: under a file, an existing file, or
+    without write permission on its nearest existing parent."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; pick another {flag}.")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path} lies under the file {existing}; pick another {flag}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {existing} is not writable; pick a writable {flag}.")
+    return folder
+
+
+def check_writable_file(path, flag: str) -> Path:
+    """Refuse, before any work, an output file that could not be written."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file.")
+    check_writable_folder(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} is not writable; pick another {flag}.")
+    return path
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
+    import torch  # here, not at the top: the report reads run folders without loading torch
+
     atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
@@ -97,6 +174,8 @@ def save_json(path: Path, payload) -> None:
 
 
 def load_checkpoint(path) -> dict:
+    import torch  # here, not at the top: the report reads run folders without loading torch
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of a train_student.py run.")
@@ -112,7 +191,7 @@ def load_checkpoint(path) -> dict:
 def prepare_run_folder(out: str, overwrite: bool, dry_run: bool = False) -> Path:
     """A new run folder. An existing run is never touched unless the user asks with --overwrite; `dry_run` only
     checks, so a script can refuse before its slow set-up and clear the folder only once that set-up worked."""
-    folder = Path(out)
+    folder = check_writable_folder(out, "--out")
     existing = [name for name in RUN_FILES if (folder / name).exists()]
     if existing and not overwrite:
         raise UserError(
@@ -127,6 +206,26 @@ def prepare_run_folder(out: str, overwrite: bool, dry_run: bool = False) -> Path
     return folder
 
 
+def read_config(folder: Path, flag: str) -> dict:
+    """The config.json of a run folder, or one line on what is wrong with it."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{flag} {folder}: no config.json there; pass the folder of a run of train_student.py.")
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} is not a run's config (not a JSON object); restore it, or start a new run.")
+    return saved
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files that a kill in the middle of atomic_write left behind (never the files themselves)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 # Flags that may differ on --resume: they change where and how fast a run computes, not what it computes.
 RESUME_MAY_CHANGE = {"resume", "workers", "device", "cache_dir", "overwrite"}
 
@@ -137,9 +236,8 @@ def resume_config(config_class, argv, script: str):
     Flags given together with --resume must agree with the run's config, except RESUME_MAY_CHANGE."""
     given = vars(build_parser(config_class, explicit_only=True).parse_args(argv))
     folder = Path(given["resume"])
-    if not (folder / "config.json").is_file():
-        raise UserError(f"--resume {folder}: no config.json there; pass the run folder of an interrupted run.")
-    saved = json.loads((folder / "config.json").read_text())
+    saved = read_config(folder, "--resume")
+    check_writable_folder(folder, "--resume")
     if saved.get("script") != script:
         raise UserError(f"--resume {folder}: that run was made by {saved.get('script')}; resume it with that script.")
     names = {f.name for f in dataclasses.fields(config_class)}
@@ -176,9 +274,13 @@ def start_run(config_class, argv, script: str, description: str, default_out, ch
 
 def open_run_folder(config, script: str) -> Path:
     """The run folder, once set-up worked: a resumed one as it is, a new one cleared and given its config.json."""
-    if config.resume or not is_main_process():  # rank 0 alone writes
+    if not is_main_process():  # rank 0 alone writes
+        return Path(config.out)
+    if config.resume:
+        remove_stale_temporaries(config.out)
         return Path(config.out)
     folder = prepare_run_folder(config.out, config.overwrite)
+    remove_stale_temporaries(folder)
     save_json(folder / "config.json", {"script": script, **config_dict(config)})
     return folder
 
@@ -250,5 +352,15 @@ def _plain(value):
 
 
 def read_metrics(path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    """metrics.csv as a list of rows; a file cut short or edited out of shape is one line naming it."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist; pass the folder of a run that finished at least one epoch.") from None
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not a metrics table ({err}); restore it, or leave that run out.") from None
+    for number, row in enumerate(rows, start=2):
+        if None in row or None in row.values():  # more or fewer cells than the header names
+            raise UserError(f"{path} is cut short or malformed at line {number}; restore it, or leave that run out.")
+    return rows

@@ -42,13 +42,14 @@ def select_around(scores: np.ndarray, target: float, fraction: float) -> np.ndar
     return np.sort(nearest)
 
 
-def pacing(epoch: int, pace_epochs: int, start_fraction: float, kind: str) -> float:
-    """Fraction of the (easiest-first) data available at 0-based `epoch`; start_fraction at 0, 1 from pace_epochs on.
+def pacing(epoch: int, full_data_epoch: int, start_fraction: float, kind: str) -> float:
+    """Fraction of the (easiest-first) data available at 0-based `epoch`; start_fraction at 0, 1 from
+    `full_data_epoch` (T, a count of epochs) on.
 
     linear: c0 + (1 - c0) t/T; root (Platanios et al. 2019, competence): sqrt(t (1 - c0^2) / T + c0^2);
     geometric: c0^(1 - t/T), which doubles the data at a constant rate.
     """
-    t = min(epoch / max(pace_epochs, 1), 1.0)
+    t = min(epoch / max(full_data_epoch, 1), 1.0)
     if kind == "linear":
         return start_fraction + (1 - start_fraction) * t
     if kind == "root":
@@ -168,18 +169,21 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def cached_logits(cache_dir: Path, parts: dict, compute, write: bool = True) -> tuple[torch.Tensor, bool]:
+def cached_logits(
+    cache_dir: Path, parts: dict, compute, shape: tuple[int, int], write: bool = True
+) -> tuple[torch.Tensor, bool]:
     """Logits stored as fp16 under a hash of `parts`; `compute()` runs only on a miss. Returns (logits, was_cached).
 
-    Fresh logits are rounded through fp16 too, so a run that computed them and a run that loaded them agree exactly.
+    A cached file is used only if it holds a finite fp16 tensor of `shape` ([samples, classes]); anything else
+    (truncated, garbage, another shape, NaN) is recomputed and replaced by an atomic rename, never deleted first, so
+    several processes meeting one bad file do not race. Fresh logits are rounded through fp16 too, so a run that
+    computed them and a run that loaded them agree exactly.
     """
     cache_dir = Path(cache_dir).expanduser()
     path = cache_dir / f"teacher-logits-{cache_key(parts)}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True).float(), True
-        except Exception:  # a truncated file from an older, non-atomic writer: recompute it
-            path.unlink()
+    cached = read_cached_logits(path, shape)
+    if cached is not None:
+        return cached.float(), True
     logits = compute().half()
     if write:  # with several processes, rank 0 writes
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -188,26 +192,70 @@ def cached_logits(cache_dir: Path, parts: dict, compute, write: bool = True) -> 
     return logits.float(), False
 
 
+def read_cached_logits(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The cached tensor if it is what a cache file must hold, else None (then the caller recomputes it)."""
+    if not path.exists():
+        return None
+    try:
+        logits = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated, not a torch file, or unpickling refused: whatever it is, it is recomputed
+        return None
+    valid = (
+        isinstance(logits, torch.Tensor)
+        and logits.dtype == torch.float16
+        and tuple(logits.shape) == tuple(shape)
+        and bool(torch.isfinite(logits).all())
+    )
+    return logits if valid else None
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Per-run curriculum state
 
 
+class TrainPassScores:
+    """Difficulty of the samples a training epoch saw, from the logits its steps already computed (the online
+    teacher's and the student's on the augmented batch): fresh scores at no extra forward pass."""
+
+    def __init__(self, num_samples: int, device: torch.device):
+        self.components = {name: torch.zeros(num_samples, device=device) for name in models.DIFFICULTY_WEIGHTS}
+        self.trained = torch.zeros(num_samples, device=device)
+
+    def record(self, indices: torch.Tensor, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> None:
+        for name, values in models.difficulty_components(teacher_logits, student_logits).items():
+            self.components[name][indices] = values
+        self.trained[indices] = 1.0
+
+    def collect(self, reduce=lambda tensor: tensor) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+        """(indices, components) of the samples trained on. `reduce` sums a tensor across processes (their shards
+        are disjoint, so the sum puts every process's rows in place)."""
+        trained = reduce(self.trained).cpu().numpy() > 0
+        components = {name: reduce(values).cpu() for name, values in self.components.items()}
+        indices = np.flatnonzero(trained)
+        return indices, {name: values[indices] for name, values in components.items()}
+
+
 class Curriculum:
-    """The difficulty scores of the training set, the chosen strategy and what it selected (coverage)."""
+    """The difficulty scores of the training set, the chosen strategy, what it selected (coverage), and when and
+    which scores are refreshed: the trainer only supplies the logits."""
 
     def __init__(
         self,
         strategy: str,
         num_samples: int,
         seed: int,
+        *,
         fraction: float,
         pacing_kind: str,
         start_fraction: float,
-        pace_epochs: int,
+        full_data_epoch: int,
+        rescore_every: int = 5,
+        score_source: str = "pass",
     ):
         self.strategy, self.num_samples, self.seed = strategy, num_samples, seed
         self.fraction, self.pacing_kind = fraction, pacing_kind
-        self.start_fraction, self.pace_epochs = start_fraction, pace_epochs
+        self.start_fraction, self.full_data_epoch = start_fraction, full_data_epoch
+        self.rescore_every, self.score_source = rescore_every, score_source
         self.scores: np.ndarray | None = None
         self.components: dict[str, np.ndarray] = {}
         self.coverage = np.zeros(num_samples, dtype=np.int64)
@@ -218,6 +266,42 @@ class Curriculum:
     @property
     def needs_scores(self) -> bool:
         return self.strategy in SCORED
+
+    @property
+    def scores_from_train_pass(self) -> bool:
+        return self.score_source == "train-pass" and self.needs_scores
+
+    def due(self, epoch: int) -> bool:
+        """Scores are refreshed before the first epoch and then every rescore_every epochs (`epoch`: epochs done)."""
+        if not self.needs_scores:
+            return False
+        return self.scores is None or epoch - self.scored_epoch >= self.rescore_every
+
+    def stale(self, epoch: int) -> np.ndarray | None:
+        """The samples a due refresh must score: None for all of them; with train-pass scores only those the last
+        epoch did not train on (the rest were scored by its training steps)."""
+        if not self.scores_from_train_pass or self.scores is None:
+            return None
+        return np.flatnonzero(self.trained_epoch != epoch)
+
+    def rescore(
+        self, epoch: int, teacher_logits: torch.Tensor, student_logits: torch.Tensor | None, stale: np.ndarray | None
+    ) -> None:
+        """New scores from the logits of a scoring pass over the `stale` samples (None: all of them; the logit rows
+        of the other samples are not read)."""
+        if stale is None:
+            self.update_scores(teacher_logits, student_logits, epoch)
+            return
+        if len(stale):
+            self.update_some(stale, models.difficulty_components(teacher_logits[stale], student_logits[stale]), epoch)
+        self.scored_epoch = epoch
+
+    def train_pass_recorder(self, device: torch.device) -> TrainPassScores | None:
+        """What the training steps of an epoch hand their logits to, when train-pass scores are on."""
+        return TrainPassScores(self.num_samples, device) if self.scores_from_train_pass else None
+
+    def end_train_pass(self, recorder: TrainPassScores, epoch: int, reduce=lambda tensor: tensor) -> None:
+        self.update_some(*recorder.collect(reduce), epoch)
 
     def update_scores(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, epoch: int) -> None:
         components = models.difficulty_components(teacher_logits, student_logits)
@@ -245,7 +329,7 @@ class Curriculum:
     def select(self, epoch: int, target: float) -> np.ndarray:
         """Indices of 1-based `epoch`, seeded by (seed, epoch)."""
         rng = np.random.default_rng([self.seed, epoch])
-        data_fraction = pacing(epoch - 1, self.pace_epochs, self.start_fraction, self.pacing_kind)
+        data_fraction = pacing(epoch - 1, self.full_data_epoch, self.start_fraction, self.pacing_kind)
         return select_samples(self.strategy, self.scores, self.num_samples, rng, target, self.fraction, data_fraction)
 
     def epoch_stats(self, chosen: np.ndarray, target: float | None) -> dict:

@@ -251,6 +251,8 @@ def load_image_folder(root: Path) -> tuple[dict, list[str]]:
         paths, labels = [], []
         for label, name in enumerate(names):
             files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files and split == "train":  # else the model would silently learn one class fewer
+                raise UserError(f"{folder / name} holds no images; add some, or remove that class from every split.")
             paths += files
             labels += [label] * len(files)
         if not paths:

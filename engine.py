@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -58,10 +59,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
+SEED_STRIDE = 100_003  # a prime above any step count: (seed, step) pairs never share a derived seed
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, step: int) -> int:
+    """The seed of one epoch (or RL step) of a run: a function of (seed, step) alone, so a resumed run redraws what
+    the uninterrupted one drew."""
+    return seed * SEED_STRIDE + step
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -130,7 +141,13 @@ def load_teacher(config, data) -> torch.nn.Module:
                 f"the teacher checkpoint {config.teacher_checkpoint} was trained on {len(checkpoint['class_names'])} "
                 f"classes but --data has {len(data.class_names)} (or other ones); train a teacher on this data."
             )
-        teacher = models.model_from_checkpoint(checkpoint)
+        try:
+            teacher = models.model_from_checkpoint(checkpoint)
+        except RuntimeError as err:  # load_state_dict: the weights are of another architecture than the name
+            raise UserError(
+                f"the teacher checkpoint {config.teacher_checkpoint} names the model {checkpoint['model']} but holds "
+                f"weights of another one ({str(err).splitlines()[0]}); pass a best.pt written by train_student.py."
+            ) from None
     else:
         teacher = models.imagenet_teacher(config.teacher, data.class_names, config.teacher_weights)
     return teacher.eval().requires_grad_(False)
@@ -166,6 +183,7 @@ def train_one_epoch(
     loader,
     optimizer,
     scaler,
+    *,
     label_weight: float,
     temperature: float,
     device: torch.device,
@@ -282,6 +300,27 @@ def count_parameters(model) -> int:
 # A training run: the part of a script that train_student.py, train_student_rl.py and the RL environment share
 
 
+def check_epoch_size(config, num_samples: int, world: int) -> None:
+    """Refuse, before any training, an epoch whose smallest training batch would hold one sample (BatchNorm cannot
+    train on it) or none: the smallest selection of the strategy, split over processes and batches as EpochSampler
+    splits it."""
+    if config.curriculum in ("easy_to_hard", "hard_to_easy"):
+        flag, fraction = "--start-fraction", config.start_fraction  # the pacing's first, smallest epoch
+    elif config.curriculum == "none":
+        flag, fraction = "--data", 1.0
+    else:
+        flag, fraction = "--fraction", config.fraction
+    count = round(fraction * num_samples)
+    shard = count // world
+    smallest_batch = shard // max(1, math.ceil(shard / config.batch_size))
+    if smallest_batch < 2:
+        raise UserError(
+            f"{flag} selects {count} of {num_samples} training samples per epoch, which leaves a training batch of "
+            f"{smallest_batch} sample(s) with --batch-size {config.batch_size} (BatchNorm needs 2); "
+            f"raise {flag} or change --batch-size."
+        )
+
+
 class Experiment:
     """What stays fixed across training runs of one config: device, data, loaders, the teacher and its logits."""
 
@@ -294,6 +333,7 @@ class Experiment:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         self.data = load_data(config.data, config.image_size, config.seed, config.min_scale)
         self.num_classes = len(self.data.class_names)
+        check_epoch_size(config, len(self.data.train), self.world)
         needs_teacher = (
             config.label_weight < 1 or config.curriculum in curriculum.SCORED or config.teacher_logits == "cached"
         )
@@ -336,30 +376,13 @@ class Experiment:
         if self._teacher_train_logits is None:
             compute = lambda: predict_logits(self.teacher, self.score_loader, self.device, self.dtype, "teacher logits")  # noqa: E731
             self._teacher_train_logits, _ = curriculum.cached_logits(
-                self.config.cache_dir, self.teacher_cache_parts(), compute, write=is_main_process()
+                self.config.cache_dir,
+                self.teacher_cache_parts(),
+                compute,
+                shape=(len(self.data.score), self.num_classes),
+                write=is_main_process(),
             )
         return self._teacher_train_logits
-
-
-class TrainPassScores:
-    """Difficulty of the samples a training epoch saw, from the logits its steps already computed (the online
-    teacher's and the student's on the augmented batch): fresh scores at no extra forward pass."""
-
-    def __init__(self, num_samples: int, device: torch.device):
-        self.components = {name: torch.zeros(num_samples, device=device) for name in models.DIFFICULTY_WEIGHTS}
-        self.trained = torch.zeros(num_samples, device=device)
-
-    def record(self, indices: torch.Tensor, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> None:
-        for name, values in models.difficulty_components(teacher_logits, student_logits).items():
-            self.components[name][indices] = values
-        self.trained[indices] = 1.0
-
-    def collect(self) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
-        """(indices, components) of the samples trained on, gathered across processes (their shards are disjoint)."""
-        trained = sum_across_processes(self.trained).cpu().numpy() > 0
-        components = {name: sum_across_processes(values).cpu() for name, values in self.components.items()}
-        indices = np.flatnonzero(trained)
-        return indices, {name: values[indices] for name, values in components.items()}
 
 
 class TrainingRun:
@@ -393,67 +416,70 @@ class TrainingRun:
             config.curriculum,
             len(experiment.data.train),
             self.seed,
-            config.fraction,
-            config.pacing,
-            config.start_fraction,
-            max(1, round(config.pace_epochs * config.epochs)),
+            fraction=config.fraction,
+            pacing_kind=config.pacing,
+            start_fraction=config.start_fraction,
+            full_data_epoch=max(1, round(config.pace_epochs * config.epochs)),  # --pace-epochs is a fraction of them
+            rescore_every=config.rescore_every,
+            score_source=config.score_source,
         )
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
 
     def rescore(self) -> None:
-        """Difficulty from the cached teacher logits and the current student on the un-augmented images: of every
-        training sample, or with --score-source train-pass only of those the last epoch did not train on."""
-        exp, curriculum = self.experiment, self.curriculum
-        stale = None
-        if self.config.score_source == "train-pass" and curriculum.scores is not None:
-            stale = np.flatnonzero(curriculum.trained_epoch != self.epoch)
-            if len(stale) == 0:
-                curriculum.scored_epoch = self.epoch
-                return
-        loader = exp.score_loader
-        if stale is not None:
-            loader = make_loader(Subset(exp.data.score, stale), loader.batch_size, self.config.workers, exp.device)
-        student_logits = predict_logits(self.student, loader, exp.device, exp.dtype, "student logits")
-        if stale is None:
-            curriculum.update_scores(exp.teacher_train_logits(), student_logits, self.epoch)
-        else:
-            components = models.difficulty_components(exp.teacher_train_logits()[stale], student_logits[stale])
-            curriculum.update_some(stale, components, self.epoch)
-            curriculum.scored_epoch = self.epoch
+        """The current student's logits on the un-augmented images the curriculum asks for (all, or with
+        --score-source train-pass those the last epoch did not train on); the curriculum turns them into scores."""
+        exp = self.experiment
+        stale = self.curriculum.stale(self.epoch)
+        student_logits = None
+        if stale is None or len(stale):
+            loader = exp.score_loader
+            if stale is not None:
+                loader = make_loader(Subset(exp.data.score, stale), loader.batch_size, self.config.workers, exp.device)
+            student_logits = predict_logits(self.student, loader, exp.device, exp.dtype, "student logits")
+        self.curriculum.rescore(self.epoch, exp.teacher_train_logits(), student_logits, stale)
 
-    def scores_from_train_pass(self) -> bool:
-        return self.config.score_source == "train-pass" and self.curriculum.needs_scores
-
-    def scores_due(self) -> bool:
-        """Scores are refreshed before the first epoch and then every rescore_every epochs."""
-        curriculum = self.curriculum
-        if not curriculum.needs_scores:
-            return False
-        return curriculum.scores is None or self.epoch - curriculum.scored_epoch >= self.config.rescore_every
+    def train_steps(self, teacher_table=None, on_logits=None, seen=None) -> float:
+        """One pass of training steps over the sampler's current selection (the trainer's and bench.py's one call of
+        train_one_epoch). Returns the mean training loss."""
+        exp = self.experiment
+        return train_one_epoch(
+            self.model,
+            exp.teacher,
+            exp.train_loader,
+            self.optimizer,
+            self.scaler,
+            label_weight=self.config.label_weight,
+            temperature=self.temperature,
+            device=exp.device,
+            dtype=exp.dtype,
+            epoch=self.epoch,
+            teacher_table=teacher_table,
+            on_logits=on_logits,
+            seen=seen,
+        )
 
     def train_epoch(self, target: float | None = None) -> dict:
         exp, config = self.experiment, self.config
         start = time.perf_counter()
-        if self.scores_due():
+        if self.curriculum.due(self.epoch):
             self.rescore()
         self.epoch += 1
-        seed_everything(self.seed * 100_003 + self.epoch)  # dropout etc. depend on (seed, epoch) only: exact resume
+        seed_everything(epoch_seed(self.seed, self.epoch))  # dropout etc. depend on (seed, epoch) only: exact resume
         target = config.target if target is None else float(target)
         chosen = self.curriculum.select(self.epoch, target)
         exp.sampler.set_epoch(self.epoch, chosen)
         lr = self.optimizer.param_groups[0]["lr"]
         seen = torch.zeros(len(exp.data.train), dtype=torch.long, device=exp.device)
-        train_pass = TrainPassScores(len(seen), exp.device) if self.scores_from_train_pass() else None
-        train_loss = train_one_epoch(
-            self.model, exp.teacher, exp.train_loader, self.optimizer, self.scaler,
-            config.label_weight, self.temperature, exp.device, exp.dtype, self.epoch,
-            exp.teacher_table() if config.teacher_logits == "cached" else None,
-            train_pass.record if train_pass else None, seen,
-        )  # fmt: skip
+        train_pass = self.curriculum.train_pass_recorder(exp.device)
+        train_loss = self.train_steps(
+            teacher_table=exp.teacher_table() if config.teacher_logits == "cached" else None,
+            on_logits=train_pass.record if train_pass else None,
+            seen=seen,
+        )
         self.curriculum.count_trained(sum_across_processes(seen).cpu().numpy(), chosen, self.epoch)
         if train_pass:
-            self.curriculum.update_some(*train_pass.collect(), self.epoch)
+            self.curriculum.end_train_pass(train_pass, self.epoch, reduce=sum_across_processes)
         self.scheduler.step()
         if exp.world > 1:  # evaluate and save rank 0's BatchNorm statistics on every rank
             for buffer in self.student.buffers():

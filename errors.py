@@ -1,5 +1,6 @@
 """The one error type a user can cause, and the entry-point wrapper that turns it into one line and exit code 2."""
 
+import errno
 import sys
 
 
@@ -15,6 +16,15 @@ def run_cli(main) -> None:
         # A worker's error arrives wrapped with its traceback as text; its last line holds our message.
         message = str(err).strip().splitlines()[-1].removeprefix("errors.UserError: ")
         print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a write outside the run's atomic files (TensorBoard events, a folder): the same one line as theirs
+        print(
+            f"error: no space left on the disk ({err.filename or 'writing'}); free some space and run again.",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; resume with --resume RUN_FOLDER", file=sys.stderr)

@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import models
-from bookkeeping import field, load_checkpoint, parse_config, save_json
+from bookkeeping import (
+    check_writable_file,
+    check_writable_folder,
+    field,
+    load_checkpoint,
+    parse_config,
+    read_config,
+    save_json,
+)
 from data import load_data
 from engine import amp_dtype, count_parameters, evaluate, load_teacher, make_loader, pick_device
 from errors import UserError, run_cli
@@ -58,7 +66,7 @@ def read_run(path: str) -> dict:
         return {"name": str(path), "config": checkpoint["config"], "best": path, "last": None}
     if not (path / "best.pt").is_file():
         raise UserError(f"{path} is not a finished run folder (no best.pt); pass folders written by train_student.py.")
-    config = json.loads((path / "config.json").read_text())
+    config = read_config(path, "run folder")
     last = path / "last.pt" if (path / "last.pt").is_file() else None
     return {"name": str(path), "config": config, "best": path / "best.pt", "last": last}
 
@@ -182,6 +190,12 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     config = parse_config(Config, argv, description=__doc__)
+    if config.json:
+        check_writable_file(config.json, "--json")
+    if config.report:
+        check_writable_folder(config.report, "--report")
+    if config.batch_size < 1 or config.workers < 0:
+        raise UserError("--batch-size must be at least 1 and --workers >= 0.")
     runs = [read_run(path) for path in config.runs]
     if not runs and (config.no_teacher or not config.data):
         raise UserError("nothing to evaluate; pass run folders, or --data with a teacher flag for the teacher alone.")

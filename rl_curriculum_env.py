@@ -122,7 +122,7 @@ class CurriculumEnv(gym.Env):
         self.episode += 1
         self.run = self.new_run()
         self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, self.experiment.config.target
-        if self.run.scores_due():
+        if self.run.curriculum.due(self.run.epoch):
             self.run.rescore()  # the first observation already describes the difficulty of the data
         self.agent_clock = time.perf_counter()
         return self.observation(), {}
@@ -133,10 +133,16 @@ class CurriculumEnv(gym.Env):
         target, change = self.decode(action)
         run.temperature = float(np.clip(run.temperature + change, *TEMPERATURE_RANGE))
         row = run.train_epoch(target)
-        components = reward_components(
-            row["val_acc"], self.prev_val_acc, row["train_loss"], self.prev_train_loss, run.epoch, self.num_epochs
+        outcome = (
+            row["val_acc"],
+            self.prev_val_acc,
+            row["train_loss"],
+            self.prev_train_loss,
+            run.epoch,
+            self.num_epochs,
         )
-        reward = sum(components.values())
+        reward = curriculum_reward(*outcome)
+        components = reward_components(*outcome)  # the four terms, logged beside their sum
         row.update(
             episode=self.episode, reward=reward, **components, temperature=run.temperature, agent_seconds=agent_seconds
         )

@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookkeeping import field, is_main_process, open_run_folder, start_run
-from curriculum_dataloader import PACINGS, STRATEGIES
-from engine import Experiment, TrainingRun, end_distributed
+from bookkeeping import check_writable_folder, field, is_main_process, open_run_folder, start_run
+from curriculum_dataloader import PACINGS, SCORED, STRATEGIES
+from engine import MAX_SEED, Experiment, TrainingRun, end_distributed
 from errors import UserError, run_cli
 
 
@@ -77,7 +77,9 @@ def check_config(config) -> None:
     rules = [
         (0 <= config.label_weight <= 1, "--label-weight must lie in [0, 1] (1 = labels only, 0 = teacher only)"),
         (config.temperature > 0, "--temperature must be > 0 (the reference uses 4)"),
-        (config.epochs >= 1 and config.batch_size >= 1, "--epochs and --batch-size must be at least 1"),
+        (config.epochs >= 1, "--epochs must be at least 1"),
+        (config.batch_size >= 2, "--batch-size must be at least 2 (BatchNorm cannot train on one sample)"),
+        (0 <= config.seed <= MAX_SEED, f"--seed must lie in [0, {MAX_SEED}]"),
         (config.lr > 0 and config.weight_decay >= 0, "--lr must be > 0 and --weight-decay >= 0"),
         (0 < config.fraction <= 1, "--fraction must lie in (0, 1]"),
         (0 <= config.target <= 1, "--target must lie in [0, 1]"),
@@ -96,6 +98,8 @@ def check_config(config) -> None:
         path = getattr(config, flag)
         if path and not Path(path).is_file():
             raise UserError(f"--{flag.replace('_', '-')} {path} does not exist; check the path.")
+    if config.curriculum in SCORED or config.teacher_logits == "cached":  # runs that write the teacher-logit cache
+        check_writable_folder(config.cache_dir, "--cache-dir")
 
 
 def default_out(config) -> str:

@@ -12,6 +12,7 @@ online during the run it steers (--episodes 1, as the reference did).
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from bookkeeping import MetricsLog, atomic_write, field, is_main_process, open_run_folder, start_run
 from curriculum_dataloader import TARGETED
-from engine import Experiment, broadcast_from_main, end_distributed
+from engine import Experiment, broadcast_from_main, end_distributed, epoch_seed
 from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
 from train_student import Config, check_config
@@ -75,7 +76,12 @@ def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
 def load_agent(path: str, env: CurriculumEnv) -> PPO:
     if not Path(path).is_file():
         raise UserError(f"--policy {path} does not exist; pass the agent.zip of a train_student_rl.py run.")
-    agent = PPO.load(path, device="cpu")
+    try:
+        agent = PPO.load(path, device="cpu")
+    except Exception as err:  # another zip, a truncated file, another library version: one message for all
+        raise UserError(
+            f"cannot load --policy {path} ({err}); pass the agent.zip of a train_student_rl.py run."
+        ) from None
     if agent.action_space != env.action_space or agent.observation_space != env.observation_space:
         raise UserError(
             f"{path} was trained with another action space ({agent.action_space}); "
@@ -143,6 +149,8 @@ def steer(agent: PPO, env: CurriculumEnv, config: RLConfig, resume: dict | None 
     the epoch in progress."""
     learn, main = not config.policy, is_main_process()
     if resume is None:
+        if env.log:  # a resumed run killed before its first last.pt may have logged rows: it starts over
+            env.log.truncate(0)
         observation, episode_start = env.reset(seed=config.seed)[0], True
     else:
         env.load_state(resume["env"], resume)
@@ -152,7 +160,7 @@ def steer(agent: PPO, env: CurriculumEnv, config: RLConfig, resume: dict | None 
     while env.episodes_done < config.episodes:
         if env.run.epoch >= config.epochs:  # resumed right after an episode ended
             observation, episode_start = env.reset()[0], True
-        step = config.seed * 100_003 + env.experiment.config.epochs * env.episode + env.run.epoch
+        step = epoch_seed(config.seed, env.experiment.config.epochs * env.episode + env.run.epoch)
         if main:  # the agent lives on rank 0; the other ranks train their shard with its action
             env_action, action, value, log_prob = choose(agent, observation, learn, step)
         env_action = broadcast_from_main(env_action if main else None)
@@ -172,8 +180,23 @@ def steer(agent: PPO, env: CurriculumEnv, config: RLConfig, resume: dict | None 
 
 def check_rl_config(config: RLConfig) -> None:
     check_config(config)
-    if config.episodes < 1 or config.agent_steps < 2 or config.bins < 2:
-        raise UserError("--episodes must be >= 1, --agent-steps >= 2 and --bins >= 2.")
+    rules = [
+        (config.episodes >= 1 and config.agent_steps >= 2, "--episodes must be >= 1 and --agent-steps >= 2"),
+        (config.bins >= 2, "--bins must be >= 2"),
+        (config.agent_epochs >= 1, "--agent-epochs must be >= 1"),
+        (config.agent_lr > 0, "--agent-lr must be > 0"),
+        (0 < config.gamma <= 1, "--gamma must lie in (0, 1] (a discount per epoch)"),
+        (config.ent_coef >= 0, "--ent-coef must be >= 0"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message + ".")
+    if config.policy and not Path(config.policy).is_file():
+        raise UserError(f"--policy {config.policy} does not exist; pass the agent.zip of a train_student_rl.py run.")
+    if config.policy and not zipfile.is_zipfile(config.policy):
+        raise UserError(
+            f"--policy {config.policy} is not an agent.zip; pass the agent.zip of a train_student_rl.py run."
+        )
 
 
 def default_out(config: RLConfig) -> str:
@@ -183,9 +206,10 @@ def default_out(config: RLConfig) -> str:
 def main(argv=None) -> None:
     config, checkpoint = start_run(RLConfig, argv, "train_student_rl.py", __doc__, default_out, check_rl_config)
     experiment = Experiment(config)
-    folder = open_run_folder(config, "train_student_rl.py")
-    env = CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, MetricsLog(folder))
+    log = MetricsLog(Path(config.out))  # writes nothing before its first row
+    env = CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, log)
     agent = load_agent(config.policy, env) if config.policy else make_agent(config, env)
+    folder = open_run_folder(config, "train_student_rl.py")  # only now: a --policy of another space is refused first
     steer(agent, env, config, checkpoint)
     if not config.policy and is_main_process():
         atomic_write(folder / "agent.zip", agent.save)

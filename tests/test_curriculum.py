@@ -65,7 +65,7 @@ def test_select_around_properties(scores, target, fraction):
 def test_pacing_endpoints(kind, start):
     assert cd.pacing(0, 10, start, kind) == pytest.approx(start)
     assert cd.pacing(10, 10, start, kind) == pytest.approx(1.0)
-    assert cd.pacing(25, 10, start, kind) == pytest.approx(1.0)  # stays at the full set after pace_epochs
+    assert cd.pacing(25, 10, start, kind) == pytest.approx(1.0)  # stays at the full set after full_data_epoch
 
 
 def test_pacing_middle_points_by_hand():
@@ -81,8 +81,8 @@ def test_pacing_middle_points_by_hand():
 
 @settings(max_examples=100, deadline=None)
 @given(st.sampled_from(cd.PACINGS), st.integers(1, 40), st.floats(0.01, 1.0))
-def test_pacing_is_monotone_and_in_range(kind, pace_epochs, start):
-    values = [cd.pacing(epoch, pace_epochs, start, kind) for epoch in range(pace_epochs + 5)]
+def test_pacing_is_monotone_and_in_range(kind, full_data_epoch, start):
+    values = [cd.pacing(epoch, full_data_epoch, start, kind) for epoch in range(full_data_epoch + 5)]
     assert all(later >= earlier - 1e-12 for earlier, later in itertools.pairwise(values))
     assert all(start - 1e-12 <= value <= 1 + 1e-12 for value in values)
 
@@ -294,7 +294,7 @@ def test_cached_logits_recomputes_a_corrupt_file(tmp_path):
 
 def make_curriculum(strategy, num_samples=50):
     return cd.Curriculum(
-        strategy, num_samples, seed=0, fraction=0.4, pacing_kind="linear", start_fraction=0.2, pace_epochs=4
+        strategy, num_samples, seed=0, fraction=0.4, pacing_kind="linear", start_fraction=0.2, full_data_epoch=4
     )
 
 
@@ -332,7 +332,7 @@ def test_curriculum_scored_strategies():
     assert stats["selected"] == 20
     assert stats["difficulty_selected"] == pytest.approx(float(curriculum.scores[chosen].mean()))
 
-    # easy_to_hard follows the pacing: 0.2 of the data at epoch 1, all of it from epoch pace_epochs + 1 on.
+    # easy_to_hard follows the pacing: 0.2 of the data at epoch 1, all of it from epoch full_data_epoch + 1 on.
     paced = make_curriculum("easy_to_hard")
     paced.update_scores(teacher, student, epoch=1)
     assert len(paced.select(1, target=0.0)) == 10

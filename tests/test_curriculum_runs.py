@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import bookkeeping
+import curriculum_dataloader as cd
 import engine
 import train_student
 from conftest import run_script, train_args
@@ -121,7 +122,7 @@ def test_train_pass_scores_equal_the_difficulty_of_the_batch_logits():
 
     import models
 
-    recorder = engine.TrainPassScores(6, torch.device("cpu"))
+    recorder = cd.TrainPassScores(6, torch.device("cpu"))
     teacher, student = torch.randn(3, 4), torch.randn(3, 4)
     recorder.record(torch.tensor([4, 0, 2]), teacher, student)
     indices, components = recorder.collect()
