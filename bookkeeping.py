@@ -142,14 +142,19 @@ def check_writable_folder(path, flag: str) -> Path:
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder; pick another {flag}.")
-    existing = folder
+    check_creatable(folder, path, flag)
+    return folder
+
+
+def check_creatable(path: Path, given, flag: str) -> None:
+    """`path` can be created (or written) inside its nearest existing parent."""
+    existing = path
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path} lies under the file {existing}; pick another {flag}.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: {existing} is not writable; pick a writable {flag}.")
-    return folder
+    if existing != path and not existing.is_dir():
+        raise UserError(f"{flag} {given} lies under the file {existing}; pick another {flag}.")
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {given}: {existing} is not writable; pick a writable {flag}.")
 
 
 def check_writable_file(path, flag: str) -> Path:
@@ -157,7 +162,7 @@ def check_writable_file(path, flag: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; name a file.")
-    check_writable_folder(path.parent, flag)
+    check_creatable(path, path, flag)
     if path.exists() and not os.access(path, os.W_OK):
         raise UserError(f"{flag} {path} is not writable; pick another {flag}.")
     return path

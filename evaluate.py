@@ -27,6 +27,7 @@ from bookkeeping import (
     load_checkpoint,
     parse_config,
     read_config,
+    read_metrics,
     save_json,
 )
 from data import load_data
@@ -197,6 +198,9 @@ def main(argv=None) -> None:
     if config.batch_size < 1 or config.workers < 0:
         raise UserError("--batch-size must be at least 1 and --workers >= 0.")
     runs = [read_run(path) for path in config.runs]
+    for run in runs if config.report else ():  # a cut-short metrics.csv is refused before the slow part
+        if Path(run["name"]).is_dir():
+            read_metrics(Path(run["name"]) / "metrics.csv")
     if not runs and (config.no_teacher or not config.data):
         raise UserError("nothing to evaluate; pass run folders, or --data with a teacher flag for the teacher alone.")
     device = pick_device(config.device)
@@ -213,6 +217,7 @@ def main(argv=None) -> None:
     table = markdown_table(rows)
     print(table)
     if config.json:
+        Path(config.json).parent.mkdir(parents=True, exist_ok=True)
         save_json(Path(config.json), rows)
     if config.report:
         print(f"report: {write_report(rows, table, config.report)}", file=sys.stderr)  # stdout: the table alone

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
+
 from bookkeeping import check_writable_folder, field, is_main_process, open_run_folder, start_run
 from curriculum_dataloader import PACINGS, SCORED, STRATEGIES
 from engine import MAX_SEED, Experiment, TrainingRun, end_distributed
@@ -94,6 +96,8 @@ def check_config(config) -> None:
     for ok, message in rules:
         if not ok:
             raise UserError(message + ".")
+    if not timm.is_model(config.student):
+        raise UserError(f"timm has no model {config.student!r}; pick one of timm.list_models() (e.g. mobilenetv2_100).")
     for flag in ("teacher_checkpoint", "teacher_weights", "student_weights"):
         path = getattr(config, flag)
         if path and not Path(path).is_file():
@@ -109,7 +113,8 @@ def default_out(config) -> str:
 def main(argv=None) -> None:
     config, checkpoint = start_run(Config, argv, "train_student.py", __doc__, default_out, check_config)
     experiment = Experiment(config)
-    run = TrainingRun(experiment, open_run_folder(config, "train_student.py"))
+    run = TrainingRun(experiment, Path(config.out))  # builds the student: its errors come before the folder is touched
+    open_run_folder(config, "train_student.py")
     if config.resume:
         run.load_state(checkpoint)
     for _ in range(run.epoch, config.epochs):

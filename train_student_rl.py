@@ -194,9 +194,7 @@ def check_rl_config(config: RLConfig) -> None:
     if config.policy and not Path(config.policy).is_file():
         raise UserError(f"--policy {config.policy} does not exist; pass the agent.zip of a train_student_rl.py run.")
     if config.policy and not zipfile.is_zipfile(config.policy):
-        raise UserError(
-            f"--policy {config.policy} is not an agent.zip; pass the agent.zip of a train_student_rl.py run."
-        )
+        raise UserError(f"--policy {config.policy} is not a zip file; pass the agent.zip of a train_student_rl.py run.")
 
 
 def default_out(config: RLConfig) -> str:

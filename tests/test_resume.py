@@ -84,6 +84,27 @@ def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, tiny_teach
         assert torch.equal(a, b), name
 
 
+def test_rl_run_killed_before_its_first_checkpoint_logs_each_epoch_once(tmp_path, tiny_teacher, cache_dir):
+    """A kill after epoch 1's metrics row and before the first last.pt (and in the middle of a write): the resumed
+    run starts over and logs every epoch once, as the uninterrupted run. Every file an RL run writes (it writes the
+    most kinds) is on bookkeeping.RUN_FILES, the list --overwrite clears."""
+    flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
+             "--agent-steps", "2"]  # fmt: skip
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run_script(*train_args(whole, *flags, data=DATA, epochs=2, script="train_student_rl.py"))
+    assert sorted(path.name for path in whole.iterdir()) == sorted(bookkeeping.RUN_FILES)
+    killed.mkdir()
+    (killed / "config.json").write_bytes((whole / "config.json").read_bytes())
+    header, first_row, *_ = (whole / "metrics.csv").read_text().splitlines(keepends=True)
+    (killed / "metrics.csv").write_text(header + first_row)
+    (killed / ".last.pt.k1ll3d.tmp").write_bytes(b"")  # what a kill inside atomic_write leaves
+    run_script("train_student_rl.py", "--resume", killed)
+    assert [int(row["epoch"]) for row in comparable(killed)] == [1, 2]
+    assert comparable(killed) == comparable(whole)
+    assert not list(killed.glob(".*.tmp"))
+    assert {path.name for path in killed.iterdir()} <= set(bookkeeping.RUN_FILES)
+
+
 def test_kill_during_checkpoint_write_leaves_a_loadable_file(tmp_path):
     """A writer saving a 16 MB checkpoint in a loop is killed at random moments; last.pt always loads."""
     path = tmp_path / "last.pt"

@@ -1,0 +1,121 @@
+"""The run's records: a leaf module with no import circles anywhere, one-line errors for what a user or a disk can
+get wrong, and temporary files that never outlive a run."""
+
+import ast
+import errno
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+import bookkeeping
+import evaluate
+from conftest import ROOT
+from errors import UserError
+
+PROJECT = {path.stem for path in ROOT.glob("*.py")}
+ML_MODULES = {"models", "curriculum_dataloader", "data", "engine", "rl_curriculum_env"}
+
+
+def project_imports(module: str) -> set[str]:
+    """Project modules `module` imports anywhere in its file, function bodies included."""
+    tree = ast.parse((ROOT / f"{module}.py").read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names & PROJECT
+
+
+def test_bookkeeping_imports_no_ml_module():
+    assert project_imports("bookkeeping") == {"errors"}
+
+
+def test_no_import_circles_not_even_inside_functions():
+    graph = {module: project_imports(module) for module in PROJECT}
+
+    def reaches(start, goal, seen=()):
+        return any(nxt == goal or (nxt not in seen and reaches(nxt, goal, (*seen, nxt))) for nxt in graph[start])
+
+    circles = [module for module in PROJECT if reaches(module, module)]
+    assert circles == []
+
+
+def test_report_reads_runs_without_the_training_stack():
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, report; print(sorted(sys.modules))"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for heavy in ("'torch'", "'timm'", "'engine'", "'models'"):
+        assert heavy not in loaded
+
+
+def test_every_run_file_is_written_through_the_one_list():
+    """--overwrite clears RUN_FILES: the four files issue 10 found missing are on it."""
+    for name in ("agent.zip", "difficulty.npy", "difficulty_history.npz", "coverage.npy"):
+        assert name in bookkeeping.RUN_FILES
+
+
+@dataclass
+class Flags:
+    no_teacher: bool = bookkeeping.field(False, "leave the teacher row out")
+    amp: bool = bookkeeping.field(False, "mixed precision")
+    epochs: int = bookkeeping.field(3, "epochs")
+
+
+def test_a_no_flag_means_true_and_others_keep_their_negation():
+    assert bookkeeping.parse_config(Flags, ["--no-teacher"]).no_teacher is True
+    assert bookkeeping.parse_config(Flags, []).no_teacher is False
+    assert bookkeeping.parse_config(Flags, ["--amp"]).amp is True
+    assert bookkeeping.parse_config(Flags, ["--amp", "--no-amp"]).amp is False
+    assert bookkeeping.parse_config(evaluate.Config, ["run", "--no-teacher"]).no_teacher is True
+
+
+def test_argparse_errors_are_one_line_naming_help():
+    with pytest.raises(UserError, match=r"argument --epochs: invalid int value: 'x'; see --help"):
+        bookkeeping.parse_config(Flags, ["--epochs", "x"])
+
+
+def test_full_disk_is_a_user_error_and_leaves_no_temporary(tmp_path):
+    def write(handle):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(UserError, match="no space left"):
+        bookkeeping.atomic_write(tmp_path / "last.pt", write)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    for name in (".last.pt.abc123.tmp", ".metrics.csv.x.tmp", "last.pt", "notes.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    bookkeeping.remove_stale_temporaries(tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]
+
+
+def test_a_cut_short_metrics_file_is_a_user_error(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,train_loss,val_acc\n1,0.5,40.0\n2,0.4\n")
+    with pytest.raises(UserError, match="cut short or malformed at line 3"):
+        bookkeeping.read_metrics(path)
+    path.write_text("epoch,train_loss,val_acc\n1,0.5,40.0\n")
+    assert bookkeeping.read_metrics(path) == [{"epoch": "1", "train_loss": "0.5", "val_acc": "40.0"}]
+
+
+def test_unwritable_places_are_refused(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        bookkeeping.check_writable_folder(afile, "--out")
+    with pytest.raises(UserError, match="under the file"):
+        bookkeeping.check_writable_folder(afile / "a" / "b", "--out")
+    with pytest.raises(UserError, match="is a folder"):
+        bookkeeping.check_writable_file(tmp_path, "--json")
+    assert bookkeeping.check_writable_folder(tmp_path / "new" / "run", "--out") == tmp_path / "new" / "run"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
