@@ -56,12 +56,6 @@ def test_report_reads_runs_without_the_training_stack():
         assert heavy not in loaded
 
 
-def test_every_run_file_is_written_through_the_one_list():
-    """--overwrite clears RUN_FILES: the four files issue 10 found missing are on it."""
-    for name in ("agent.zip", "difficulty.npy", "difficulty_history.npz", "coverage.npy"):
-        assert name in bookkeeping.RUN_FILES
-
-
 @dataclass
 class Flags:
     no_teacher: bool = bookkeeping.field(False, "leave the teacher row out")
