@@ -29,7 +29,7 @@ import curriculum_dataloader as curriculum
 import models
 from errors import UserError
 
-RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "tb")
+RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "tb", "proxy")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -515,14 +515,17 @@ def count_parameters(model) -> int:
 class Experiment:
     """What stays fixed across training runs of one config: device, data, loaders, the teacher and its logits."""
 
-    def __init__(self, config):
+    def __init__(self, config, data=None):
+        """`data`: splits already loaded (the RL script's proxy runs train on a subset); default: load config.data."""
         from data import load_data
 
         self.config = config
         self.rank, self.world, self.device = init_distributed(pick_device(config.device))
         self.dtype = amp_dtype(self.device, config.amp)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
-        self.data = load_data(config.data, config.image_size, config.seed, config.min_scale)
+        if data is None:
+            data = load_data(config.data, config.image_size, config.seed, config.min_scale)
+        self.data = data
         self.num_classes = len(self.data.class_names)
         needs_teacher = (
             config.label_weight < 1 or config.curriculum in curriculum.SCORED or config.teacher_logits == "cached"
@@ -627,6 +630,7 @@ class TrainingRun:
             config.pacing,
             config.start_fraction,
             max(1, round(config.pace_epochs * config.epochs)),
+            config.target_scale,
         )
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)

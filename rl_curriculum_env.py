@@ -92,6 +92,7 @@ class CurriculumEnv(gym.Env):
         self.run: TrainingRun | None = None
         self.completed_run: TrainingRun | None = None  # the last finished episode's run (reset starts a new one)
         self.episode = self.episodes_done = 0
+        self.run_seed = experiment.config.seed
         self.history: list[dict] = []  # the metrics row of every step of every episode
 
     # -- action decoding
@@ -112,13 +113,16 @@ class CurriculumEnv(gym.Env):
     # -- gymnasium API
 
     def new_run(self) -> TrainingRun:
-        """A fresh student for the current episode, seeded by (seed, episode)."""
+        """A fresh student for the current episode, seeded by `run_seed`."""
         folder = self.log.folder if self.log else None
-        return TrainingRun(self.experiment, folder, seed=self.experiment.config.seed + self.episode - 1, log=self.log)
+        return TrainingRun(self.experiment, folder, seed=self.run_seed, log=self.log)
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        """A new episode: a fresh training run seeded by `seed` (the same seed starts the same episode), or without
+        one by (config seed, episode)."""
         super().reset(seed=seed)
         self.episode += 1
+        self.run_seed = seed if seed is not None else self.experiment.config.seed + self.episode - 1
         self.run = self.new_run()
         self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, self.experiment.config.target
         if self.run.scores_due():
@@ -153,7 +157,8 @@ class CurriculumEnv(gym.Env):
 
     def state_dict(self) -> dict:
         return {"episode": self.episode, "episodes_done": self.episodes_done, "prev_val_acc": self.prev_val_acc,
-                "prev_train_loss": self.prev_train_loss, "last_target": self.last_target}  # fmt: skip
+                "prev_train_loss": self.prev_train_loss, "last_target": self.last_target,
+                "run_seed": self.run_seed}  # fmt: skip
 
     def load_state(self, state: dict, checkpoint: dict) -> None:
         """Resume mid-run: the episode's counters, and its training run from the checkpoint."""

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from curriculum_dataloader import PACINGS, STRATEGIES
+from curriculum_dataloader import PACINGS, STRATEGIES, TARGET_SCALES
 from engine import Experiment, TrainingRun, end_distributed, field, is_main_process, open_run_folder, start_run
 from errors import UserError, run_cli
 
@@ -45,6 +45,10 @@ class Config:
     # curriculum
     curriculum: str = field("none", "sample selection strategy per epoch", choices=STRATEGIES)
     target: float = field(0.5, "target difficulty in [0, 1] of adaptive, soft, mixed and hard_mining")
+    target_scale: str = field(
+        "quantile", "quantile: the target is a rank (adaptive: 0 = the easiest --fraction of the data, 1 = the "
+        "hardest); absolute: a difficulty value (the reference)", choices=TARGET_SCALES
+    )  # fmt: skip
     fraction: float = field(
         0.7, "fraction of the training set per epoch (adaptive, soft, mixed, hard_mining, random_subset)"
     )
