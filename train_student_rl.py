@@ -63,7 +63,7 @@ class RLConfig(Config):
     agent_steps: int = field(5, "epochs per PPO rollout: the agent updates every this many epochs")
     agent_epochs: int = field(10, "PPO optimisation passes over each rollout")
     agent_lr: float = field(3e-4, "PPO learning rate")
-    gamma: float = field(0.7, "discount per epoch (a short horizon: about 3 epochs)")
+    gamma: float = field(0.3, "discount per epoch: a short horizon (a target shows in the next epoch or two)")
     gae_lambda: float = field(0.9, "GAE lambda of PPO's advantages")
     ent_coef: float = field(0.03, "PPO entropy bonus (keeps the agent trying targets until one pays)")
     log_std_init: float = field(0.0, "--action box: initial log std of the Gaussian policy over the action in [-1, 1]")
