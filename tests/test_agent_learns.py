@@ -22,7 +22,7 @@ from rl_curriculum_env import OBSERVATION_SIZE, curriculum_reward, squash  # noq
 
 BEST = 0.2  # the surrogate's best target
 EPOCHS, STEPS = 10, 300  # 30 episodes of 10 epochs
-SEEDS = range(5)
+SEEDS = range(5)  # the reported figures (`python tests/test_agent_learns.py`); the test runs the first 3 (< 60 s)
 
 
 class SurrogateCurriculum(gym.Env):
@@ -95,7 +95,7 @@ def test_default_agent_finds_the_best_target_in_300_steps():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 64x64 MLP: threads only contend
     try:
-        figures = [train_on_surrogate(seed) for seed in SEEDS]
+        figures = [train_on_surrogate(seed) for seed in SEEDS[:3]]
     finally:
         torch.set_num_threads(threads)
     print("P(|target - best| <= 0.1) before -> after, per seed:", [f"{a:.3f} -> {b:.3f}" for a, b in figures])
