@@ -109,4 +109,5 @@ if __name__ == "__main__":
     for seed in SEEDS:
         start = time.perf_counter()
         before, after = train_on_surrogate(seed)
-        print(f"seed {seed}: P(|target - {BEST}| <= 0.1) {before:.3f} -> {after:.3f}  ({time.perf_counter() - start:.1f}s)")
+        seconds = time.perf_counter() - start
+        print(f"seed {seed}: P(|target - {BEST}| <= 0.1) {before:.3f} -> {after:.3f}  ({seconds:.1f}s)")
