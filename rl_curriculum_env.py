@@ -72,8 +72,8 @@ class CurriculumEnv(gym.Env):
     def __init__(
         self,
         experiment: Experiment,
-        action_mode: str = "box",
-        bins: int = 5,
+        action_mode: str = "discrete",
+        bins: int = 11,
         control_temperature: bool = False,
         log: MetricsLog | None = None,
     ):
