@@ -13,7 +13,7 @@ Observation (float32, every entry in [-1, 1]):
 | 2 | training loss squashed to [0, 1): loss / (1 + loss) |
 | 3 | change of validation accuracy since the last epoch / 100 |
 | 4 | change of the squashed training loss since the last epoch |
-| 5 | the last target difficulty |
+| 5 | the last target (on the run's --target-scale: a rank quantile by default) |
 | 6-10 | current difficulty scores: mean, std, 10th, 50th and 90th percentile |
 | 11 | KD temperature, (T - 2) / 6 (constant unless the agent controls it) |
 """
@@ -61,10 +61,11 @@ def squash(loss: float) -> float:
 class CurriculumEnv(gym.Env):
     """One step = one epoch of KD on the samples selected around the agent's target difficulty.
 
-    `action_mode="box"`: `Box(-1, 1, (1,))`, mapped affinely to the target `(a + 1) / 2` in [0, 1] (stable-baselines3
-    asks for a symmetric, normalised Box: a Gaussian policy starts centred on it, at target 0.5); `"discrete"`: one of
-    `bins` evenly spaced targets over [0, 1] (the reference used 5). With `control_temperature` the action gains a
-    second part that moves the KD temperature by -0.5, 0 or +0.5 within [2, 8], as the reference's agent could.
+    `action_mode="discrete"` (default): one of `bins` evenly spaced targets over [0, 1] (default 11; the reference used
+    5); `"box"`: `Box(-1, 1, (1,))`, mapped affinely to the target `(a + 1) / 2` in [0, 1] (stable-baselines3 asks for
+    a symmetric, normalised Box: a Gaussian policy starts centred on it, at target 0.5). With `control_temperature`
+    the action gains a second part that moves the KD temperature by -0.5, 0 or +0.5 within [2, 8], as the reference's
+    agent could.
     """
 
     metadata = {"render_modes": []}
