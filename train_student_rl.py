@@ -140,7 +140,7 @@ def update(agent: PPO, next_observation: np.ndarray, done: bool, seed: int) -> N
     """PPO's update on a full rollout: returns and advantages with GAE, then `agent_epochs` passes (stable-baselines3's
     collect_rollouts ending and train, one epoch-long step at a time)."""
     buffer = agent.rollout_buffer
-    if agent.reward_scale is not None:
+    if getattr(agent, "reward_scale", None) is not None:
         agent.reward_scale.update(buffer.rewards.reshape(-1))
         buffer.rewards = buffer.rewards / np.sqrt(agent.reward_scale.var + 1e-8)
     with torch.no_grad():
@@ -163,7 +163,7 @@ def agent_state(agent: PPO) -> dict:
         "buffer": {name: getattr(buffer, name).copy() for name in BUFFER_FIELDS},
         "buffer_pos": buffer.pos,
         "buffer_full": buffer.full,
-        "reward_scale": agent.reward_scale,
+        "reward_scale": getattr(agent, "reward_scale", None),  # None in an agent.zip of an older version
     }
 
 
