@@ -32,6 +32,7 @@ RUN_FILES = (
     "difficulty_history.npz",
     "coverage.npy",
     "agent.zip",
+    "proxy",
 )
 
 

@@ -22,6 +22,7 @@ STRATEGIES = ("none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining",
 PACINGS = ("linear", "root", "geometric")
 SCORED = {"adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "soft"}  # strategies that read scores
 TARGETED = ("adaptive", "soft", "mixed", "hard_mining")  # strategies a target difficulty steers (the RL agent's)
+TARGET_SCALES = ("quantile", "absolute")  # how a target addresses the scores: by rank, or by difficulty value
 BUCKETS = 5  # difficulty quantile buckets of hard_mining and mixed
 SOFT_WIDTH = 0.15  # soft: std of the Gaussian weight around the target, in difficulty units
 SOFT_FLOOR = 0.05  # soft: weight every sample keeps, however far from the target
@@ -40,6 +41,20 @@ def select_around(scores: np.ndarray, target: float, fraction: float) -> np.ndar
     count = round(fraction * len(scores))
     nearest = np.argsort(np.abs(scores - target), kind="stable")[:count]
     return np.sort(nearest)
+
+
+def rank_quantiles(scores: np.ndarray) -> np.ndarray:
+    """Each sample's rank among the scores as a fraction: 0 for the easiest, 1 for the hardest (ties by index)."""
+    ranks = np.empty(len(scores))
+    ranks[np.argsort(scores, kind="stable")] = np.arange(len(scores))
+    return ranks / max(len(scores) - 1, 1)
+
+
+def quantile_target(strategy: str, target: float, fraction: float) -> float:
+    """Where a quantile-scale target points on the rank scale. adaptive: the centre of its band of `fraction` of the
+    ranks, from fraction / 2 (target 0: the easiest `fraction`) to 1 - fraction / 2 (target 1: the hardest), so every
+    target selects another band; select_around would give one band to all targets within fraction / 2 of an end."""
+    return fraction / 2 + target * (1 - fraction) if strategy == "adaptive" else target
 
 
 def pacing(epoch: int, full_data_epoch: int, start_fraction: float, kind: str) -> float:
@@ -251,8 +266,10 @@ class Curriculum:
         full_data_epoch: int,
         rescore_every: int = 5,
         score_source: str = "pass",
+        target_scale: str = "quantile",
     ):
         self.strategy, self.num_samples, self.seed = strategy, num_samples, seed
+        self.target_scale = target_scale
         self.fraction, self.pacing_kind = fraction, pacing_kind
         self.start_fraction, self.full_data_epoch = start_fraction, full_data_epoch
         self.rescore_every, self.score_source = rescore_every, score_source
@@ -326,15 +343,32 @@ class Curriculum:
         self.coverage += seen
         self.trained_epoch[seen > 0] = epoch
 
+    def by_rank(self) -> bool:
+        """Whether targets address rank quantiles (hard_mining and mixed weigh rank buckets on either scale)."""
+        return self.target_scale == "quantile" and self.strategy in ("adaptive", "soft") and self.scores is not None
+
     def select(self, epoch: int, target: float) -> np.ndarray:
-        """Indices of 1-based `epoch`, seeded by (seed, epoch)."""
+        """Indices of 1-based `epoch`, seeded by (seed, epoch). On the quantile scale the scores are replaced by their
+        rank quantiles and the target by its place on them; the selection rules themselves stay the same."""
         rng = np.random.default_rng([self.seed, epoch])
         data_fraction = pacing(epoch - 1, self.full_data_epoch, self.start_fraction, self.pacing_kind)
-        return select_samples(self.strategy, self.scores, self.num_samples, rng, target, self.fraction, data_fraction)
+        scores = self.scores
+        if self.by_rank():
+            scores, target = rank_quantiles(scores), quantile_target(self.strategy, target, self.fraction)
+        return select_samples(self.strategy, scores, self.num_samples, rng, target, self.fraction, data_fraction)
+
+    def target_difficulty(self, target: float) -> float:
+        """The difficulty a target points at: itself on the absolute scale, the score at its quantile otherwise."""
+        if not self.by_rank():
+            return target
+        return float(np.quantile(self.scores, quantile_target(self.strategy, target, self.fraction)))
 
     def epoch_stats(self, chosen: np.ndarray, target: float | None) -> dict:
-        """The metrics.csv columns of an epoch's selection."""
-        stats = {"target_difficulty": target if target is not None else "", "selected": len(chosen)}
+        """The metrics.csv columns of an epoch's selection: `target` as given (on the run's target scale) and
+        `target_difficulty`, the difficulty it pointed at."""
+        stats = {"target": "", "target_difficulty": "", "selected": len(chosen)}
+        if target is not None:
+            stats["target"], stats["target_difficulty"] = target, self.target_difficulty(target)
         if self.scores is None:
             return stats
         selected = self.scores[chosen] if len(chosen) else np.full(1, np.nan)

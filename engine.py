@@ -324,14 +324,17 @@ def check_epoch_size(config, num_samples: int, world: int) -> None:
 class Experiment:
     """What stays fixed across training runs of one config: device, data, loaders, the teacher and its logits."""
 
-    def __init__(self, config):
+    def __init__(self, config, data=None):
+        """`data`: splits already loaded (the RL script's proxy runs train on a subset); default: load config.data."""
         from data import load_data
 
         self.config = config
         self.rank, self.world, self.device = init_distributed(pick_device(config.device))
         self.dtype = amp_dtype(self.device, config.amp)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
-        self.data = load_data(config.data, config.image_size, config.seed, config.min_scale)
+        if data is None:
+            data = load_data(config.data, config.image_size, config.seed, config.min_scale)
+        self.data = data
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
         needs_teacher = (
@@ -422,6 +425,7 @@ class TrainingRun:
             full_data_epoch=max(1, round(config.pace_epochs * config.epochs)),  # --pace-epochs is a fraction of them
             rescore_every=config.rescore_every,
             score_source=config.score_source,
+            target_scale=config.target_scale,
         )
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)

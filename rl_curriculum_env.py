@@ -13,7 +13,7 @@ Observation (float32, every entry in [-1, 1]):
 | 2 | training loss squashed to [0, 1): loss / (1 + loss) |
 | 3 | change of validation accuracy since the last epoch / 100 |
 | 4 | change of the squashed training loss since the last epoch |
-| 5 | the last target difficulty |
+| 5 | the last target (on the run's --target-scale: a rank quantile by default) |
 | 6-10 | current difficulty scores: mean, std, 10th, 50th and 90th percentile |
 | 11 | KD temperature, (T - 2) / 6 (constant unless the agent controls it) |
 """
@@ -62,10 +62,11 @@ def squash(loss: float) -> float:
 class CurriculumEnv(gym.Env):
     """One step = one epoch of KD on the samples selected around the agent's target difficulty.
 
-    `action_mode="box"`: `Box(-1, 1, (1,))`, mapped affinely to the target `(a + 1) / 2` in [0, 1] (stable-baselines3
-    asks for a symmetric, normalised Box: a Gaussian policy starts centred on it, at target 0.5); `"discrete"`: one of
-    `bins` evenly spaced targets over [0, 1] (the reference used 5). With `control_temperature` the action gains a
-    second part that moves the KD temperature by -0.5, 0 or +0.5 within [2, 8], as the reference's agent could.
+    `action_mode="discrete"` (default): one of `bins` evenly spaced targets over [0, 1] (default 11; the reference used
+    5); `"box"`: `Box(-1, 1, (1,))`, mapped affinely to the target `(a + 1) / 2` in [0, 1] (stable-baselines3 asks for
+    a symmetric, normalised Box: a Gaussian policy starts centred on it, at target 0.5). With `control_temperature`
+    the action gains a second part that moves the KD temperature by -0.5, 0 or +0.5 within [2, 8], as the reference's
+    agent could.
     """
 
     metadata = {"render_modes": []}
@@ -73,8 +74,8 @@ class CurriculumEnv(gym.Env):
     def __init__(
         self,
         experiment: Experiment,
-        action_mode: str = "box",
-        bins: int = 5,
+        action_mode: str = "discrete",
+        bins: int = 11,
         control_temperature: bool = False,
         log: MetricsLog | None = None,
     ):
@@ -93,6 +94,7 @@ class CurriculumEnv(gym.Env):
         self.run: TrainingRun | None = None
         self.completed_run: TrainingRun | None = None  # the last finished episode's run (reset starts a new one)
         self.episode = self.episodes_done = 0
+        self.run_seed = experiment.config.seed
         self.history: list[dict] = []  # the metrics row of every step of every episode
 
     # -- action decoding
@@ -113,13 +115,16 @@ class CurriculumEnv(gym.Env):
     # -- gymnasium API
 
     def new_run(self) -> TrainingRun:
-        """A fresh student for the current episode, seeded by (seed, episode)."""
+        """A fresh student for the current episode, seeded by `run_seed`."""
         folder = self.log.folder if self.log else None
-        return TrainingRun(self.experiment, folder, seed=self.experiment.config.seed + self.episode - 1, log=self.log)
+        return TrainingRun(self.experiment, folder, seed=self.run_seed, log=self.log)
 
     def reset(self, seed: int | None = None, options: dict | None = None):
+        """A new episode: a fresh training run seeded by `seed` (the same seed starts the same episode), or without
+        one by (config seed, episode)."""
         super().reset(seed=seed)
         self.episode += 1
+        self.run_seed = seed if seed is not None else self.experiment.config.seed + self.episode - 1
         self.run = self.new_run()
         self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, self.experiment.config.target
         if self.run.curriculum.due(self.run.epoch):
@@ -160,7 +165,8 @@ class CurriculumEnv(gym.Env):
 
     def state_dict(self) -> dict:
         return {"episode": self.episode, "episodes_done": self.episodes_done, "prev_val_acc": self.prev_val_acc,
-                "prev_train_loss": self.prev_train_loss, "last_target": self.last_target}  # fmt: skip
+                "prev_train_loss": self.prev_train_loss, "last_target": self.last_target,
+                "run_seed": self.run_seed}  # fmt: skip
 
     def load_state(self, state: dict, checkpoint: dict) -> None:
         """Resume mid-run: the episode's counters, and its training run from the checkpoint."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import timm
 
 from bookkeeping import check_writable_folder, field, is_main_process, open_run_folder, start_run
-from curriculum_dataloader import PACINGS, SCORED, STRATEGIES
+from curriculum_dataloader import PACINGS, SCORED, STRATEGIES, TARGET_SCALES
 from engine import MAX_SEED, Experiment, TrainingRun, end_distributed
 from errors import UserError, run_cli
 
@@ -48,6 +48,10 @@ class Config:
     # curriculum
     curriculum: str = field("none", "sample selection strategy per epoch", choices=STRATEGIES)
     target: float = field(0.5, "target difficulty in [0, 1] of adaptive, soft, mixed and hard_mining")
+    target_scale: str = field(
+        "quantile", "quantile: the target is a rank (adaptive: 0 = the easiest --fraction of the data, 1 = the "
+        "hardest); absolute: a difficulty value (the reference)", choices=TARGET_SCALES
+    )  # fmt: skip
     fraction: float = field(
         0.7, "fraction of the training set per epoch (adaptive, soft, mixed, hard_mining, random_subset)"
     )

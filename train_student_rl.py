@@ -5,12 +5,16 @@
     python train_student_rl.py --policy runs/rl/agent.zip --out runs/rl-replay    # replay a trained agent
 
 The agent (stable-baselines3 PPO) acts in rl_curriculum_env.CurriculumEnv, where one step is one training epoch, so
-it sees only `epochs` steps per training run: it updates every --agent-steps epochs (the reference: 5) and learns
-online during the run it steers (--episodes 1, as the reference did).
+one training run gives it only `epochs` steps: too few to learn from (the reference learnt online during its one run).
+It first learns over --pretrain-episodes cheap proxy runs (--pretrain-epochs epochs on --pretrain-subset of the images,
+cached teacher logits), then steers the full run: replaying its most likely target (--full-run replay) or sampling
+and learning on (--full-run learn). Rewards are divided by a running std kept in the agent (inside update()).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import zipfile
 from dataclasses import dataclass
@@ -21,11 +25,23 @@ import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 
-from bookkeeping import MetricsLog, atomic_write, field, is_main_process, open_run_folder, start_run
+from bookkeeping import (
+    MetricsLog,
+    atomic_write,
+    field,
+    is_main_process,
+    load_checkpoint,
+    open_run_folder,
+    read_metrics,
+    save_json,
+    start_run,
+)
 from curriculum_dataloader import TARGETED
-from engine import Experiment, broadcast_from_main, end_distributed, epoch_seed
+from data import DataSplits, SampleView
+from engine import Experiment, broadcast_from_main, end_distributed
 from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
 from train_student import Config, check_config
@@ -37,23 +53,39 @@ class RLConfig(Config):
     label_weight: float = field(0.0, "weight of the label CE (the reference's RL row: 0, teacher only)")
     curriculum: str = field("adaptive", "strategy the agent's target steers", choices=TARGETED)
     fraction: float = field(0.6, "fraction of the training set per epoch (the reference's RL run: 0.6)")
-    # the agent
-    action: str = field("box", "box: a continuous target; discrete: one of --bins targets", choices=("box", "discrete"))
-    bins: int = field(5, "number of evenly spaced targets over [0, 1] with --action discrete (the reference: 5)")
+    # the agent (defaults tuned on tests/test_agent_learns.py's surrogate: see the README)
+    action: str = field(
+        "discrete", "discrete: one of --bins targets; box: a continuous target", choices=("discrete", "box")
+    )  # fmt: skip
+    bins: int = field(11, "number of evenly spaced targets over [0, 1] with --action discrete (the reference: 5)")
     control_temperature: bool = field(False, "the agent also moves the KD temperature by +-0.5 within [2, 8]")
-    episodes: int = field(1, "training runs the agent learns over (1: learn online during one run)")
     agent_steps: int = field(5, "epochs per PPO rollout: the agent updates every this many epochs")
     agent_epochs: int = field(10, "PPO optimisation passes over each rollout")
     agent_lr: float = field(3e-4, "PPO learning rate")
-    gamma: float = field(0.9, "discount per epoch (a short horizon: about 10 epochs)")
-    ent_coef: float = field(0.01, "PPO entropy bonus (keeps the agent exploring targets)")
-    policy: str | None = field(None, "replay this agent.zip deterministically on a fresh run, without learning")
+    gamma: float = field(0.3, "discount per epoch: a short horizon (a target shows in the next epoch or two)")
+    gae_lambda: float = field(0.9, "GAE lambda of PPO's advantages")
+    ent_coef: float = field(0.03, "PPO entropy bonus (keeps the agent trying targets until one pays)")
+    log_std_init: float = field(0.0, "--action box: initial log std of the Gaussian policy over the action in [-1, 1]")
+    normalize_reward: bool = field(True, "divide rewards by a running std kept in the agent (PPO wants unit scale)")
+    # experience: cheap proxy runs before the full one
+    pretrain_episodes: int = field(30, "proxy training runs the agent learns over before the full run (0: none)")
+    pretrain_epochs: int = field(10, "epochs of each proxy run (the observation counts progress as a fraction)")
+    pretrain_subset: float = field(0.1, "fraction of the training and validation images a proxy run uses")
+    full_run: str = field(
+        "replay", "replay: the pretrained policy's most likely target every epoch; learn: keep sampling and learning",
+        choices=("replay", "learn"),
+    )  # fmt: skip
+    episodes: int = field(1, "full training runs the agent steers (the last one's student is the result)")
+    policy: str | None = field(None, "replay this agent.zip deterministically on a fresh run (no proxies, no learning)")
 
 
 BUFFER_FIELDS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
 
 
 def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
+    policy_kwargs = {"net_arch": [64, 64]}
+    if isinstance(env.action_space, spaces.Box):
+        policy_kwargs["log_std_init"] = config.log_std_init
     agent = PPO(
         "MlpPolicy",
         env,
@@ -62,14 +94,15 @@ def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
         n_epochs=config.agent_epochs,
         learning_rate=config.agent_lr,
         gamma=config.gamma,
-        gae_lambda=0.9,
+        gae_lambda=config.gae_lambda,
         ent_coef=config.ent_coef,
-        policy_kwargs={"net_arch": [64, 64]},
+        policy_kwargs=policy_kwargs,
         seed=config.seed,
         device="cpu",  # a 64x64 MLP: the GPU would only add transfers
         verbose=0,
     )
     agent.set_logger(configure(None, [""]))
+    agent.reward_scale = RunningMeanStd(shape=()) if config.normalize_reward else None  # saved in agent.zip
     return agent
 
 
@@ -110,6 +143,10 @@ def choose(agent: PPO, observation: np.ndarray, learn: bool, seed: int):
 def update(agent: PPO, next_observation: np.ndarray, done: bool, seed: int) -> None:
     """PPO's update on a full rollout: returns and advantages with GAE, then `agent_epochs` passes (stable-baselines3's
     collect_rollouts ending and train, one epoch-long step at a time)."""
+    buffer = agent.rollout_buffer
+    if getattr(agent, "reward_scale", None) is not None:
+        agent.reward_scale.update(buffer.rewards.reshape(-1))
+        buffer.rewards = buffer.rewards / np.sqrt(agent.reward_scale.var + 1e-8)
     with torch.no_grad():
         last_value = agent.policy.predict_values(obs_as_tensor(next_observation[None], agent.device))
     agent.rollout_buffer.compute_returns_and_advantage(last_values=last_value, dones=np.array([done]))
@@ -130,6 +167,7 @@ def agent_state(agent: PPO) -> dict:
         "buffer": {name: getattr(buffer, name).copy() for name in BUFFER_FIELDS},
         "buffer_pos": buffer.pos,
         "buffer_full": buffer.full,
+        "reward_scale": getattr(agent, "reward_scale", None),  # None in an agent.zip of an older version
     }
 
 
@@ -141,26 +179,29 @@ def load_agent_state(agent: PPO, state: dict) -> None:
     for name, value in state["buffer"].items():
         setattr(buffer, name, value.copy())
     buffer.pos, buffer.full = state["buffer_pos"], state["buffer_full"]
+    agent.reward_scale = copy.deepcopy(state["reward_scale"])
 
 
-def steer(agent: PPO, env: CurriculumEnv, config: RLConfig, resume: dict | None = None) -> None:
-    """Train the student for `episodes` runs, one epoch per agent step; learn online unless replaying (--policy).
-    After every epoch last.pt holds the student, the environment's counters and the agent, so a kill loses at most
-    the epoch in progress."""
-    learn, main = not config.policy, is_main_process()
+def step_seed(*parts: int) -> int:
+    """The seed of one agent step from (seed, phase, episode, epoch): a resumed run draws what an uninterrupted one
+    would, and proxy and full runs never share draws."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def steer(agent: PPO, env: CurriculumEnv, episodes: int, learn: bool, phase: int, resume: dict | None = None) -> None:
+    """Train `episodes` runs of the environment's experiment, one epoch per agent step, learning unless `learn` is
+    off (replay: the policy's most likely action). After every epoch the run folder's last.pt holds the student, the
+    environment's counters and the agent, so a kill loses at most the epoch in progress."""
+    main, seed = is_main_process(), env.experiment.config.seed
     if resume is None:
-        if env.log:  # a resumed run killed before its first last.pt may have logged rows: it starts over
-            env.log.truncate(0)
-        observation, episode_start = env.reset(seed=config.seed)[0], True
+        observation, episode_start = env.reset(seed=seed)[0], True
     else:
         env.load_state(resume["env"], resume)
         observation, episode_start = resume["observation"], resume["episode_start"]
-        if learn:
-            load_agent_state(agent, resume["agent"])
-    while env.episodes_done < config.episodes:
-        if env.run.epoch >= config.epochs:  # resumed right after an episode ended
+    while env.episodes_done < episodes:
+        if env.run.epoch >= env.num_epochs:  # resumed right after an episode ended
             observation, episode_start = env.reset()[0], True
-        step = epoch_seed(config.seed, env.experiment.config.epochs * env.episode + env.run.epoch)
+        step = step_seed(seed, phase, env.episode, env.run.epoch)
         if main:  # the agent lives on rank 0; the other ranks train their shard with its action
             env_action, action, value, log_prob = choose(agent, observation, learn, step)
         env_action = broadcast_from_main(env_action if main else None)
@@ -172,10 +213,87 @@ def steer(agent: PPO, env: CurriculumEnv, config: RLConfig, resume: dict | None 
             if agent.rollout_buffer.full:
                 update(agent, next_observation, done, step)
         observation, episode_start = next_observation, done
-        rl_state = {"env": env.state_dict(), "observation": observation, "episode_start": episode_start}
-        if learn:
-            rl_state["agent"] = agent_state(agent)
+        rl_state = {"env": env.state_dict(), "observation": observation, "episode_start": episode_start,
+                    "agent": agent_state(agent)}  # fmt: skip
         env.run.end_epoch(env.history[-1], rl_state)
+
+
+class SubsetSource:
+    """Some images of a source (a proxy run's share of a split), indexed 0 .. len - 1."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, indices
+        self.labels = source.labels[indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image(self, i: int):
+        return self.source.image(int(self.indices[i]))
+
+
+def data_subset(data: DataSplits, share: float, seed: int) -> DataSplits:
+    """A seeded `share` of the training images (both views) and of the validation images; a data identity of its own,
+    so its teacher logits are cached apart from the full set's."""
+
+    def pick(view, salt: int) -> np.ndarray:
+        count = max(1, round(share * len(view)))
+        return np.sort(np.random.default_rng([seed, salt]).choice(len(view), count, replace=False))
+
+    def part(view, indices: np.ndarray) -> SampleView:
+        return SampleView(SubsetSource(view.source, indices), view.transform, view.seed)
+
+    train, val = pick(data.train, 0), pick(data.val, 1)
+    return dataclasses.replace(
+        data,
+        train=part(data.train, train),
+        score=part(data.score, train),
+        val=part(data.val, val),
+        identity=json.dumps({"subset_of": data.identity, "share": share, "seed": seed}, sort_keys=True),
+        hardness=data.hardness[train] if data.hardness is not None else None,
+    )
+
+
+def proxy_experiment(config: RLConfig, experiment: Experiment) -> Experiment:
+    """The proxy runs: --pretrain-epochs epochs on --pretrain-subset of the images, KD from the cached teacher logits
+    (no teacher forward pass while training), rescored as often per unit of progress as the full run."""
+    proxy_config = dataclasses.replace(
+        config,
+        epochs=config.pretrain_epochs,
+        teacher_logits="cached",
+        rescore_every=max(1, round(config.rescore_every * config.pretrain_epochs / config.epochs)),
+    )
+    return Experiment(proxy_config, data_subset(experiment.data, config.pretrain_subset, config.seed))
+
+
+def pretrain(agent: PPO, experiment: Experiment, config: RLConfig, folder: Path) -> None:
+    """The agent learns over --pretrain-episodes proxy runs, logged and checkpointed in FOLDER/proxy (metrics.csv with
+    its `episode` column, last.pt); a resumed run continues them where the kill left off."""
+    proxy_folder = folder / "proxy"
+    if is_main_process():
+        proxy_folder.mkdir(exist_ok=True)
+    last = proxy_folder / "last.pt"
+    resume = load_checkpoint(last) if config.resume and last.exists() else None
+    env = CurriculumEnv(proxy_experiment(config, experiment), config.action, config.bins, config.control_temperature,
+                        MetricsLog(proxy_folder))  # fmt: skip
+    if resume is not None:
+        load_agent_state(agent, resume["agent"])
+    elif config.resume:  # killed before the first proxy epoch was saved: start the proxies over
+        env.log.truncate(0)
+    steer(agent, env, config.pretrain_episodes, learn=True, phase=0, resume=resume)
+
+
+def run_seconds(path: Path) -> float:
+    """Wall-clock seconds of the epochs (and agent steps) logged in a metrics.csv."""
+    if not path.exists():
+        return 0.0
+    return sum(float(row["seconds"]) + float(row["agent_seconds"]) for row in read_metrics(path))
+
+
+def total_cost(folder: Path, episodes: int) -> dict:
+    """The whole run's cost, proxy runs included, as a multiple of one full training run (from the logged seconds)."""
+    proxy, full = run_seconds(folder / "proxy" / "metrics.csv"), run_seconds(folder / "metrics.csv")
+    return {"pretrain_seconds": proxy, "full_run_seconds": full, "cost_vs_full_run": (proxy + full) / (full / episodes)}
 
 
 def check_rl_config(config: RLConfig) -> None:
@@ -187,7 +305,10 @@ def check_rl_config(config: RLConfig) -> None:
         (config.agent_lr > 0, "--agent-lr must be > 0"),
         (0 < config.gamma <= 1, "--gamma must lie in (0, 1] (a discount per epoch)"),
         (config.ent_coef >= 0, "--ent-coef must be >= 0"),
-    ]
+        (config.pretrain_episodes >= 0 and config.pretrain_epochs >= 1,
+         "--pretrain-episodes must be >= 0 and --pretrain-epochs >= 1"),
+        (0 < config.pretrain_subset <= 1, "--pretrain-subset must lie in (0, 1]"),
+    ]  # fmt: skip
     for ok, message in rules:
         if not ok:
             raise UserError(message + ".")
@@ -195,6 +316,11 @@ def check_rl_config(config: RLConfig) -> None:
         raise UserError(f"--policy {config.policy} does not exist; pass the agent.zip of a train_student_rl.py run.")
     if config.policy and not zipfile.is_zipfile(config.policy):
         raise UserError(f"--policy {config.policy} is not a zip file; pass the agent.zip of a train_student_rl.py run.")
+    if config.full_run == "replay" and config.pretrain_episodes == 0 and not config.policy:
+        raise UserError(
+            "--full-run replay needs a trained agent: give --pretrain-episodes >= 1 or --policy, "
+            "or use --full-run learn (an untrained agent's most likely target is one constant)."
+        )
 
 
 def default_out(config: RLConfig) -> str:
@@ -208,11 +334,25 @@ def main(argv=None) -> None:
     env = CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, log)
     agent = load_agent(config.policy, env) if config.policy else make_agent(config, env)
     folder = open_run_folder(config, "train_student_rl.py")  # only now: a --policy of another space is refused first
-    steer(agent, env, config, checkpoint)
+    if not config.policy and config.pretrain_episodes and checkpoint is None:
+        pretrain(agent, experiment, config, folder)
+    if checkpoint is not None and not config.policy:
+        load_agent_state(agent, checkpoint["agent"])
+    elif config.resume and checkpoint is None:  # killed before the full run's first epoch was saved
+        env.log.truncate(0)
+    learn = not config.policy and config.full_run == "learn"
+    steer(agent, env, config.episodes, learn, phase=1, resume=checkpoint)
     if not config.policy and is_main_process():
         atomic_write(folder / "agent.zip", agent.save)
     results = env.completed_run.finish()
     if is_main_process():
+        results.update(total_cost(folder, config.episodes))
+        save_json(folder / "results.json", results)
+        proxies = 0 if config.policy else config.pretrain_episodes
+        print(
+            f"cost: {proxies} proxy runs {results['pretrain_seconds']:.0f}s + full run "
+            f"{results['full_run_seconds']:.0f}s = {results['cost_vs_full_run']:.2f}x one full run"
+        )
         print(json.dumps(results))
     end_distributed()
 

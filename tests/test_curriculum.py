@@ -310,10 +310,11 @@ def test_cached_logits_recomputes_and_replaces_an_invalid_file(tmp_path, bad):
 # Curriculum state
 
 
-def make_curriculum(strategy, num_samples=50):
+def make_curriculum(strategy, num_samples=50, target_scale="absolute"):
     return cd.Curriculum(
-        strategy, num_samples, seed=0, fraction=0.4, pacing_kind="linear", start_fraction=0.2, full_data_epoch=4
-    )
+        strategy, num_samples, seed=0, fraction=0.4, pacing_kind="linear", start_fraction=0.2, full_data_epoch=4,
+        target_scale=target_scale,
+    )  # fmt: skip
 
 
 def test_curriculum_counts_what_was_trained():
@@ -367,3 +368,31 @@ def test_curriculum_state_round_trip():
     restored.load_state_dict(curriculum.state_dict())
     np.testing.assert_array_equal(restored.coverage, curriculum.coverage)
     assert restored.coverage.sum() == 20
+
+
+def test_rank_quantiles_and_quantile_targets_by_hand():
+    # ranks of [0.5, 0.1, 0.5, 0.3]: 0.1 -> 0, 0.3 -> 1, the tied 0.5s -> 2 (lower index) and 3; / (N - 1) = 3
+    np.testing.assert_allclose(cd.rank_quantiles(np.array([0.5, 0.1, 0.5, 0.3])), [2 / 3, 0, 1, 1 / 3])
+    # adaptive, fraction 0.6: the band's centre runs from 0.3 (target 0) to 0.7 (target 1); soft takes the target as is
+    assert cd.quantile_target("adaptive", 0.0, 0.6) == pytest.approx(0.3)
+    assert cd.quantile_target("adaptive", 0.5, 0.6) == pytest.approx(0.5)
+    assert cd.quantile_target("adaptive", 1.0, 0.6) == pytest.approx(0.7)
+    assert cd.quantile_target("soft", 0.25, 0.6) == 0.25
+
+
+def test_quantile_targets_address_distinct_bands_of_narrow_scores():
+    """Scores in a narrow band (as on real data): on the absolute scale every target >= the highest score selects
+    the same samples; on the quantile scale target 0 is the easiest 40%, target 1 the hardest, 0.5 the middle."""
+    scores = 0.47 + 0.05 * np.random.default_rng(0).random(50)
+    order = np.argsort(scores, kind="stable")
+    quantile, absolute = make_curriculum("adaptive", target_scale="quantile"), make_curriculum("adaptive")
+    for curriculum in (quantile, absolute):
+        curriculum.scores = scores
+    np.testing.assert_array_equal(quantile.select(1, 0.0), np.sort(order[:20]))
+    np.testing.assert_array_equal(quantile.select(1, 1.0), np.sort(order[30:]))
+    np.testing.assert_array_equal(quantile.select(1, 0.5), np.sort(order[15:35]))
+    selections = {tuple(quantile.select(1, t)) for t in np.linspace(0, 1, 11)}
+    assert len(selections) == 11
+    np.testing.assert_array_equal(absolute.select(1, 0.6), absolute.select(1, 1.0))
+    stats = quantile.epoch_stats(quantile.select(1, 1.0), 1.0)
+    assert stats["target"] == 1.0 and stats["target_difficulty"] == pytest.approx(np.quantile(scores, 0.8))

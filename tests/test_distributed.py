@@ -47,8 +47,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_teach
 def test_rl_run_with_two_processes(tmp_path, tiny_teacher, cache_dir):
     out = tmp_path / "rl"
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
-             "--agent-steps", "2", "--score-source", "train-pass"]  # fmt: skip
+             "--agent-steps", "2", "--score-source", "train-pass", "--pretrain-episodes", "1", "--pretrain-epochs",
+             "2", "--pretrain-subset", "0.5"]  # fmt: skip
     torchrun(train_args(out, *flags, epochs=3, script="train_student_rl.py"))
     rows = bookkeeping.read_metrics(out / "metrics.csv")
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert [row["epoch"] for row in bookkeeping.read_metrics(out / "proxy" / "metrics.csv")] == ["1", "2"]
     assert (out / "agent.zip").is_file() and (out / "results.json").is_file()

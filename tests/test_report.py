@@ -28,7 +28,8 @@ def reported(tmp_path_factory, tiny_teacher, cache_dir):
     for seed in (0, 1):
         flags = [*kd, "--curriculum", "adaptive", "--target", 0.4, "--fraction", 0.5, "--seed", seed]
         train_student.main(train_args(root / f"adaptive-s{seed}", *flags, epochs=3)[1:])
-    rl = train_args(root / "rl", *kd, "--agent-steps", 2, epochs=3, script="train_student_rl.py")
+    rl = train_args(root / "rl", *kd, "--agent-steps", 2, "--pretrain-episodes", 0, "--full-run", "learn", epochs=3,
+                    script="train_student_rl.py")  # fmt: skip
     train_student_rl.main(rl[1:])
     folders = [root / name for name in ("labels", "adaptive-s0", "adaptive-s1", "rl")]
     result = run_script("evaluate.py", *folders, "--teacher-checkpoint", tiny_teacher, "--workers", 0,

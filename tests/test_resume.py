@@ -28,10 +28,11 @@ def comparable(folder) -> list[dict]:
     return [{key: value for key, value in row.items() if key not in WALL_CLOCK} for row in rows]
 
 
-def kill_part_way(argv: list, folder, rows_first: int, total: int) -> int:
-    """Start a run, SIGKILL it at a random moment after `rows_first` epochs are logged; returns the rows it left."""
+def kill_part_way(argv: list, folder, rows_first: int, total: int, log: str = "metrics.csv") -> int:
+    """Start a run, SIGKILL it at a random moment after `rows_first` epochs are logged in `log` (a path in the run
+    folder); returns the rows it left."""
     process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    metrics = folder / "metrics.csv"
+    metrics = folder / log
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         if metrics.exists() and len(bookkeeping.read_metrics(metrics)) >= rows_first:
@@ -64,22 +65,30 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_teacher,
         assert comparable(twin) == comparable(whole)
 
 
-def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, tiny_teacher, cache_dir):
-    """The agent's weights, optimiser, timestep count and partial rollout survive the kill: the resumed run is the
-    uninterrupted one, epoch for epoch, and so is the final agent."""
+@pytest.mark.parametrize("phase", ["proxy", "full"])
+def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, tiny_teacher, cache_dir, phase):
+    """The agent's weights, optimiser, timestep count, reward scale and partial rollout survive the kill, in the proxy
+    runs or in the full run: the resumed run is the uninterrupted one, epoch for epoch, and so is the final agent."""
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
-             "--agent-steps", "3", "--control-temperature"]  # fmt: skip
-    epochs = 7
+             "--agent-steps", "3", "--control-temperature", "--pretrain-episodes", "2", "--pretrain-epochs", "3",
+             "--pretrain-subset", "0.5", "--full-run", "learn"]  # fmt: skip
+    epochs = 5
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     args = {"data": DATA, "epochs": epochs, "script": "train_student_rl.py"}
     run_script(*train_args(whole, *flags, **args))
-    kill_part_way(train_args(killed, *flags, **args), killed, rows_first=2, total=epochs)
+    log, total = ("proxy/metrics.csv", 2 * 3) if phase == "proxy" else ("metrics.csv", epochs)
+    kill_part_way(train_args(killed, *flags, **args), killed, rows_first=2, total=total, log=log)
     run_script("train_student_rl.py", "--resume", killed)
-    rows = comparable(killed)
-    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))  # every epoch logged exactly once
-    assert rows == comparable(whole)
+    proxy_rows, rows = comparable(killed / "proxy"), comparable(killed)  # every epoch logged exactly once:
+    assert [(int(row["episode"]), int(row["epoch"])) for row in proxy_rows] == [
+        (e, k) for e in (1, 2) for k in (1, 2, 3)
+    ]
+    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
+    assert comparable(killed / "proxy") == comparable(whole / "proxy")
+    assert comparable(killed) == comparable(whole)
     agents = [PPO.load(folder / "agent.zip", device="cpu") for folder in (whole, killed)]
-    assert agents[0].num_timesteps == agents[1].num_timesteps == epochs
+    assert agents[0].num_timesteps == agents[1].num_timesteps == 2 * 3 + epochs
+    assert agents[0].reward_scale.var == agents[1].reward_scale.var > 0
     for (name, a), b in zip(agents[0].policy.state_dict().items(), agents[1].policy.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 

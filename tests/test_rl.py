@@ -4,7 +4,9 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
+from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from stable_baselines3.common.env_checker import check_env
 
 import bookkeeping
@@ -46,6 +48,9 @@ def rl_args(out, *extra, epochs=1):
     return train_args(out, *extra, epochs=epochs, script="train_student_rl.py")
 
 
+PROXIES = ["--pretrain-episodes", "2", "--pretrain-epochs", "2", "--pretrain-subset", "0.5"]  # 4 proxy epochs
+
+
 TINY_RL = "synthetic:classes=4,train=48,val=16,test=16,size=32,seed=0"
 
 
@@ -56,7 +61,7 @@ def make_env(tmp_path, teacher, **env_options):
     return CurriculumEnv(engine.Experiment(config), **env_options)
 
 
-@pytest.mark.parametrize("options", [{}, {"action_mode": "discrete", "control_temperature": True}])
+@pytest.mark.parametrize("options", [{}, {"action_mode": "box", "control_temperature": True}])
 def test_env_passes_check_env_without_warnings(tmp_path, tiny_teacher, options):
     env = make_env(tmp_path, tiny_teacher, **options)
     with warnings.catch_warnings():
@@ -72,8 +77,19 @@ def test_env_passes_check_env_without_warnings(tmp_path, tiny_teacher, options):
     assert env.step(env.action_space.sample())[2]  # the second of two epochs ends the episode
 
 
+def test_env_passes_gymnasium_check_env_and_a_seed_starts_the_same_episode(tmp_path, tiny_teacher):
+    env = make_env(tmp_path, tiny_teacher)
+    gymnasium_check_env(env)
+    episodes = []
+    for seed in (3, 3, 4):
+        first = env.reset(seed=seed)[0]
+        episodes.append(np.concatenate([first, env.step(4)[0], env.step(9)[0]]))
+    np.testing.assert_array_equal(episodes[0], episodes[1])
+    assert not np.array_equal(episodes[0], episodes[2])  # another seed: another student, another episode
+
+
 def test_action_decoding(tmp_path, tiny_teacher):
-    box = make_env(tmp_path, tiny_teacher, control_temperature=True)
+    box = make_env(tmp_path, tiny_teacher, action_mode="box", control_temperature=True)
     assert box.decode([-1.0, -1.0]) == (0.0, -0.5)
     assert box.decode([1.0, 0.0]) == (1.0, 0.0)
     assert box.decode([0.0, 1.0]) == (0.5, 0.5)
@@ -85,9 +101,18 @@ def test_rl_script_end_to_end_then_replay(tmp_path, tiny_teacher, cache_dir):
     out = tmp_path / "rl"
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--agent-steps", "2",
              "--control-temperature"]  # fmt: skip
-    run_script(*rl_args(out, *flags, epochs=5))
-    for name in ("agent.zip", "best.pt", "last.pt", "results.json", "metrics.csv", "config.json"):
+    result = run_script(*rl_args(out, *flags, *PROXIES, "--full-run", "learn", epochs=5))
+    for name in ("agent.zip", "best.pt", "last.pt", "results.json", "metrics.csv", "config.json", "proxy/metrics.csv"):
         assert (out / name).is_file(), name
+    proxy_rows = bookkeeping.read_metrics(out / "proxy" / "metrics.csv")  # the proxy runs, logged apart
+    assert [(row["episode"], row["epoch"]) for row in proxy_rows] == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    assert all(int(row["selected"]) == round(0.6 * 48) for row in proxy_rows)  # 60% of half the 96 images
+    results = json.loads((out / "results.json").read_text())
+    rows = bookkeeping.read_metrics(out / "metrics.csv")
+    full = sum(float(row["seconds"]) + float(row["agent_seconds"]) for row in rows)
+    assert results["full_run_seconds"] == pytest.approx(full)
+    assert results["cost_vs_full_run"] == pytest.approx(1 + results["pretrain_seconds"] / full)
+    assert f"= {results['cost_vs_full_run']:.2f}x one full run" in result.stdout
     rows = bookkeeping.read_metrics(out / "metrics.csv")
     assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4, 5]
     previous_acc, previous_loss = 0.0, math.inf
@@ -104,7 +129,7 @@ def test_rl_script_end_to_end_then_replay(tmp_path, tiny_teacher, cache_dir):
     replayed = tmp_path / "replay"
     run_script(*rl_args(replayed, *flags, "--policy", out / "agent.zip", epochs=5))
     first = bookkeeping.read_metrics(replayed / "metrics.csv")
-    assert len(first) == 5 and not (replayed / "agent.zip").exists()
+    assert len(first) == 5 and not (replayed / "agent.zip").exists() and not (replayed / "proxy").exists()
     again = tmp_path / "replay-again"
     run_script(*rl_args(again, *flags, "--policy", out / "agent.zip", epochs=5))
     targets = [row["target_difficulty"] for row in first]
@@ -114,8 +139,15 @@ def test_rl_script_end_to_end_then_replay(tmp_path, tiny_teacher, cache_dir):
 
 def test_replay_refuses_an_agent_of_another_action_space(tmp_path, tiny_teacher, cache_dir):
     out = tmp_path / "rl"
-    flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--agent-steps", "2"]
+    flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--agent-steps", "2",
+             "--pretrain-episodes", "0", "--full-run", "learn"]  # fmt: skip
     run_script(*rl_args(out, *flags, epochs=2))
-    result = run_script(*rl_args(tmp_path / "r2", *flags, "--action", "discrete", "--policy", out / "agent.zip"),
+    result = run_script(*rl_args(tmp_path / "r2", *flags, "--action", "box", "--policy", out / "agent.zip"),
                         check=False)  # fmt: skip
     assert result.returncode == 2 and "--action" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_replay_without_a_trained_agent_is_refused(tmp_path, tiny_teacher):
+    flags = ["--teacher-checkpoint", tiny_teacher, "--pretrain-episodes", "0"]
+    result = run_script(*rl_args(tmp_path / "rl", *flags), check=False)
+    assert result.returncode == 2 and "--full-run learn" in result.stderr and "Traceback" not in result.stderr
