@@ -352,15 +352,16 @@ def read_metrics(path) -> list[dict]:
 
 
 def load_teacher(config, data) -> torch.nn.Module:
-    """The teacher, in eval mode (the one place that sets it): a checkpoint of ours, or a sliced ImageNet model."""
+    """The teacher, in eval mode (the one place that sets it): a checkpoint of ours, or a sliced ImageNet model.
+    A checkpoint trained on more classes than the data's (a superset) is sliced by WordNet id like ImageNet's."""
     if config.teacher_checkpoint:
         checkpoint = load_checkpoint(config.teacher_checkpoint)
-        if checkpoint["class_names"] != data.class_names:
-            raise UserError(
-                f"the teacher checkpoint {config.teacher_checkpoint} was trained on {len(checkpoint['class_names'])} "
-                f"classes but --data has {len(data.class_names)} (or other ones); train a teacher on this data."
-            )
         teacher = models.model_from_checkpoint(checkpoint)
+        if checkpoint["class_names"] != data.class_names:
+            where = f"the teacher checkpoint {config.teacher_checkpoint}"
+            teacher = models.SlicedTeacher(
+                teacher, models.class_indices(data.class_names, checkpoint["class_names"], where)
+            )
     else:
         teacher = models.imagenet_teacher(config.teacher, data.class_names, config.teacher_weights)
     return teacher.eval().requires_grad_(False)

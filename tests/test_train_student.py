@@ -122,11 +122,12 @@ def test_class_unknown_to_imagenet_teacher(capsys, tmp_path):
     assert "n99999999" in err and "--teacher-checkpoint" in err
 
 
-def test_teacher_with_other_class_count(capsys, tmp_path, tiny_teacher):
+def test_teacher_without_the_data_classes(capsys, tmp_path, tiny_teacher):
+    # 3 synthetic classes are ImageNet indices 0, 333, 666; the 4-class teacher knows 0, 250, 500, 750
     data = "synthetic:classes=3,train=32,val=8,test=8"
     argv = train_args(tmp_path / "r", "--teacher-checkpoint", tiny_teacher, "--label-weight", "0", data=data)[1:]
     err = fails_cleanly(capsys, train_student.main, argv)
-    assert "4 classes" in err and "3" in err
+    assert "4 classes" in err and "n02342885" in err and "--teacher-checkpoint" in err
 
 
 def test_corrupt_image_in_a_worker_process(tmp_path):
