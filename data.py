@@ -126,6 +126,7 @@ class SyntheticImages:
         self.frequencies = np.array([style.uniform(1.5, 4.0) for style in styles])
         yy, xx = np.mgrid[0:size, 0:size] / size
         self.grid = (xx, yy)
+        self._pixels: dict[int, np.ndarray] = {}  # generated images (3 KB at 32 px), reused by later epochs
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -140,6 +141,11 @@ class SyntheticImages:
         return wave[..., None] * colour
 
     def image(self, i: int) -> Image.Image:
+        if i not in self._pixels:  # generating costs more than a small model's step: once per process
+            self._pixels[i] = self._generate(i)
+        return Image.fromarray(self._pixels[i])
+
+    def _generate(self, i: int) -> np.ndarray:
         rng = np.random.default_rng([self.split_seed, i])
         h = self.hardness[i]
         mix = 0.55 * h
@@ -150,7 +156,7 @@ class SyntheticImages:
             side = max(1, int(self.size * 0.45 * h))
             top, left = rng.integers(0, self.size - side + 1, size=2)
             pixels[top : top + side, left : left + side] = 0.5
-        return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8))
+        return (np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ if [[ $data == synthetic* ]]; then
   # The student is resnet10t: MobileNetV2's stride-32 stem leaves 1x1 feature maps at 32 px and learns too slowly
   # for a CPU demo of a few epochs; the real-data rows use the reference's mobilenetv2_100.
   source scripts/synthetic_benchmark.sh
-  student=resnet10t workers=1 pretrain_data=$BENCH_PRETRAIN_DATA teacher_flags=("${BENCH_TEACHER[@]}")
+  student=resnet10t workers=$BENCH_WORKERS pretrain_data=$BENCH_PRETRAIN_DATA teacher_flags=("${BENCH_TEACHER[@]}")
   [[ $data == synthetic ]] && data=$BENCH_STUDENT_DATA
   if [[ $quick == 1 ]]; then
     data=$QUICK_STUDENT_DATA pretrain_data=$QUICK_PRETRAIN_DATA teacher_flags=("${QUICK_TEACHER[@]}")

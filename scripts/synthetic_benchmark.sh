@@ -5,7 +5,7 @@
 # everything that defines it (pretrain_teacher.py); the students see a subset of its classes with few images each,
 # and the teacher's wider head is sliced to them by WordNet id (models.class_indices, as for ImageNet).
 # Both sets share the generator's seed (the classes' looks) and its per-sample variation (jitter, radians).
-BENCH_STUDENT_DATA=synthetic:classes=10,train=200,val=200,test=600,size=32,seed=0,jitter=0.4
+BENCH_STUDENT_DATA=synthetic:classes=10,train=200,val=100,test=500,size=32,seed=0,jitter=0.4
 BENCH_PRETRAIN_DATA=synthetic:classes=20,train=5000,val=300,test=300,size=32,seed=0,jitter=0.4
 BENCH_TEACHER=(--student resnet10t --epochs 4)
 BENCH_EPOCHS=15
@@ -14,6 +14,9 @@ QUICK_STUDENT_DATA=synthetic:classes=4,train=192,val=64,test=64
 QUICK_PRETRAIN_DATA=synthetic:classes=8,train=256,val=32,test=32
 QUICK_TEACHER=(--student resnet10t --epochs 1)
 
+# No DataLoader workers: a synthetic image is generated once and kept by the process (data.SyntheticImages); a
+# worker, forked afresh each epoch, would generate it again every epoch.
+BENCH_WORKERS=0
 # One thread per process: on a small shared CPU, two threads per process fight the data worker (and other jobs)
 # and run several times slower. The numbers of a seed are the same for any given thread count.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -21,5 +24,5 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # pretrained_teacher DATA FLAGS...: print the cached teacher's best.pt, training it first if its key is new
 pretrained_teacher() {
   local data=$1; shift
-  $PYTHON pretrain_teacher.py --data "$data" --label-weight 1 --batch-size 128 --workers 1 "$@"
+  $PYTHON pretrain_teacher.py --data "$data" --label-weight 1 --batch-size 128 --workers "$BENCH_WORKERS" "$@"
 }
