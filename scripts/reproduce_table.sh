@@ -42,7 +42,7 @@ if [[ $data == synthetic* ]]; then
   [[ $data == synthetic ]] && data=$BENCH_STUDENT_DATA
   if [[ $quick == 1 ]]; then
     data=$QUICK_STUDENT_DATA pretrain_data=$QUICK_PRETRAIN_DATA teacher_flags=("${QUICK_TEACHER[@]}")
-    : "${epochs:=1}"
+    : "${epochs:=2}"  # 2, not 1: the equal-compute control's round(0.6 E) epochs must differ from E
   fi
   : "${epochs:=$BENCH_EPOCHS}"
   common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size 128 "${cache[@]}")
