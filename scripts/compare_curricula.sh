@@ -43,7 +43,7 @@ if [[ $quick == 1 ]]; then
 fi
 : "${epochs:=$BENCH_EPOCHS}"
 checkpoint=$(pretrained_teacher "$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
-common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$BENCH_WORKERS" --batch-size 128 --student resnet10t
+common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$BENCH_WORKERS" --batch-size "$BENCH_BATCH" --student resnet10t
         --teacher-checkpoint "$checkpoint" --label-weight 0 --fraction 0.6 "${cache[@]}")
 
 folders=()

@@ -45,7 +45,7 @@ if [[ $data == synthetic* ]]; then
     : "${epochs:=2}"  # 2, not 1: the equal-compute control's round(0.6 E) epochs must differ from E
   fi
   : "${epochs:=$BENCH_EPOCHS}"
-  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size 128 "${cache[@]}")
+  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size "$BENCH_BATCH" "${cache[@]}")
   checkpoint=$(pretrained_teacher "$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
   teacher=(--teacher-checkpoint "$checkpoint")
 else

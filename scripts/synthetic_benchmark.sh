@@ -9,6 +9,9 @@ BENCH_STUDENT_DATA=synthetic:classes=10,train=200,val=100,test=500,size=32,seed=
 BENCH_PRETRAIN_DATA=synthetic:classes=20,train=5000,val=300,test=300,size=32,seed=0,jitter=0.4
 BENCH_TEACHER=(--student resnet10t --epochs 4)
 BENCH_EPOCHS=15
+# 7 steps per epoch, not 2: with 20 images per class a batch of 128 would take 30 optimiser steps in all, too few
+# for the soft targets to be learnt (the teacher keeps its own batch of 128 on its 5000 images)
+BENCH_BATCH=32
 # the --quick smoke test: the same design, tiny (4 of 8 classes)
 QUICK_STUDENT_DATA=synthetic:classes=4,train=192,val=64,test=64
 QUICK_PRETRAIN_DATA=synthetic:classes=8,train=256,val=32,test=32
