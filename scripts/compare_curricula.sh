@@ -47,21 +47,21 @@ common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$BENCH_W
         --teacher-checkpoint "$checkpoint" --label-weight 0 --fraction 0.6 "${cache[@]}")
 
 folders=()
-run() {  # run NAME FLAGS...: one strategy, once per seed
-  local name=$1 seed; shift
-  for seed in "${seeds[@]}"; do
-    $PYTHON train_student.py "${common[@]}" --seed "$seed" --out "$out/$name-s$seed" --overwrite "$@" "${extra[@]}"
-    folders+=("$out/$name-s$seed")
-  done
+run() {  # run NAME SEED FLAGS...: one strategy with one seed
+  local name=$1 seed=$2; shift 2
+  $PYTHON train_student.py "${common[@]}" --seed "$seed" --out "$out/$name-s$seed" --overwrite "$@" "${extra[@]}"
+  folders+=("$out/$name-s$seed")
 }
 SECONDS=0
-run none --curriculum none
-run random_subset --curriculum random_subset
-for target in "${targets[@]}"; do
-  run "adaptive-t$target" --curriculum adaptive --target "$target"
-done
-for strategy in easy_to_hard hard_to_easy hard_mining mixed soft; do
-  run "$strategy" --curriculum "$strategy"
+for seed in "${seeds[@]}"; do  # seed by seed: a cut-off comparison still holds every strategy's first seeds
+  run none "$seed" --curriculum none
+  run random_subset "$seed" --curriculum random_subset
+  for target in "${targets[@]}"; do
+    run "adaptive-t$target" "$seed" --curriculum adaptive --target "$target"
+  done
+  for strategy in easy_to_hard hard_to_easy hard_mining mixed soft; do
+    run "$strategy" "$seed" --curriculum "$strategy"
+  done
 done
 echo "trained ${#folders[@]} runs in $SECONDS s" >&2
 $PYTHON compare_curricula.py "${folders[@]}" --baseline random_subset --out "$out"
