@@ -13,7 +13,7 @@ BENCH_EPOCHS=15
 # for the soft targets to be learnt (the teacher keeps its own batch of 128 on its 5000 images)
 BENCH_BATCH=32
 # the --quick smoke test: the same design, tiny (4 of 8 classes)
-QUICK_STUDENT_DATA=synthetic:classes=4,train=192,val=64,test=64
+QUICK_STUDENT_DATA=synthetic:classes=4,train=96,val=32,test=32
 QUICK_PRETRAIN_DATA=synthetic:classes=8,train=256,val=32,test=32
 QUICK_TEACHER=(--student resnet10t --epochs 1)
 
