@@ -133,14 +133,10 @@ def make_loader(view, batch_size: int, workers: int, device: torch.device, sampl
 
 
 def load_teacher(config, data) -> torch.nn.Module:
-    """The teacher, in eval mode (the one place that sets it): a checkpoint of ours, or a sliced ImageNet model."""
+    """The teacher, in eval mode (the one place that sets it): a checkpoint of ours, or a sliced ImageNet model.
+    A checkpoint trained on more classes than the data's (a superset) is sliced by WordNet id like ImageNet's."""
     if config.teacher_checkpoint:
         checkpoint = load_checkpoint(config.teacher_checkpoint)
-        if checkpoint["class_names"] != data.class_names:
-            raise UserError(
-                f"the teacher checkpoint {config.teacher_checkpoint} was trained on {len(checkpoint['class_names'])} "
-                f"classes but --data has {len(data.class_names)} (or other ones); train a teacher on this data."
-            )
         try:
             teacher = models.model_from_checkpoint(checkpoint)
         except RuntimeError as err:  # load_state_dict: the weights are of another architecture than the name
@@ -148,6 +144,11 @@ def load_teacher(config, data) -> torch.nn.Module:
                 f"the teacher checkpoint {config.teacher_checkpoint} names the model {checkpoint['model']} but holds "
                 f"weights of another one ({str(err).splitlines()[0]}); pass a best.pt written by train_student.py."
             ) from None
+        if checkpoint["class_names"] != data.class_names:
+            where = f"the teacher checkpoint {config.teacher_checkpoint}"
+            teacher = models.SlicedTeacher(
+                teacher, models.class_indices(data.class_names, checkpoint["class_names"], where)
+            )
     else:
         teacher = models.imagenet_teacher(config.teacher, data.class_names, config.teacher_weights)
     return teacher.eval().requires_grad_(False)

@@ -102,15 +102,31 @@ def teacher_row(config: Config, first_run: dict, data, loader, device, dtype) ->
     teacher = load_teacher(teacher_config, data).to(device)
     scores = evaluate(teacher, loader, device, dtype, "test teacher")
     if teacher_config.teacher_checkpoint:
-        label = f"Teacher ({load_checkpoint(teacher_config.teacher_checkpoint)['model']}, trained on this data)"
+        checkpoint = load_checkpoint(teacher_config.teacher_checkpoint)
+        trained_on = len(checkpoint["class_names"])
+        if checkpoint["class_names"] == data.class_names:
+            label = f"Teacher ({checkpoint['model']}, trained on this data)"
+        else:
+            sliced = f"pretrained on {trained_on} classes, sliced to these {len(data.class_names)}"
+            label = f"Teacher ({checkpoint['model']}, {sliced})"
     else:
         label = f"Teacher ({teacher_config.teacher}, ImageNet weights)"
     return {"model": label, "top1": scores["acc1"], "top5": scores["acc5"], "params": count_parameters(teacher)}
 
 
+def training_budget(metrics: list[dict], train_size: int) -> float:
+    """Samples trained on, in epochs of the full training set: each epoch counts its `selected` samples (a
+    curriculum's), or the whole set (plain training). A 60% curriculum over 10 epochs is a budget of 6."""
+    return sum(int(row["selected"]) / train_size if row.get("selected") else 1.0 for row in metrics)
+
+
 def student_row(run: dict, data_cache: dict, config: Config, device, dtype) -> dict:
     best = load_checkpoint(run["best"])
-    loader = test_loader(config.data or run["config"]["data"], best["image_size"], data_cache, config, device)
+    data_name = config.data or run["config"]["data"]
+    loader = test_loader(data_name, best["image_size"], data_cache, config, device)
+    metrics_file = Path(run["name"]) / "metrics.csv"
+    train_size = len(data_cache[(data_name, best["image_size"])][0].train)
+    budget = training_budget(read_metrics(metrics_file), train_size) if metrics_file.is_file() else None
     model = models.model_from_checkpoint(best).to(device)
     scores = evaluate(model, loader, device, dtype, f"test {run['name']}")
     row = {
@@ -121,6 +137,7 @@ def student_row(run: dict, data_cache: dict, config: Config, device, dtype) -> d
         "top5": scores["acc5"],
         "params": count_parameters(model),
         "best_epoch": best["epoch"],
+        "budget": budget,
         "last_top1": None,
         "last_top5": None,
     }
@@ -152,7 +169,7 @@ def aggregate_row(run_rows: list[dict]) -> dict:
     """One table row from the runs of one configuration: the mean, and the sample std when there are several."""
     first = run_rows[0]
     row = {"model": first["model"], "name": group_name(run_rows), "n": len(run_rows), "params": first["params"]}
-    for key in ("top1", "top5", "last_top1", "last_top5"):
+    for key in ("top1", "top5", "last_top1", "last_top5", "budget"):
         values = [run[key] for run in run_rows if run.get(key) is not None]
         row[key] = statistics.fmean(values) if values else None
         row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
@@ -179,13 +196,15 @@ def format_accuracy(row: dict, key: str) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| Model | Test top-1 (best-val checkpoint) | Test top-5 | Test top-1 (last epoch) | Parameters | Run |",
-        "|---|---|---|---|---|---|",
+        "| Model | Test top-1 (best-val checkpoint) | Test top-5 | Test top-1 (last epoch) | Budget (epochs of all "
+        "data) | Parameters | Run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         accuracies = " | ".join(format_accuracy(row, key) for key in ("top1", "top5", "last_top1"))
+        budget = f"{row['budget']:.2f}" if row.get("budget") is not None else "—"
         run = f"`{row['name']}`" if "name" in row else "—"
-        lines.append(f"| {row['model']} | {accuracies} | {row['params'] / 1e6:.2f}M | {run} |")
+        lines.append(f"| {row['model']} | {accuracies} | {budget} | {row['params'] / 1e6:.2f}M | {run} |")
     return "\n".join(lines)
 
 

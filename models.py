@@ -50,22 +50,31 @@ def hub_id(name: str) -> str:
     return (cfg and cfg.hf_hub_id) or f"timm/{name}"
 
 
-def imagenet_class_indices(class_names: list[str]) -> list[int]:
-    """ImageNet-1k output index of each WordNet id, through timm's ImageNet table."""
-    from timm.data import ImageNetInfo
+def class_indices(class_names: list[str], teacher_class_names: list[str], teacher: str) -> list[int]:
+    """The teacher's output index of each of the dataset's WordNet ids (the columns a SlicedTeacher keeps).
 
-    index = {wnid: i for i, wnid in enumerate(ImageNetInfo().label_names())}
+    One mapping for every teacher wider than the data: an ImageNet-1k model (`teacher_class_names` from timm's
+    ImageNet table) and a checkpoint trained on a superset of the classes (the synthetic pretrained teacher)."""
+    index = {wnid: i for i, wnid in enumerate(teacher_class_names)}
     unknown = [name for name in class_names if name not in index]
     if unknown:
         raise UserError(
-            f"classes {unknown[:5]} are not ImageNet-1k WordNet ids, so an ImageNet teacher cannot score them; "
-            "train a teacher on this data (train_student.py) and pass --teacher-checkpoint."
+            f"classes {unknown[:5]} are not among the {len(teacher_class_names)} classes of {teacher}, so it cannot "
+            "score them; train a teacher on this data (train_student.py) and pass --teacher-checkpoint."
         )
     return [index[name] for name in class_names]
 
 
+def imagenet_class_indices(class_names: list[str]) -> list[int]:
+    """ImageNet-1k output index of each WordNet id, through timm's ImageNet table."""
+    from timm.data import ImageNetInfo
+
+    return class_indices(class_names, ImageNetInfo().label_names(), "ImageNet-1k (not ImageNet-1k WordNet ids)")
+
+
 class SlicedTeacher(nn.Module):
-    """An ImageNet-1k classifier whose 1000 logits are reduced to the dataset's classes (mini-imagenet: 100)."""
+    """A classifier over more classes than the data's whose logits are reduced to the dataset's classes: an
+    ImageNet-1k model's 1000 to mini-imagenet's 100, or a synthetic pretrained teacher's to the students' set."""
 
     def __init__(self, model: nn.Module, class_indices: list[int]):
         super().__init__()

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Reproduce the results table: train each row's student, then test them all with evaluate.py.
 #
-#   scripts/reproduce_table.sh --data synthetic            # the CPU demo, a few minutes
+#   scripts/reproduce_table.sh --data synthetic            # the CPU demo: the synthetic benchmark, a few minutes
 #   scripts/reproduce_table.sh                             # the reference table: timm/mini-imagenet on a GPU
 #   scripts/reproduce_table.sh --data synthetic --quick    # a smoke test (what the test suite runs)
 #   scripts/reproduce_table.sh --data synthetic --seeds 0,1,2   # each row 3 times: mean +- std in the table
 #
 # Options: --data D  --out DIR (default runs/table)  --epochs N  --device DEV  --seeds S,S,... (default 0)  --quick
+#          --cache-dir DIR (teacher-logit cache and, for synthetic data, the cached pretrained teacher)
+# `--data synthetic` is the benchmark of scripts/synthetic_benchmark.sh (a teacher pretrained on a wider synthetic
+# set, sliced to the students' classes); `--data synthetic:OPTIONS` trains the students on those options instead.
 # With one seed a row's run folder is $out/<row>; with several, $out/<row>-s<seed>. The report (figures beside the
 # table) lands in $out/report/report.md.
 # Extra flags after -- go to every train_student.py call (e.g. -- --amp --workers 8).
@@ -14,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
 
-data=timm/mini-imagenet out=runs/table epochs="" device=auto seeds=0 quick=0 extra=()
+data=timm/mini-imagenet out=runs/table epochs="" device=auto seeds=0 quick=0 cache=() extra=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --data) data=$2; shift 2 ;;
@@ -23,6 +26,7 @@ while [[ $# -gt 0 ]]; do
     --device) device=$2; shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
     --quick) quick=1; shift ;;
+    --cache-dir) cache=(--cache-dir "$2"); shift 2 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "error: unknown option $1; see the header of $0." >&2; exit 2 ;;
   esac
@@ -31,20 +35,23 @@ IFS=, read -ra seeds <<< "$seeds"
 [[ ${#seeds[@]} -gt 0 ]] || { echo "error: --seeds needs at least one seed, e.g. --seeds 0,1,2." >&2; exit 2; }
 
 if [[ $data == synthetic* ]]; then
-  # No ImageNet teacher knows procedural gratings: train one (a labels-only ResNet-18), as for any new data.
   # The student is resnet10t: MobileNetV2's stride-32 stem leaves 1x1 feature maps at 32 px and learns too slowly
   # for a CPU demo of a few epochs; the real-data rows use the reference's mobilenetv2_100.
-  student=resnet10t workers=1
-  [[ $quick == 1 ]] && data=synthetic:classes=4,train=192,val=64,test=64 && : "${epochs:=1}"
-  : "${epochs:=7}"
-  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size 128)
-  $PYTHON train_student.py "${common[@]}" --student resnet18 --label-weight 1 --seed "${seeds[0]}" \
-    --out "$out/teacher" --overwrite "${extra[@]}"
-  teacher=(--teacher-checkpoint "$out/teacher/best.pt")
+  source scripts/synthetic_benchmark.sh
+  student=resnet10t workers=$BENCH_WORKERS pretrain_data=$BENCH_PRETRAIN_DATA teacher_flags=("${BENCH_TEACHER[@]}")
+  [[ $data == synthetic ]] && data=$BENCH_STUDENT_DATA
+  if [[ $quick == 1 ]]; then
+    data=$QUICK_STUDENT_DATA pretrain_data=$QUICK_PRETRAIN_DATA teacher_flags=("${QUICK_TEACHER[@]}")
+    : "${epochs:=2}"  # 2, not 1: the equal-compute control's round(0.6 E) epochs must differ from E
+  fi
+  : "${epochs:=$BENCH_EPOCHS}"
+  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size "$BENCH_BATCH" "${cache[@]}")
+  checkpoint=$(pretrained_teacher "$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
+  teacher=(--teacher-checkpoint "$checkpoint")
 else
   student=mobilenetv2_100 workers=8
   : "${epochs:=100}"
-  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers")
+  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" "${cache[@]}")
   teacher=(--teacher resnet152.tv_in1k)
 fi
 
@@ -65,6 +72,8 @@ run train_student.py kd-teacher-only --label-weight 0
 run train_student_rl.py rl --label-weight 0 --fraction 0.6
 # the control: as much data per epoch as the RL row, drawn uniformly
 run train_student.py random-subset --label-weight 0 --curriculum random_subset --fraction 0.6
+# the equal-compute control: plain teacher-only KD on all the data for round(0.6 E) epochs, the 60% rows' budget
+run train_student.py kd-teacher-only-equal-compute --label-weight 0 --epochs $(( (6 * epochs + 5) / 10 ))
 
 # seeds of one row share a config but for --seed and --out: evaluate.py pools them into one row
 $PYTHON evaluate.py "${folders[@]}" "${teacher[@]}" --device "$device" \

@@ -248,6 +248,14 @@ def test_imagenet_class_indices_unknown_id_is_user_error():
     assert "n99999999" in str(info.value)
 
 
+def test_class_indices_of_any_wider_teacher():
+    teacher_classes = ["n01440764", "n01443537", "n01484850", "n01491361"]
+    assert models.class_indices(["n01491361", "n01440764"], teacher_classes, "a teacher") == [3, 0]
+    with pytest.raises(UserError, match="--teacher-checkpoint") as info:
+        models.class_indices(["n01440764", "n15075141"], teacher_classes, "a teacher")
+    assert "n15075141" in str(info.value) and "4 classes of a teacher" in str(info.value)
+
+
 @pytest.fixture(scope="module")
 def resnet18():
     torch.manual_seed(0)

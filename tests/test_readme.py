@@ -37,13 +37,15 @@ def test_demo_runs_as_written(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[1:]] == [
-        "| Teacher (resnet18, trained on this data)",
+        "| Teacher (resnet10t, pretrained on 8 classes, sliced to these 4)",
         "| Student (resnet10t, labels only)",
         "| Student (resnet10t, KD, 60% labels, 40% teacher)",
         "| Student (resnet10t, KD, teacher only)",
         "| Student (resnet10t, KD + curriculum chosen by the RL agent, teacher only)",
         "| Student (resnet10t, KD + random_subset curriculum, teacher only)",
+        "| Student (resnet10t, KD, teacher only)",  # the equal-compute control, round(0.6 E) epochs
     ]
+    assert "`kd-teacher-only-equal-compute`" in table[-1]
     assert "| Student (resnet10t, labels only)" in (out / "table.md").read_text()
     report = (out / "report" / "report.md").read_text()  # the demo ends by writing the report for its rows
     assert "| Student (resnet10t, labels only)" in report and (out / "report" / "accuracy.png").is_file()
@@ -51,13 +53,16 @@ def test_demo_runs_as_written(tmp_path):
 
 def test_every_python_command_in_the_readme_parses():
     """Commands that need a GPU and the real data cannot run here; their flags must still exist and parse."""
+    import compare_curricula
     import evaluate
     import train_student
     import train_student_rl
 
     scripts = {"train_student.py": train_student.Config, "evaluate.py": evaluate.Config,
-               "train_student_rl.py": train_student_rl.RLConfig}  # fmt: skip
-    commands = re.findall(r"`python ((?:train_student|train_student_rl|evaluate)\.py[^`]*)`", README)
+               "train_student_rl.py": train_student_rl.RLConfig, "pretrain_teacher.py": train_student.Config,
+               "compare_curricula.py": compare_curricula.Config}  # fmt: skip
+    pattern = r"`python ((?:train_student|train_student_rl|evaluate|pretrain_teacher|compare_curricula)\.py[^`]*)`"
+    commands = re.findall(pattern, README)
     assert len(commands) >= 5
     for command in commands:
         script, *argv = shlex.split(command)

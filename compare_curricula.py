@@ -1,0 +1,186 @@
+"""Compare curriculum strategies run with several seeds: mean +- std per strategy and the paired difference to a
+baseline strategy (the same seeds) with a 95% Student-t interval, as a markdown table, JSON and a figure.
+
+    python compare_curricula.py runs/compare/*-s*/ --baseline random_subset --out runs/compare
+
+A strategy is a run folder name without its `-s<seed>` suffix. Each run contributes the test accuracy of its
+best-validation checkpoint (`results.json`: selection on validation, the test split only reported) and its training
+budget (samples seen, in epochs of the full training set). scripts/compare_curricula.sh launches the runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from data import load_data
+from engine import field, parse_config, read_metrics, save_json
+from errors import UserError, run_cli
+from evaluate import training_budget
+
+
+@dataclass
+class Config:
+    runs: list = dataclasses.field(
+        default_factory=list, metadata={"help": "finished run folders named <strategy>-s<seed>", "nargs": "*"}
+    )
+    baseline: str = field("random_subset", "the strategy every other one is compared with, seed by seed")
+    confidence: float = field(0.95, "coverage of the interval of each paired difference")
+    out: str = field("runs/compare", "folder for comparison.md, comparison.json and comparison.png")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Statistics (plain functions, tested against hand-worked values)
+
+
+def t_cdf(t: float, dof: int, steps: int = 4000) -> float:
+    """Student-t CDF, by Simpson's rule on the density from 0 to |t| (no scipy needed; error far below 1e-8)."""
+    log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+    density = lambda x: math.exp(log_norm - (dof + 1) / 2 * math.log1p(x * x / dof))  # noqa: E731
+    h = abs(t) / steps
+    area = density(0) + density(abs(t)) + sum((4 if k % 2 else 2) * density(k * h) for k in range(1, steps))
+    half = area * h / 3
+    return 0.5 + half if t >= 0 else 0.5 - half
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile of Student's t with `dof` degrees of freedom (bisection on t_cdf), for 0.5 <= p < 1."""
+    low, high = 0.0, 1.0
+    while t_cdf(high, dof) < p:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_cdf(middle, dof) < p else (low, middle)
+    return (low + high) / 2
+
+
+def paired_difference(values: dict, baseline: dict, confidence: float = 0.95) -> dict:
+    """Mean of `values[s] - baseline[s]` over the seeds both have, with a two-sided Student-t interval (n - 1 dof):
+    `mean +- t_{(1+c)/2, n-1} * sd / sqrt(n)`. With one common seed there is no interval (None)."""
+    seeds = sorted(set(values) & set(baseline))
+    if not seeds:
+        raise UserError("no seed is shared with the baseline; run both strategies with the same --seeds.")
+    differences = [values[s] - baseline[s] for s in seeds]
+    mean = statistics.fmean(differences)
+    if len(differences) < 2:
+        return {"mean": mean, "low": None, "high": None, "n": 1, "seeds": seeds}
+    half = t_quantile((1 + confidence) / 2, len(differences) - 1) * statistics.stdev(differences)
+    half /= math.sqrt(len(differences))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(differences), "seeds": seeds}
+
+
+def compare(groups: dict, baseline: str, confidence: float = 0.95) -> list[dict]:
+    """One row per strategy: `groups[name] = {"acc": {seed: test top-1}, "budget": {seed: epochs}}`."""
+    if baseline not in groups:
+        raise UserError(f"no runs of the baseline {baseline!r} among {sorted(groups)}; pass its run folders too.")
+    rows = []
+    for name, group in groups.items():
+        accuracies = list(group["acc"].values())
+        rows.append(
+            {
+                "strategy": name,
+                "n": len(accuracies),
+                "mean": statistics.fmean(accuracies),
+                "std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+                "budget": statistics.fmean(group["budget"].values()),
+                "vs_baseline": None
+                if name == baseline
+                else paired_difference(group["acc"], groups[baseline]["acc"], confidence),
+            }
+        )
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reading runs, the table and the figure
+
+
+def read_groups(folders: list[str]) -> dict:
+    """`{strategy: {"acc": {seed: acc}, "budget": {seed: epochs}}}` from finished run folders, in the given order."""
+    groups, train_sizes = {}, {}
+    for folder in map(Path, folders):
+        if not (folder / "results.json").is_file():
+            raise UserError(f"{folder} is not a finished run (no results.json); rerun it or leave it out.")
+        config = json.loads((folder / "config.json").read_text())
+        if config["data"] not in train_sizes:
+            train_sizes[config["data"]] = len(load_data(config["data"]).train)
+        group = groups.setdefault(re.sub(r"-s\d+$", "", folder.name), {"acc": {}, "budget": {}})
+        seed = config["seed"]
+        group["acc"][seed] = json.loads((folder / "results.json").read_text())["test_acc"]
+        group["budget"][seed] = training_budget(read_metrics(folder / "metrics.csv"), train_sizes[config["data"]])
+    return groups
+
+
+def markdown_table(rows: list[dict], baseline: str, confidence: float) -> str:
+    level = f"{confidence:.0%}"
+    lines = [
+        f"| Strategy | n | Test top-1, mean ± std | Budget (epochs of all data) | Paired difference to {baseline} "
+        f"[{level} interval] |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        spread = f" ± {row['std']:.2f}" if row["std"] is not None else ""
+        versus = row["vs_baseline"]
+        if versus is None:
+            difference = "(baseline)"
+        elif versus["low"] is None:
+            difference = f"{versus['mean']:+.2f} (one seed: no interval)"
+        else:
+            difference = f"{versus['mean']:+.2f} [{versus['low']:+.2f}, {versus['high']:+.2f}]"
+        lines.append(
+            f"| {row['strategy']} | {row['n']} | {row['mean']:.2f}{spread}% | {row['budget']:.2f} | {difference} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_comparison(rows: list[dict], groups: dict, baseline: str, path: Path) -> None:
+    """Left: each seed's accuracy and the mean +- std per strategy. Right: the paired difference and its interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [row["strategy"] for row in rows]
+    ys = range(len(rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 0.45 * len(rows) + 1.5), sharey=True)
+    for y, row in enumerate(rows):
+        left.plot(list(groups[row["strategy"]]["acc"].values()), [y] * row["n"], "o", color="0.6", ms=4)
+        left.errorbar(row["mean"], y, xerr=row["std"] or 0, fmt="D", color="C0", capsize=3)
+        versus = row["vs_baseline"]
+        if versus is not None:
+            error = (
+                None if versus["low"] is None else [[versus["mean"] - versus["low"]], [versus["high"] - versus["mean"]]]
+            )
+            right.errorbar(versus["mean"], y, xerr=error, fmt="D", color="C1", capsize=3)
+    left.set_yticks(list(ys), names)
+    left.invert_yaxis()
+    left.set_xlabel("test top-1 (%): seeds and mean ± std")
+    right.axvline(0, color="0.3", lw=0.8)
+    right.set_xlabel(f"paired difference to {baseline} (points), 95% interval")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    config = parse_config(Config, argv, __doc__)
+    if not 0 < config.confidence < 1:
+        raise UserError("--confidence must lie in (0, 1), e.g. 0.95.")
+    groups = read_groups(config.runs)
+    rows = compare(groups, config.baseline, config.confidence)
+    table = markdown_table(rows, config.baseline, config.confidence)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.md").write_text(table + "\n")
+    save_json(out / "comparison.json", rows)
+    plot_comparison(rows, groups, config.baseline, out / "comparison.png")
+    print(table)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Compare every curriculum strategy fairly: each at fraction 0.6, teacher-only KD (online teacher, as the
+# reference), the same seeds; then compare_curricula.py prints mean +- std per strategy and the paired difference to
+# random_subset with a 95% Student-t interval, and draws comparison.png.
+#
+#   scripts/compare_curricula.sh --data synthetic                # the synthetic benchmark, 3 seeds (~45 min, 2 cores)
+#   scripts/compare_curricula.sh --data synthetic --quick --seeds 0   # a smoke test: tiny data, 1 epoch
+#
+# Options: --data D (synthetic: the benchmark, or synthetic:OPTIONS for the students)  --out DIR (default
+#          runs/compare)  --epochs N  --seeds S,S,... (default 0,1,2)  --targets T,T,... (adaptive's fixed targets,
+#          default 0.2,0.4,0.6)  --device DEV  --cache-dir DIR  --quick
+# Run folders are $out/<strategy>-s<seed>; the table lands in $out/comparison.md, .json and .png.
+# Extra flags after -- go to every train_student.py call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
+
+data=synthetic out=runs/compare epochs="" device=auto seeds=0,1,2 targets=0.2,0.4,0.6 quick=0 cache=() extra=()
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --data) data=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --epochs) epochs=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
+    --seeds) seeds=$2; shift 2 ;;
+    --targets) targets=$2; shift 2 ;;
+    --cache-dir) cache=(--cache-dir "$2"); shift 2 ;;
+    --quick) quick=1; shift ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "error: unknown option $1; see the header of $0." >&2; exit 2 ;;
+  esac
+done
+[[ $data == synthetic* ]] || { echo "error: only --data synthetic[:OPTIONS] is wired up here; see $0." >&2; exit 2; }
+IFS=, read -ra seeds <<< "$seeds"
+IFS=, read -ra targets <<< "$targets"
+
+source scripts/synthetic_benchmark.sh
+pretrain_data=$BENCH_PRETRAIN_DATA teacher_flags=("${BENCH_TEACHER[@]}")
+[[ $data == synthetic ]] && data=$BENCH_STUDENT_DATA
+if [[ $quick == 1 ]]; then
+  data=$QUICK_STUDENT_DATA pretrain_data=$QUICK_PRETRAIN_DATA teacher_flags=("${QUICK_TEACHER[@]}")
+  : "${epochs:=1}"
+fi
+: "${epochs:=$BENCH_EPOCHS}"
+checkpoint=$(pretrained_teacher "$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
+common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$BENCH_WORKERS" --batch-size "$BENCH_BATCH" --student resnet10t
+        --teacher-checkpoint "$checkpoint" --label-weight 0 --fraction 0.6 "${cache[@]}")
+
+folders=()
+run() {  # run NAME SEED FLAGS...: one strategy with one seed
+  local name=$1 seed=$2; shift 2
+  $PYTHON train_student.py "${common[@]}" --seed "$seed" --out "$out/$name-s$seed" --overwrite "$@" "${extra[@]}"
+  folders+=("$out/$name-s$seed")
+}
+SECONDS=0
+for seed in "${seeds[@]}"; do  # seed by seed: a cut-off comparison still holds every strategy's first seeds
+  run none "$seed" --curriculum none
+  run random_subset "$seed" --curriculum random_subset
+  for target in "${targets[@]}"; do
+    run "adaptive-t$target" "$seed" --curriculum adaptive --target "$target"
+  done
+  for strategy in easy_to_hard hard_to_easy hard_mining mixed soft; do
+    run "$strategy" "$seed" --curriculum "$strategy"
+  done
+done
+echo "trained ${#folders[@]} runs in $SECONDS s" >&2
+$PYTHON compare_curricula.py "${folders[@]}" --baseline random_subset --out "$out"

@@ -1,0 +1,76 @@
+"""compare_curricula.py: the Student-t interval of paired differences against hand-worked values, the training
+budget, and the CLI on run folders written by the test."""
+
+import json
+import math
+
+import pytest
+
+import compare_curricula as compare
+import evaluate
+from conftest import TINY
+from errors import UserError
+
+
+def test_t_quantiles_match_closed_forms():
+    # 1 dof is the Cauchy distribution: t_p = tan(pi (p - 1/2)); 2 dof: t_p = q sqrt(2 / (1 - q^2)), q = 2p - 1
+    assert compare.t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-6)
+    assert compare.t_quantile(0.975, 2) == pytest.approx(0.95 * math.sqrt(2 / (1 - 0.95**2)), abs=1e-6)
+    assert compare.t_quantile(0.95, 2) == pytest.approx(0.9 * math.sqrt(2 / (1 - 0.9**2)), abs=1e-6)
+    assert compare.t_quantile(0.5, 4) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_paired_difference_by_hand():
+    # differences 1, 2, 3 (seed 7 has no partner): mean 2, sd 1, half width t_{0.975,2} / sqrt(3) = 4.30265 / 1.73205
+    values, baseline = {0: 80.0, 1: 82.0, 2: 84.0, 7: 99.0}, {0: 79.0, 1: 80.0, 2: 81.0}
+    result = compare.paired_difference(values, baseline)
+    assert result["mean"] == pytest.approx(2.0) and result["n"] == 3 and result["seeds"] == [0, 1, 2]
+    assert result["low"] == pytest.approx(2 - 2.484138, abs=1e-5)
+    assert result["high"] == pytest.approx(2 + 2.484138, abs=1e-5)
+    one = compare.paired_difference({0: 80.0}, {0: 78.5})
+    assert one["mean"] == pytest.approx(1.5) and one["low"] is None
+    with pytest.raises(UserError, match="same --seeds"):
+        compare.paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_compare_rows_and_table():
+    groups = {
+        "random_subset": {"acc": {0: 79.0, 1: 80.0, 2: 81.0}, "budget": {0: 6.0, 1: 6.0, 2: 6.0}},
+        "adaptive": {"acc": {0: 80.0, 1: 82.0, 2: 84.0}, "budget": {0: 6.0, 1: 6.0, 2: 6.0}},
+    }
+    rows = compare.compare(groups, "random_subset")
+    assert [row["strategy"] for row in rows] == ["random_subset", "adaptive"]
+    assert rows[0]["vs_baseline"] is None and rows[0]["std"] == pytest.approx(1.0)
+    assert rows[1]["mean"] == pytest.approx(82.0) and rows[1]["std"] == pytest.approx(2.0)
+    table = compare.markdown_table(rows, "random_subset", 0.95)
+    assert "| adaptive | 3 | 82.00 ± 2.00% | 6.00 | +2.00 [-0.48, +4.48] |" in table
+    assert "| random_subset | 3 | 80.00 ± 1.00% | 6.00 | (baseline) |" in table
+    with pytest.raises(UserError, match="baseline"):
+        compare.compare(groups, "soft")
+
+
+def test_training_budget_counts_selected_samples():
+    assert evaluate.training_budget([{"selected": "60"}, {"selected": "30"}], 100) == pytest.approx(0.9)
+    assert evaluate.training_budget([{"epoch": "1"}, {"epoch": "2"}, {"epoch": "3"}], 100) == 3.0
+
+
+def write_run(folder, seed, acc, selected):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"data": TINY, "seed": seed}))
+    (folder / "results.json").write_text(json.dumps({"test_acc": acc}))
+    rows = "".join(f"{epoch},{selected}\n" for epoch in (1, 2))
+    (folder / "metrics.csv").write_text("epoch,selected\n" + rows)
+
+
+def test_cli_writes_table_json_and_figure(tmp_path, capsys):
+    for seed, (base, other) in enumerate([(50.0, 52.0), (60.0, 61.0)]):
+        write_run(tmp_path / f"random_subset-s{seed}", seed, base, 48)  # TINY has 96 training images
+        write_run(tmp_path / f"soft-s{seed}", seed, other, 48)
+    folders = sorted(str(path) for path in tmp_path.iterdir())
+    compare.main([*folders, "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert "| soft | 2 | 56.50 ± 6.36% | 1.00 |" in printed  # two epochs of half the data
+    # differences 2 and 1: mean 1.5, sd 0.7071, t_{0.975,1} = 12.7062: half width 6.353
+    assert "+1.50 [-4.85, +7.85]" in printed
+    assert json.loads((tmp_path / "out" / "comparison.json").read_text())[1]["vs_baseline"]["n"] == 2
+    assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
