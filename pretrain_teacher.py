@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 import train_student
+from bookkeeping import config_dict, parse_config
 from data import load_data
-from engine import config_dict, parse_config
 from errors import run_cli
 
 # flags that change where or how fast the teacher trains, not what it learns

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import bookkeeping
 import data
 import engine
 import models
@@ -29,10 +30,10 @@ def test_a_class_looks_the_same_in_every_synthetic_set_that_names_it():
 
 def test_wider_synthetic_teacher_is_sliced_by_wordnet_id(tiny_teacher):
     subset = data.load_data(SUBSET)
-    config = engine.parse_config(train_student.Config, ["--teacher-checkpoint", str(tiny_teacher)])
+    config = bookkeeping.parse_config(train_student.Config, ["--teacher-checkpoint", str(tiny_teacher)])
     teacher = engine.load_teacher(config, subset)
     assert isinstance(teacher, models.SlicedTeacher)
-    full = models.model_from_checkpoint(engine.load_checkpoint(tiny_teacher)).eval()
+    full = models.model_from_checkpoint(bookkeeping.load_checkpoint(tiny_teacher)).eval()
     images = torch.stack([subset.test[i][0] for i in range(4)])
     with torch.no_grad():
         torch.testing.assert_close(teacher(images), full(images)[:, [0, 2]])
