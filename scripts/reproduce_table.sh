@@ -39,9 +39,11 @@ if [[ $data == synthetic* ]]; then
   # for a CPU demo of a few epochs; the real-data rows use the reference's mobilenetv2_100.
   source scripts/synthetic_benchmark.sh
   student=resnet10t workers=$BENCH_WORKERS pretrain_data=$BENCH_PRETRAIN_DATA teacher_flags=("${BENCH_TEACHER[@]}")
+  rl_flags=("${BENCH_RL[@]}")
   [[ $data == synthetic ]] && data=$BENCH_STUDENT_DATA
   if [[ $quick == 1 ]]; then
     data=$QUICK_STUDENT_DATA pretrain_data=$QUICK_PRETRAIN_DATA teacher_flags=("${QUICK_TEACHER[@]}")
+    rl_flags=("${QUICK_RL[@]}")
     : "${epochs:=2}"  # 2, not 1: the equal-compute control's round(0.6 E) epochs must differ from E
   fi
   : "${epochs:=$BENCH_EPOCHS}"
@@ -49,7 +51,7 @@ if [[ $data == synthetic* ]]; then
   checkpoint=$(pretrained_teacher "$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
   teacher=(--teacher-checkpoint "$checkpoint")
 else
-  student=mobilenetv2_100 workers=8
+  student=mobilenetv2_100 workers=8 rl_flags=()
   : "${epochs:=100}"
   common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" "${cache[@]}")
   teacher=(--teacher resnet152.tv_in1k)
@@ -69,7 +71,7 @@ run() {  # run SCRIPT NAME FLAGS...: one table row, once per seed
 run train_student.py labels --label-weight 1
 run train_student.py kd --label-weight 0.6
 run train_student.py kd-teacher-only --label-weight 0
-run train_student_rl.py rl --label-weight 0 --fraction 0.6
+run train_student_rl.py rl --label-weight 0 --fraction 0.6 "${rl_flags[@]}"
 # the control: as much data per epoch as the RL row, drawn uniformly
 run train_student.py random-subset --label-weight 0 --curriculum random_subset --fraction 0.6
 # the equal-compute control: plain teacher-only KD on all the data for round(0.6 E) epochs, the 60% rows' budget

@@ -12,10 +12,15 @@ BENCH_EPOCHS=15
 # 7 steps per epoch, not 2: with 20 images per class a batch of 128 would take 30 optimiser steps in all, too few
 # for the soft targets to be learnt (the teacher keeps its own batch of 128 on its 5000 images)
 BENCH_BATCH=32
+# The RL row's proxy runs (train_student_rl.py --pretrain-*): 10 proxy runs of 10 epochs on a tenth of the data
+# (100 agent steps) keep the demo within its time; the default 30 (300 steps, what tests/test_agent_learns.py shows
+# is enough to learn) costs about 3 minutes more here, and is what the agent comparison in the README measures.
+BENCH_RL=(--pretrain-episodes 10)
 # the --quick smoke test: the same design, tiny (4 of 8 classes)
 QUICK_STUDENT_DATA=synthetic:classes=4,train=96,val=32,test=32
 QUICK_PRETRAIN_DATA=synthetic:classes=8,train=256,val=32,test=32
 QUICK_TEACHER=(--student resnet10t --epochs 1)
+QUICK_RL=(--pretrain-episodes 1 --pretrain-epochs 2 --pretrain-subset 0.5)
 
 # No DataLoader workers: a synthetic image is generated once and kept by the process (data.SyntheticImages); a
 # worker, forked afresh each epoch, would generate it again every epoch.
