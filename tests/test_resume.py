@@ -98,7 +98,8 @@ def test_rl_run_killed_before_its_first_checkpoint_logs_each_epoch_once(tmp_path
     run starts over and logs every epoch once, as the uninterrupted run. Every file an RL run writes (it writes the
     most kinds) is on bookkeeping.RUN_FILES, the list --overwrite clears."""
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
-             "--agent-steps", "2"]  # fmt: skip
+             "--agent-steps", "2", "--pretrain-episodes", "1", "--pretrain-epochs", "2",
+             "--pretrain-subset", "0.5"]  # fmt: skip
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_script(*train_args(whole, *flags, data=DATA, epochs=2, script="train_student_rl.py"))
     assert sorted(path.name for path in whole.iterdir()) == sorted(bookkeeping.RUN_FILES)
