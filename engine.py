@@ -63,6 +63,11 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
 SEED_STRIDE = 100_003  # a prime above any step count: (seed, step) pairs never share a derived seed
 
 
+def augment_seed(config) -> int:
+    """The seed of the augmented views: --augment-seed, by default --seed."""
+    return config.seed if config.augment_seed is None else config.augment_seed
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -191,15 +196,18 @@ def train_one_epoch(
     dtype: torch.dtype | None,
     epoch: int,
     teacher_table: torch.Tensor | None = None,
+    teacher_views: curriculum.EpochViews | None = None,
     on_logits=None,
     seen: torch.Tensor | None = None,
 ) -> float:
     """One epoch of KD. Returns the mean training loss (over all processes).
 
-    Teacher logits come from the teacher on the same augmented batch (online) or from `teacher_table[index]`, the
-    cached logits of the un-augmented image, kept on the device. `on_logits(indices, teacher_logits, student_logits)`
-    sees every batch (train-pass scoring); `seen[index] += 1` counts what was trained. Nothing in the loop waits for
-    the device: losses stay there and are checked for NaN once, after the epoch.
+    Teacher logits come from the teacher on the same augmented batch (online), from `teacher_table[index]`, the
+    cached logits of the un-augmented image, kept on the device, or from `teacher_views`, the stored logits of these
+    very views (the teacher runs only on a batch with a view not stored yet, which is then recorded).
+    `on_logits(indices, teacher_logits, student_logits)` sees every batch (train-pass scoring); `seen[index] += 1`
+    counts what was trained. Nothing in the loop waits for the device: losses stay there and are checked for NaN
+    once, after the epoch.
     """
     model.train()
     channels_last = device.type == "cuda"
@@ -208,19 +216,23 @@ def train_one_epoch(
     join = model.join() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
     with join:  # DDP: ranks may get one batch more or less (every selected sample is used exactly once)
-        for step, (images, labels, indices) in enumerate(progress):
+        for step, (images, labels, cpu_indices) in enumerate(progress):
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
-            indices = indices.to(device, non_blocking=True)
+            indices = cpu_indices.to(device, non_blocking=True)
             teacher_logits = None
             if teacher_table is not None:
                 teacher_logits = teacher_table[indices].float()
             elif label_weight < 1 or on_logits is not None:
-                with torch.inference_mode(), autocast(device, dtype):
-                    teacher_logits = teacher(images)
-                teacher_logits = teacher_logits.clone()  # an inference tensor cannot enter the autograd graph
+                teacher_logits = teacher_views.lookup(cpu_indices, indices) if teacher_views else None
+                if teacher_logits is None:
+                    with torch.inference_mode(), autocast(device, dtype):
+                        teacher_logits = teacher(images)
+                    teacher_logits = teacher_logits.clone()  # an inference tensor cannot enter the autograd graph
+                    if teacher_views:
+                        teacher_logits = teacher_views.record(indices, teacher_logits)
             with autocast(device, dtype):
                 student_logits = model(images)
             loss = models.kd_loss(student_logits, teacher_logits, labels, label_weight, temperature)
@@ -334,7 +346,7 @@ class Experiment:
         self.dtype = amp_dtype(self.device, config.amp)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         if data is None:
-            data = load_data(config.data, config.image_size, config.seed, config.min_scale)
+            data = load_data(config.data, config.image_size, augment_seed(config), config.min_scale)
         self.data = data
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
@@ -352,7 +364,7 @@ class Experiment:
             len(self.data.train), config.seed, config.batch_size, self.rank, self.world
         )
         self.train_loader = make_loader(self.data.train, config.batch_size, config.workers, self.device, self.sampler)
-        self._teacher_train_logits = self._teacher_table = None
+        self._teacher_train_logits = self._teacher_table = self._view_store = None
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -374,6 +386,18 @@ class Experiment:
             "transform": f"eval/{self.data.image_size}",
             "dtype": str(self.dtype),
         }
+
+    def teacher_views(self, epoch: int) -> curriculum.EpochViews:
+        """The stored teacher logits of this epoch's augmented views, for --teacher-logits replay."""
+        if self._view_store is None:
+            parts = {
+                **self.teacher_cache_parts(),
+                "transform": repr(self.data.train.transform),
+                "augment_seed": self.data.train.seed,
+            }
+            shape = (len(self.data.train), self.num_classes)
+            self._view_store = curriculum.TeacherViewStore(self.config.cache_dir, parts, shape, write=is_main_process())
+        return curriculum.EpochViews(self._view_store, epoch, self.device)
 
     def teacher_train_logits(self) -> torch.Tensor:
         """Teacher logits of the un-augmented training images, computed once and cached on disk."""
@@ -444,7 +468,7 @@ class TrainingRun:
             student_logits = predict_logits(self.student, loader, exp.device, exp.dtype, "student logits")
         self.curriculum.rescore(self.epoch, exp.teacher_train_logits(), student_logits, stale)
 
-    def train_steps(self, teacher_table=None, on_logits=None, seen=None) -> float:
+    def train_steps(self, teacher_table=None, teacher_views=None, on_logits=None, seen=None) -> float:
         """One pass of training steps over the sampler's current selection (the trainer's and bench.py's one call of
         train_one_epoch). Returns the mean training loss."""
         exp = self.experiment
@@ -460,6 +484,7 @@ class TrainingRun:
             dtype=exp.dtype,
             epoch=self.epoch,
             teacher_table=teacher_table,
+            teacher_views=teacher_views,
             on_logits=on_logits,
             seen=seen,
         )
@@ -477,11 +502,15 @@ class TrainingRun:
         lr = self.optimizer.param_groups[0]["lr"]
         seen = torch.zeros(len(exp.data.train), dtype=torch.long, device=exp.device)
         train_pass = self.curriculum.train_pass_recorder(exp.device)
+        views = exp.teacher_views(self.epoch) if config.teacher_logits == "replay" else None
         train_loss = self.train_steps(
             teacher_table=exp.teacher_table() if config.teacher_logits == "cached" else None,
+            teacher_views=views,
             on_logits=train_pass.record if train_pass else None,
             seen=seen,
         )
+        if views:
+            views.save(reduce=sum_across_processes)
         self.curriculum.count_trained(sum_across_processes(seen).cpu().numpy(), chosen, self.epoch)
         if train_pass:
             self.curriculum.end_train_pass(train_pass, self.epoch, reduce=sum_across_processes)

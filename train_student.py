@@ -18,7 +18,7 @@ import timm
 
 from bookkeeping import check_writable_folder, field, is_main_process, open_run_folder, start_run
 from curriculum_dataloader import PACINGS, SCORED, STRATEGIES, TARGET_SCALES
-from engine import MAX_SEED, Experiment, TrainingRun, end_distributed
+from engine import MAX_SEED, Experiment, TrainingRun, augment_seed, end_distributed
 from errors import UserError, run_cli
 
 
@@ -65,11 +65,17 @@ class Config:
         "from the training step's own logits, only the rest by a pass", choices=("pass", "train-pass")
     )  # fmt: skip
     teacher_logits: str = field(
-        "online", "online: the teacher runs on each augmented batch; cached: reuse its cached logits of the "
-        "un-augmented image (much cheaper; fixed views can overfit on long schedules)", choices=("online", "cached")
+        "online", "online: the teacher runs on each augmented batch; replay: as online, but each view's logits are "
+        "stored (fp16) in --cache-dir by the first run that trains on it and read by later runs of the same data, "
+        "teacher and --augment-seed; cached: its logits of the un-augmented image (cheapest; fixed views can overfit "
+        "on long schedules)", choices=("online", "replay", "cached")
     )  # fmt: skip
     # run
     seed: int = field(0, "seed of initialisation, sampling and augmentation")
+    augment_seed: int | None = field(
+        None, "seed of the augmented views instead of --seed (seeds of a sweep that share it share the views, and "
+        "--teacher-logits replay's stored teacher logits)"
+    )  # fmt: skip
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = field(False, "mixed precision (bf16 where supported, else fp16 with loss scaling)")
     compile: bool = field(False, "torch.compile the student's training step (GPU; slow first epoch)")
@@ -86,6 +92,7 @@ def check_config(config) -> None:
         (config.epochs >= 1, "--epochs must be at least 1"),
         (config.batch_size >= 2, "--batch-size must be at least 2 (BatchNorm cannot train on one sample)"),
         (0 <= config.seed <= MAX_SEED, f"--seed must lie in [0, {MAX_SEED}]"),
+        (0 <= augment_seed(config) <= MAX_SEED, f"--augment-seed must lie in [0, {MAX_SEED}]"),
         (config.lr > 0 and config.weight_decay >= 0, "--lr must be > 0 and --weight-decay >= 0"),
         (0 < config.fraction <= 1, "--fraction must lie in (0, 1]"),
         (0 <= config.target <= 1, "--target must lie in [0, 1]"),
@@ -106,7 +113,7 @@ def check_config(config) -> None:
         path = getattr(config, flag)
         if path and not Path(path).is_file():
             raise UserError(f"--{flag.replace('_', '-')} {path} does not exist; check the path.")
-    if config.curriculum in SCORED or config.teacher_logits == "cached":  # runs that write the teacher-logit cache
+    if config.curriculum in SCORED or config.teacher_logits != "online":  # runs that write the teacher-logit cache
         check_writable_folder(config.cache_dir, "--cache-dir")
 
 
