@@ -94,15 +94,23 @@ def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path)
     return {"agent_s_per_epoch": statistics.mean(agent_seconds), "rl_epoch_s": statistics.mean(epoch_seconds)}
 
 
-def epoch_fn(run: engine.TrainingRun, cached: bool = False, train_pass: bool = False):
-    """One training epoch over the whole training set, as TrainingRun.train_epoch runs it (without validation)."""
+def epoch_fn(run: engine.TrainingRun, cached: bool = False, train_pass: bool = False, replay: bool = False):
+    """One training epoch over the whole training set, as TrainingRun.train_epoch runs it (without validation).
+    `replay`: the teacher's logits of the epoch's views read from the store (filled here first), as a run with
+    --teacher-logits replay after the first does, reading the epoch's file included."""
     exp = run.experiment
     exp.sampler.set_epoch(1, np.arange(len(exp.data.train)))
+    if replay:
+        views = exp.teacher_views(1)
+        run.train_steps(teacher_views=views)
+        views.save()
 
     def epoch():
         recorder = TrainPassScores(len(exp.data.train), exp.device) if train_pass else None
         run.train_steps(
-            teacher_table=exp.teacher_table() if cached else None, on_logits=recorder.record if recorder else None
+            teacher_table=exp.teacher_table() if cached else None,
+            teacher_views=exp.teacher_views(1) if replay else None,
+            on_logits=recorder.record if recorder else None,
         )
         if recorder:
             recorder.collect(engine.sum_across_processes)
@@ -133,6 +141,7 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
             "epoch_labels_s": epoch_fn(labels),
             "epoch_kd_online_s": epoch_fn(kd),
             "epoch_kd_cached_s": epoch_fn(kd, cached=True),
+            "epoch_kd_replay_s": epoch_fn(kd, replay=True),
             "epoch_kd_train_pass_s": epoch_fn(kd, train_pass=True),
             "teacher_forward_s": lambda: engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t"),
             "score_cached_s": kd.rescore,
@@ -159,11 +168,13 @@ def main(argv=None) -> None:
         figures.update(measure(bench, tmp / "teacher.pt", tmp / "cache", device))
 
     base = figures["epoch_labels_s"]
-    for name in ("labels", "kd_online", "kd_cached", "kd_train_pass"):
+    for name in ("labels", "kd_online", "kd_cached", "kd_replay", "kd_train_pass"):
         figures[f"images_per_s_{name}"] = bench.train / figures[f"epoch_{name}_s"]
     figures["ratio_kd_online"] = figures["epoch_kd_online_s"] / base
     figures["ratio_kd_online_budget"] = figures["epoch_kd_online_s"] / (base + figures["teacher_forward_s"])
     figures["ratio_kd_cached"] = figures["epoch_kd_cached_s"] / base
+    figures["ratio_kd_replay"] = figures["epoch_kd_replay_s"] / base
+    figures["replay_store_mib_per_epoch"] = bench.train * (bench.classes + 1) * 2 / 2**20
     figures["ratio_score_cached"] = figures["score_cached_s"] / base
     figures["ratio_score_recompute"] = figures["score_recompute_s"] / base
     train_pass_cost = figures["epoch_kd_train_pass_s"] - figures["epoch_kd_online_s"]
@@ -182,6 +193,7 @@ def print_table(figures: dict) -> None:
         ("training epoch, KD, online teacher", "epoch_kd_online_s", "ratio_kd_online", ""),
         ("  vs labels-only + teacher forward", None, "ratio_kd_online_budget", "<= 1.0"),
         ("training epoch, KD, cached teacher logits", "epoch_kd_cached_s", "ratio_kd_cached", "<= 1.1"),
+        ("training epoch, KD, replayed teacher logits of the views", "epoch_kd_replay_s", "ratio_kd_replay", "<= 1.1"),
         ("teacher forward over the training set", "teacher_forward_s", None, ""),
         ("scoring pass, teacher logits cached", "score_cached_s", "ratio_score_cached", "<= 0.35"),
         ("scoring pass, teacher recomputed", "score_recompute_s", "ratio_score_recompute", ""),
@@ -191,7 +203,8 @@ def print_table(figures: dict) -> None:
         ("RL agent per epoch (vs that run's epochs)", "agent_s_per_epoch", "ratio_agent", "< 0.01"),
     ]
     print(f"device: {figures['device']}  train images: {figures['train']}  image size: {figures['image_size']}")
-    speeds = ", ".join(f"{name} {figures[f'images_per_s_{name}']:.0f}" for name in ("labels", "kd_online", "kd_cached"))
+    names = ("labels", "kd_online", "kd_cached", "kd_replay")
+    speeds = ", ".join(f"{name} {figures[f'images_per_s_{name}']:.0f}" for name in names)
     print(f"training images/s: {speeds}")
     print("| measure | seconds | x labels-only epoch | target |\n|---|---|---|---|")
     for label, seconds, ratio, target in rows:
@@ -200,6 +213,7 @@ def print_table(figures: dict) -> None:
         s = f"{figures[seconds]:.3f}" if seconds else ""
         r = f"{figures[ratio]:.4f}" if ratio else ""
         print(f"| {label} | {s} | {r} | {target} |")
+    print(f"replay store: {figures['replay_store_mib_per_epoch']:.2f} MiB per epoch ({figures['train']} views)")
     memory = f"peak host memory {figures['peak_host_mib']:.0f} MiB"
     if "peak_gpu_mib" in figures:
         memory += f", peak GPU memory {figures['peak_gpu_mib']:.0f} MiB"

@@ -502,7 +502,8 @@ class TrainingRun:
         lr = self.optimizer.param_groups[0]["lr"]
         seen = torch.zeros(len(exp.data.train), dtype=torch.long, device=exp.device)
         train_pass = self.curriculum.train_pass_recorder(exp.device)
-        views = exp.teacher_views(self.epoch) if config.teacher_logits == "replay" else None
+        replay = config.teacher_logits == "replay" and (config.label_weight < 1 or train_pass is not None)
+        views = exp.teacher_views(self.epoch) if replay else None  # the steps need the teacher's logits: replay them
         train_loss = self.train_steps(
             teacher_table=exp.teacher_table() if config.teacher_logits == "cached" else None,
             teacher_views=views,

@@ -13,6 +13,9 @@
 # With one seed a row's run folder is $out/<row>; with several, $out/<row>-s<seed>. The report (figures beside the
 # table) lands in $out/report/report.md.
 # Extra flags after -- go to every train_student.py call (e.g. -- --amp --workers 8).
+# The KD rows of one seed train on the same augmented views (the augmentation is seeded by seed, epoch and sample), so
+# the first of them stores the teacher's logits on each view and the others replay them (--teacher-logits replay,
+# exact to fp16; see the README). `-- --teacher-logits online` runs the teacher in every row instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -47,13 +50,15 @@ if [[ $data == synthetic* ]]; then
     : "${epochs:=2}"  # 2, not 1: the equal-compute control's round(0.6 E) epochs must differ from E
   fi
   : "${epochs:=$BENCH_EPOCHS}"
-  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size "$BENCH_BATCH" "${cache[@]}")
+  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size "$BENCH_BATCH"
+          --teacher-logits replay "${cache[@]}")
   checkpoint=$(pretrained_teacher "$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
   teacher=(--teacher-checkpoint "$checkpoint")
 else
   student=mobilenetv2_100 workers=8 rl_flags=()
   : "${epochs:=100}"
-  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" "${cache[@]}")
+  common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --teacher-logits replay
+          "${cache[@]}")
   teacher=(--teacher resnet152.tv_in1k)
 fi
 

@@ -13,6 +13,8 @@ def test_bench_writes_every_figure(tmp_path):
     for key in (
         "epoch_labels_s",
         "epoch_kd_online_s",
+        "epoch_kd_replay_s",
+        "ratio_kd_replay",
         "score_cached_s",
         "score_recompute_s",
         "ratio_score_cached",
@@ -22,3 +24,4 @@ def test_bench_writes_every_figure(tmp_path):
         assert figures[key] > 0, key
     assert figures["score_recompute_s"] > figures["score_cached_s"] * 0.8  # recomputing adds the teacher pass
     assert "scoring pass, teacher logits cached" in result.stdout
+    assert "replayed teacher logits of the views" in result.stdout

@@ -55,3 +55,17 @@ def test_rl_run_with_two_processes(tmp_path, tiny_teacher, cache_dir):
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     assert [row["epoch"] for row in bookkeeping.read_metrics(out / "proxy" / "metrics.csv")] == ["1", "2"]
     assert (out / "agent.zip").is_file() and (out / "results.json").is_file()
+
+
+def test_two_processes_fill_the_teacher_view_store_as_one_does(tmp_path, tiny_teacher):
+    """--teacher-logits replay under DDP: each rank runs the teacher on its shard, rank 0 stores every view."""
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "resnet10t",
+             "--teacher-logits", "replay"]  # fmt: skip
+    torchrun(train_args(tmp_path / "two", *flags, "--cache-dir", tmp_path / "cache-two", "--batch-size", 16))
+    run_script(*train_args(tmp_path / "one", *flags, "--cache-dir", tmp_path / "cache-one"))
+    (two,) = (tmp_path / "cache-two").glob("teacher-views-*/epoch-0001.npy")
+    (one,) = (tmp_path / "cache-one").glob("teacher-views-*/epoch-0001.npy")
+    assert two.parent.name == one.parent.name  # the same key: the batch size and process count do not enter it
+    stored_two, stored_one = np.load(two), np.load(one)
+    assert (stored_two[:, -1] == 1).all()  # every view of the epoch, from both ranks' shards
+    np.testing.assert_allclose(stored_two.astype(np.float32), stored_one.astype(np.float32), rtol=1e-3, atol=1e-3)
