@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -306,6 +307,7 @@ class TeacherViewStore:
                 if existing is not None:
                     return existing
                 os.replace(tmp, path)
+                print(f"teacher view store: replaced the damaged {path}; its views are computed again", file=sys.stderr)
         finally:
             Path(tmp).unlink(missing_ok=True)
         return array

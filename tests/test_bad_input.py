@@ -205,6 +205,7 @@ CASES = [
      None),
     # issue 10
     ("seed-negative", lambda f, o: student(o, "--seed", "-1"), "--seed must lie in", None),
+    ("augment-seed-negative", lambda f, o: student(o, "--augment-seed", "-1"), "--augment-seed must lie in", None),
     ("seed-not-an-int", lambda f, o: student(o, "--seed", "1e23"), "see --help", None),
     ("epochs-not-an-int", lambda f, o: student(o, "--epochs", "abc"), "see --help", None),
     ("unknown-flag", lambda f, o: student(o, "--learning-rate", "0.1"), "see --help", None),
@@ -275,8 +276,8 @@ README_ROWS = {
     "unknown `--data` value": ["data-unknown-value"],
     "a class that is not an ImageNet-1k class": ["class-not-imagenet"],
     "`--label-weight` outside [0, 1]": ["label-weight-out-of-range", "temperature-zero", "fraction-out-of-range",
-                                        "seed-negative", "batch-size-one", "agent-lr-negative", "agent-epochs-zero",
-                                        "gamma-above-one"],
+                                        "seed-negative", "augment-seed-negative", "batch-size-one", "agent-lr-negative",
+                                        "agent-epochs-zero", "gamma-above-one"],
     "a flag argparse cannot read": ["seed-not-an-int", "epochs-not-an-int", "unknown-flag", "evaluate-bad-flag-value"],
     "a `--fraction`": ["fraction-selects-one", "fraction-selects-none"],
     "a teacher checkpoint that lacks some of the data's classes": [

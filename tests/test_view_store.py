@@ -80,6 +80,7 @@ def test_damaged_files_and_non_finite_rows_are_recomputed_not_trusted(tmp_path, 
     assert views.stored.sum() == 0
     views.record(torch.tensor([2]), torch.tensor([[9.0, 9.0]]))
     assert views.save() == 1  # the damaged file is replaced by a fresh one
+    assert "replaced the damaged" in capsys.readouterr().err
     assert EpochViews(store, 1, CPU).stored.tolist() == [False, False, True]
     assert not list(store.folder.glob(".*.tmp"))
 
