@@ -60,7 +60,7 @@ class RLConfig(Config):
     # the agent (defaults tuned on tests/test_agent_learns.py's surrogate: see the README)
     action: str = field(
         "discrete", "discrete: one of --bins targets; box: a continuous target", choices=("discrete", "box"),
-        group="the agent (PPO)",
+        group="agent (PPO)",
     )  # fmt: skip
     bins: int = field(11, "number of evenly spaced targets over [0, 1] with --action discrete (the reference: 5)")
     control_temperature: bool = field(False, "the agent also moves the KD temperature by +-0.5 within [2, 8]")
@@ -74,7 +74,7 @@ class RLConfig(Config):
     normalize_reward: bool = field(True, "divide rewards by a running std kept in the agent (PPO wants unit scale)")
     pretrain_episodes: int = field(
         30, "proxy training runs the agent learns over before the full run (0: none)",
-        group="the agent's experience: cheap proxy runs before the full one",
+        group="proxy runs (the agent's experience before the full run)",
     )  # fmt: skip
     pretrain_epochs: int = field(10, "epochs of each proxy run (the observation counts progress as a fraction)")
     pretrain_subset: float = field(0.1, "fraction of the training and validation images a proxy run uses")
