@@ -51,7 +51,7 @@ def build_parser(config_class, description: str = "", explicit_only: bool = Fals
     parser = OneLineParser(description=description, usage=usage, formatter_class=HelpFormatter, allow_abbrev=False)
     module = vars(sys.modules[config_class.__module__])
     not_applicable = getattr(config_class, "NOT_APPLICABLE", {})
-    groups, group = field_groups(config_class), parser
+    groups, group, switches = field_groups(config_class), parser, []
     for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
         if field.name in not_applicable:
@@ -72,6 +72,7 @@ def build_parser(config_class, description: str = "", explicit_only: bool = Fals
             continue
         if kind is bool and field.default is False:  # a switch: --amp; --no-amp is accepted but not listed
             group.add_argument(flag, action="store_true", **options)
+            switches.append(flag)
             group.add_argument("--no-" + flag[2:], dest=field.name, action="store_false", default=options["default"],
                                help=argparse.SUPPRESS)  # fmt: skip
             continue
@@ -84,6 +85,8 @@ def build_parser(config_class, description: str = "", explicit_only: bool = Fals
         else:
             options["metavar"] = {int: "N", float: "X"}.get(scalar, field.name.split("_")[-1].upper())
         group.add_argument(flag, type=scalar, **options)
+    if switches:  # their off forms are accepted but not listed: said once here
+        parser.epilog = f"Each switch also takes its off form: {switches[0]} and --no-{switches[0][2:]}."
     return parser
 
 
