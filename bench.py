@@ -36,12 +36,12 @@ RESCORE_EVERY = 5  # train_student.py's default
 
 @dataclass
 class BenchConfig:
-    train: int = field(1024, "synthetic training images")
+    train: int = field(1024, "synthetic training images", group="data")
     classes: int = field(10, "synthetic classes")
     image_size: int = field(32, "input size (synthetic images are resized to it)")
-    student: str = field("mobilenetv2_100", "student model")
+    student: str = field("mobilenetv2_100", "student model", group="models")
     teacher: str = field("resnet18", "teacher architecture (random weights: the cost is what is measured)")
-    batch_size: int = field(128, "training batch size")
+    batch_size: int = field(128, "training batch size", group="run")
     workers: int = field(0, "DataLoader workers")
     device: str = field("auto", "auto, cpu, cuda")
     amp: bool = field(False, "mixed precision")

@@ -44,18 +44,22 @@ class Config:
     runs: list = dataclasses.field(
         default_factory=list, metadata={"help": "run folders (or .pt checkpoints) to test", "nargs": "*"}
     )
-    data: str | None = field(None, "data to test on; default: the data the first run trained on")
-    teacher: str | None = field(None, "timm ImageNet teacher (sliced to the data's classes); default: the first run's")
+    data: str | None = field(None, "data to test on; default: the data the first run trained on", group="data")
+    teacher: str | None = field(
+        None, "timm ImageNet teacher (sliced to the data's classes); default: the first run's", group="models"
+    )
     teacher_checkpoint: str | None = field(
         None, "a train_student.py checkpoint as the teacher; default: the first run's"
     )
     teacher_weights: str | None = field(None, "local weights file of --teacher (no network)")
     no_teacher: bool = field(False, "leave the teacher row out")
-    batch_size: int = field(256, "evaluation batch size")
+    batch_size: int = field(256, "evaluation batch size", group="run")
     workers: int = field(4, "DataLoader worker processes")
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = field(False, "mixed precision inference")
-    json: str | None = field(None, "also write the table's figures (per run and aggregated) to this JSON file")
+    json: str | None = field(
+        None, "also write the table's figures (per run and aggregated) to this JSON file", group="output"
+    )
     report: str | None = field(None, "also write figures and report.md (the table beside them) into this folder")
 
 
@@ -65,11 +69,30 @@ def read_run(path: str) -> dict:
     if path.is_file():
         checkpoint = load_checkpoint(path)
         return {"name": str(path), "config": checkpoint["config"], "best": path, "last": None}
-    if not (path / "best.pt").is_file():
-        raise UserError(f"{path} is not a finished run folder (no best.pt); pass folders written by train_student.py.")
+    if not path.exists():
+        raise UserError(f"{path} does not exist; check the path of the run folder.")
     config = read_config(path, "run folder")
     last = path / "last.pt" if (path / "last.pt").is_file() else None
     return {"name": str(path), "config": config, "best": path / "best.pt", "last": last}
+
+
+def read_runs(paths: list[str]) -> list[dict]:
+    """The runs among the arguments. A folder without best.pt holds no finished run (e.g. the report folder that
+    `runs/table/*/` also matches): skipped with one line on stderr each; an error if no argument is a run."""
+    runs, skipped = [], []
+    for path in map(Path, paths):
+        if path.is_dir() and not (path / "best.pt").is_file():
+            skipped.append(path)
+        else:
+            runs.append(read_run(path))
+    if paths and not runs:
+        raise UserError(
+            f"no finished run among the arguments (no best.pt in {', '.join(map(str, skipped))}); pass the folders "
+            "of train_student.py or train_student_rl.py runs that finished at least one epoch."
+        )
+    for path in skipped:
+        print(f"skipping {path}: no best.pt there, so no finished run", file=sys.stderr)
+    return runs
 
 
 def describe(config: dict) -> str:
@@ -216,7 +239,7 @@ def main(argv=None) -> None:
         check_writable_folder(config.report, "--report")
     if config.batch_size < 1 or config.workers < 0:
         raise UserError("--batch-size must be at least 1 and --workers >= 0.")
-    runs = [read_run(path) for path in config.runs]
+    runs = read_runs(config.runs)
     for run in runs if config.report else ():  # a cut-short metrics.csv is refused before the slow part
         if Path(run["name"]).is_dir():
             read_metrics(Path(run["name"]) / "metrics.csv")

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import train_student
@@ -30,6 +31,12 @@ from errors import run_cli
 NOT_THE_TEACHER = ("out", "overwrite", "resume", "workers", "device", "cache_dir")
 
 
+@dataclass
+class TeacherConfig(train_student.Config):
+    # the cache picks the teacher's run folder: these are no flags here
+    NOT_APPLICABLE = dict.fromkeys(("out", "overwrite", "resume"), "the teacher's folder is <--cache-dir>/teachers/")
+
+
 def teacher_key(config) -> str:
     """Hash of the resolved config (less NOT_THE_TEACHER) and the data's identity."""
     parts = {name: value for name, value in config_dict(config).items() if name not in NOT_THE_TEACHER}
@@ -39,7 +46,7 @@ def teacher_key(config) -> str:
 
 def pretrained_teacher(argv: list[str]) -> tuple[Path, bool]:
     """`(best.pt, reused)`: the cached teacher for train_student.py flags `argv`, trained first if not cached."""
-    config = parse_config(train_student.Config, argv, __doc__)
+    config = parse_config(TeacherConfig, argv, __doc__)
     train_student.check_config(config)
     folder = Path(config.cache_dir).expanduser() / "teachers" / f"{config.student}-{teacher_key(config)}"
     if (folder / "results.json").is_file():  # written last: a cut-off training run is redone

@@ -60,8 +60,8 @@ def curve_groups(rows: list[dict]) -> list[dict]:
 # Figures
 
 
-def plot_mean(ax, metrics: list[list[dict]], name: str, **style) -> None:
-    """Mean over seeds of one column per epoch, with a +-std band when there are several seeds."""
+def plot_mean(ax, metrics: list[list[dict]], name: str, **style):
+    """Mean over seeds of one column per epoch, with a +-std band when there are several seeds. Returns the line."""
     length = min(len(rows) for rows in metrics)
     values = np.stack([column(rows[:length], name) for rows in metrics])
     epochs = np.arange(1, length + 1)
@@ -70,6 +70,7 @@ def plot_mean(ax, metrics: list[list[dict]], name: str, **style) -> None:
     if len(values) > 1:
         std = values.std(axis=0, ddof=1)
         ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
 
 
 def plot_accuracy_and_loss(groups: list[dict], path: Path) -> None:
@@ -112,16 +113,54 @@ def plot_curriculum(group: dict, path: Path) -> None:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     if is_rl:
         ax = axes[1, 0]
-        plot_mean(ax, metrics, "reward", color="black", linewidth=2, label="reward")
+        lines = [plot_mean(ax, metrics, "reward", color="black", linewidth=2, label="reward")]
         for name in REWARD_COLUMNS:
-            plot_mean(ax, metrics, name, linewidth=1, label=name.replace("reward_", "R_"))
+            lines.append(plot_mean(ax, metrics, name, linewidth=1, label=name.replace("reward_", "R_")))
         ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set(title="Reward of each epoch and its terms", ylabel="reward")
+        clipped = clip_outliers(ax, lines)
+        note = f" ({clipped} off-scale values marked at the edge)" if clipped else ""
+        ax.set(title=f"Reward of each epoch and its terms{note}", ylabel="reward")
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     axes[-1, 0].set_xlabel("epoch")
     for ax in axes[:, 0]:
         style_axes(ax)
     save_figure(fig, path)
+
+
+def robust_limits(values: np.ndarray) -> tuple[float, float]:
+    """y-limits that keep the bulk of the values readable when a few spike (the first epochs' accuracy jump makes
+    R_acc 30x the other terms): values beyond Tukey's far-out fences (3 spreads past the quartiles; the spread is the
+    interquartile range, or half the 10-90% range where most terms sit at 0) are left out; the rest, and 0, stay in
+    view with a 5% margin."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return -1.0, 1.0
+    q10, q25, q75, q90 = np.percentile(finite, [10, 25, 75, 90])
+    spread = max(q75 - q25, (q90 - q10) / 2)
+    kept = finite[(finite >= q25 - 3 * spread) & (finite <= q75 + 3 * spread)]
+    low, high = min(kept.min(), 0.0), max(kept.max(), 0.0)
+    pad = 0.05 * (high - low) or 1.0
+    return float(low - pad), float(high + pad)
+
+
+def clip_outliers(ax, lines) -> int:
+    """Set robust y-limits for the lines and mark each value beyond them at the edge (a triangle in its line's colour
+    and the value): a linear scale keeps the terms comparable in their own units, and no spike is hidden. Returns how
+    many values were clipped."""
+    low, high = robust_limits(np.concatenate([line.get_ydata() for line in lines]))
+    ax.set_ylim(low, high)
+    at_edge = {}  # (epoch, edge) -> values already marked there: their labels stack instead of overlapping
+    for line in lines:
+        for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
+            if low <= y <= high or not np.isfinite(y):
+                continue
+            edge, marker, step = (high, "^", -11) if y > high else (low, "v", 11)
+            stacked = at_edge.setdefault((x, edge), [])
+            ax.plot(x, edge, marker=marker, markersize=9, color=line.get_color(), clip_on=False, linestyle="none")
+            ax.annotate(f"{y:.3g}", (x, edge), textcoords="offset points", xytext=(7, step * (len(stacked) + 1) - 3),
+                        fontsize="small", color=line.get_color())  # fmt: skip
+            stacked.append(y)
+    return sum(map(len, at_edge.values()))
 
 
 def spread_keys(keys: list[str], count: int = HISTOGRAM_PANELS) -> list[str]:
@@ -137,7 +176,8 @@ def plot_difficulty_histograms(folder: Path, rows: list[dict], path: Path) -> No
     keys = spread_keys(list(history.files))
     scores = {key: history[key].astype(np.float32) for key in keys}
     by_epoch = {int(row["epoch"]): row for row in rows}
-    # scores computed after epoch E are first used by epoch E + 1
+    # scores computed after epoch E (E = 0: before training) are first used by epoch E + 1: titled by that epoch,
+    # counted from 1 as in every other figure
     next_rows = {key: by_epoch.get(int(key.removeprefix("epoch_")) + 1) for key in keys}
     # one range and the same bins in every panel, wide enough for targets far from the scores
     targets = [float(row["target_difficulty"]) for row in next_rows.values() if row and row.get("target_difficulty")]
@@ -152,10 +192,10 @@ def plot_difficulty_histograms(folder: Path, rows: list[dict], path: Path) -> No
         ax.hist(scores[key], bins=bins, color="tab:blue", label="scores")
         if row and row.get("difficulty_selected_min"):
             span = float(row["difficulty_selected_min"]), float(row["difficulty_selected_max"])
-            ax.axvspan(*span, color="tab:orange", alpha=0.3, zorder=0, label="selected in the next epoch")
+            ax.axvspan(*span, color="tab:orange", alpha=0.3, zorder=0, label="selected in that epoch")
         if row and row.get("target_difficulty"):
             ax.axvline(float(row["target_difficulty"]), color="black", linestyle="--", label="its target")
-        ax.set(title=f"after epoch {scored_after} (used from {scored_after + 1})", xlabel="difficulty")
+        ax.set(title=f"scores used by epoch {scored_after + 1}", xlabel="difficulty")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("samples")
     fig.suptitle(f"Difficulty scores of {folder.name}")
@@ -164,20 +204,23 @@ def plot_difficulty_histograms(folder: Path, rows: list[dict], path: Path) -> No
 
 
 def plot_coverage(groups: list[dict], path: Path) -> None:
-    """How many epochs each training sample was selected in, one panel per curriculum run (its first seed)."""
+    """How many epochs each training sample was selected in, one panel per curriculum run (its first seed). A log
+    scale and the count on each bar: "1 of 2000 never selected" must show, not vanish beside a bar of 1500."""
     fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups) + 1, 3.8), squeeze=False, layout="constrained")
     for ax, group in zip(axes[0], groups, strict=True):
         coverage = np.load(group["folders"][0] / "coverage.npy")
         counts = np.bincount(coverage, minlength=len(group["metrics"][0]) + 1)
-        ax.bar(np.arange(len(counts)), counts, color="tab:green")
+        bars = ax.bar(np.arange(len(counts)), counts, color=["tab:red", *["tab:green"] * (len(counts) - 1)])
+        if len(counts) <= 40:  # a count per bar while the labels still fit
+            ax.bar_label(bars, labels=[str(count) if count else "" for count in counts], fontsize="x-small")
         never = int(counts[0])
-        ax.bar([0], [never], color="tab:red")
         ax.annotate(
-            f"never selected: {never} of {len(coverage)} ({never / len(coverage):.0%})",
+            f"never selected: {never} of {len(coverage)} ({never / len(coverage):.1%})",
             xy=(0.03, 0.95), xycoords="axes fraction", va="top", fontsize="small",
         )  # fmt: skip
-        ax.set(title=group["folders"][0].name, xlabel="epochs selected in", ylabel="training samples")
-        ax.set_ylim(top=counts.max() * 1.2)
+        ax.set(title=group["folders"][0].name, xlabel="epochs selected in", ylabel="training samples (log scale)")
+        ax.set_yscale("log")
+        ax.set_ylim(0.5, counts.max() * 3)  # from 0.5: a bar of one sample stands half a decade tall
         style_axes(ax)
     save_figure(fig, path)
 

@@ -24,29 +24,29 @@ from errors import UserError, run_cli
 
 @dataclass
 class Config:
-    # data
     data: str = field(
-        "timm/mini-imagenet", "hub dataset, local folder (ImageFolder or parquet), or synthetic[:options]"
+        "timm/mini-imagenet", "hub dataset, local folder (ImageFolder or parquet), or synthetic[:options]", group="data"
     )
     image_size: int | None = field(None, "input size; default 224 for real data, the synthetic set's own size")
     min_scale: float | None = field(None, "RandomResizedCrop minimum area; default 0.08 (real data), 0.5 (synthetic)")
     workers: int = field(4, "DataLoader worker processes")
-    # models
-    student: str = field("mobilenetv2_100", "timm name of the trained model")
+    student: str = field("mobilenetv2_100", "timm name of the trained model", group="models")
     pretrained: bool = field(False, "start the trained model from ImageNet weights (how a teacher is fine-tuned)")
     student_weights: str | None = field(None, "local ImageNet weights file for --pretrained (no network)")
     teacher: str = field("resnet152.tv_in1k", "timm name of the ImageNet teacher; its 1000 logits are sliced")
     teacher_checkpoint: str | None = field(None, "a best.pt of train_student.py to use as the teacher instead")
     teacher_weights: str | None = field(None, "local weights file of --teacher (no network)")
-    # loss and optimisation
-    label_weight: float = field(0.6, "weight of the label CE; 1 - it on the teacher's KL (1 = labels only, no teacher)")
+    label_weight: float = field(
+        0.6,
+        "weight of the label CE; 1 - it on the teacher's KL (1 = labels only, no teacher)",
+        group="loss and optimisation",
+    )
     temperature: float = field(4.0, "KD temperature T")
     epochs: int = field(100, "training epochs")
     batch_size: int = field(128, "training batch size")
     lr: float = field(1e-3, "Adam learning rate (cosine-annealed over the epochs)")
     weight_decay: float = field(1e-4, "Adam weight decay")
-    # curriculum
-    curriculum: str = field("none", "sample selection strategy per epoch", choices=STRATEGIES)
+    curriculum: str = field("none", "sample selection strategy per epoch", choices=STRATEGIES, group="curriculum")
     target: float = field(0.5, "target difficulty in [0, 1] of adaptive, soft, mixed and hard_mining")
     target_scale: str = field(
         "quantile", "quantile: the target is a rank (adaptive: 0 = the easiest --fraction of the data, 1 = the "
@@ -70,8 +70,7 @@ class Config:
         "teacher and --augment-seed; cached: its logits of the un-augmented image (cheapest; fixed views can overfit "
         "on long schedules)", choices=("online", "replay", "cached")
     )  # fmt: skip
-    # run
-    seed: int = field(0, "seed of initialisation, sampling and augmentation")
+    seed: int = field(0, "seed of initialisation, sampling and augmentation", group="run")
     augment_seed: int | None = field(
         None, "seed of the augmented views instead of --seed (seeds of a sweep that share it share the views, and "
         "--teacher-logits replay's stored teacher logits)"

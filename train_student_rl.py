@@ -49,13 +49,18 @@ from train_student import Config, check_config
 
 @dataclass
 class RLConfig(Config):
+    # not flags of this script: the agent picks every epoch's target and steers only strategies that have one
+    NOT_APPLICABLE = {"target": "the agent picks every epoch's target"} | dict.fromkeys(
+        ("pacing", "start_fraction", "pace_epochs"), "only easy_to_hard / hard_to_easy pace, the agent steers neither"
+    )
     # the reference row: teacher-only KD on the 60% of the data nearest the agent's target
     label_weight: float = field(0.0, "weight of the label CE (the reference's RL row: 0, teacher only)")
     curriculum: str = field("adaptive", "strategy the agent's target steers", choices=TARGETED)
     fraction: float = field(0.6, "fraction of the training set per epoch (the reference's RL run: 0.6)")
     # the agent (defaults tuned on tests/test_agent_learns.py's surrogate: see the README)
     action: str = field(
-        "discrete", "discrete: one of --bins targets; box: a continuous target", choices=("discrete", "box")
+        "discrete", "discrete: one of --bins targets; box: a continuous target", choices=("discrete", "box"),
+        group="agent (PPO)",
     )  # fmt: skip
     bins: int = field(11, "number of evenly spaced targets over [0, 1] with --action discrete (the reference: 5)")
     control_temperature: bool = field(False, "the agent also moves the KD temperature by +-0.5 within [2, 8]")
@@ -67,8 +72,10 @@ class RLConfig(Config):
     ent_coef: float = field(0.03, "PPO entropy bonus (keeps the agent trying targets until one pays)")
     log_std_init: float = field(0.0, "--action box: initial log std of the Gaussian policy over the action in [-1, 1]")
     normalize_reward: bool = field(True, "divide rewards by a running std kept in the agent (PPO wants unit scale)")
-    # experience: cheap proxy runs before the full one
-    pretrain_episodes: int = field(30, "proxy training runs the agent learns over before the full run (0: none)")
+    pretrain_episodes: int = field(
+        30, "proxy training runs the agent learns over before the full run (0: none)",
+        group="proxy runs (the agent's experience before the full run)",
+    )  # fmt: skip
     pretrain_epochs: int = field(10, "epochs of each proxy run (the observation counts progress as a fraction)")
     pretrain_subset: float = field(0.1, "fraction of the training and validation images a proxy run uses")
     full_run: str = field(

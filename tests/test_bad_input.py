@@ -242,6 +242,14 @@ CASES = [
     ("evaluate-report-unwritable", lambda f, o: ["evaluate.py", f.earlier, "--report", f.file / "report"],
      "under the file", None),
     ("evaluate-bad-flag-value", lambda f, o: ["evaluate.py", f.earlier, "--batch-size", "x"], "see --help", None),
+    # issue 14
+    ("abbreviated-flag", lambda f, o: student(o, "--epoch", "1"), ("unrecognized arguments: --epoch", "see --help"),
+     None),
+    ("flag-not-for-the-rl-script", lambda f, o: rl(o, "--pacing", "linear"),
+     "--pacing does not apply to train_student_rl.py", None),
+    ("flag-not-for-pretrain-teacher", lambda f, o: ["pretrain_teacher.py", "--out", o],
+     "--out does not apply to pretrain_teacher.py", None),
+    ("evaluate-no-run-folder", lambda f, o: ["evaluate.py", f.empty, "--no-teacher"], "no finished run among", None),
 ]  # fmt: skip
 STARTS_A_RUN = {"nan-loss", "corrupt-image-in-worker"}  # refused only once training ran: their new folder may exist
 
@@ -278,7 +286,9 @@ README_ROWS = {
     "`--label-weight` outside [0, 1]": ["label-weight-out-of-range", "temperature-zero", "fraction-out-of-range",
                                         "seed-negative", "augment-seed-negative", "batch-size-one", "agent-lr-negative",
                                         "agent-epochs-zero", "gamma-above-one"],
-    "a flag argparse cannot read": ["seed-not-an-int", "epochs-not-an-int", "unknown-flag", "evaluate-bad-flag-value"],
+    "a flag argparse cannot read": ["seed-not-an-int", "epochs-not-an-int", "unknown-flag", "evaluate-bad-flag-value",
+                                    "abbreviated-flag"],
+    "a flag that does not apply to the script": ["flag-not-for-the-rl-script", "flag-not-for-pretrain-teacher"],
     "a `--fraction`": ["fraction-selects-one", "fraction-selects-none"],
     "a teacher checkpoint that lacks some of the data's classes": [
         "teacher-other-class-count",
@@ -295,6 +305,7 @@ README_ROWS = {
     "`--resume` with incompatible flags": ["resume-other-flags", "resume-changed-data"],
     "`--resume` or `evaluate.py` on a folder": ["resume-corrupt-config", "resume-no-config", "evaluate-corrupt-config"],
     "`evaluate.py --report` with a cut-short": ["evaluate-report-truncated-metrics"],
+    "`evaluate.py` given no folder": ["evaluate-no-run-folder"],
     "a NaN or infinite loss": ["nan-loss"],
     "`--policy` of another action space": ["policy-other-action-space", "policy-not-a-zip"],
 }  # fmt: skip

@@ -42,9 +42,10 @@ def test_wider_synthetic_teacher_is_sliced_by_wordnet_id(tiny_teacher):
 
 
 def pretrain(cache, *extra, epochs=1):
-    argv = train_args("ignored", "--student", "resnet10t", "--label-weight", 1, "--cache-dir", cache, *extra,
+    argv = train_args("no-out", "--student", "resnet10t", "--label-weight", 1, "--cache-dir", cache, *extra,
                       epochs=epochs)[1:]  # fmt: skip
-    return pretrain_teacher.pretrained_teacher(argv)
+    out = argv.index("--out")
+    return pretrain_teacher.pretrained_teacher(argv[:out] + argv[out + 2 :])  # the cache picks the folder: no --out
 
 
 def test_pretrained_teacher_is_cached_and_retrained_when_its_key_changes(tmp_path):

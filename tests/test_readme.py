@@ -16,7 +16,9 @@ def code_blocks() -> list[list[str]]:
 
 
 def test_setup_and_test_commands_are_what_ci_runs():
-    assert code_blocks()[0] == ["pip install -r requirements.txt", "python -m pytest"]
+    venv, *install_and_test = code_blocks()[0]
+    assert venv == "python3 -m venv .venv && . .venv/bin/activate"  # what CI does, in a folder of its own
+    assert install_and_test == ["pip install -r requirements.txt", "python -m pytest"]
     ci = (ROOT / ".ci" / "run").read_text()
     assert "pip install --quiet -r requirements.txt" in ci and "\npython -m pytest" in ci
 
@@ -55,11 +57,12 @@ def test_every_python_command_in_the_readme_parses():
     """Commands that need a GPU and the real data cannot run here; their flags must still exist and parse."""
     import compare_curricula
     import evaluate
+    import pretrain_teacher
     import train_student
     import train_student_rl
 
     scripts = {"train_student.py": train_student.Config, "evaluate.py": evaluate.Config,
-               "train_student_rl.py": train_student_rl.RLConfig, "pretrain_teacher.py": train_student.Config,
+               "train_student_rl.py": train_student_rl.RLConfig, "pretrain_teacher.py": pretrain_teacher.TeacherConfig,
                "compare_curricula.py": compare_curricula.Config}  # fmt: skip
     pattern = r"`python ((?:train_student|train_student_rl|evaluate|pretrain_teacher|compare_curricula)\.py[^`]*)`"
     commands = re.findall(pattern, README)

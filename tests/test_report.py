@@ -110,3 +110,70 @@ def test_histogram_epochs_are_spread_in_numeric_order():
     keys = ["epoch_10", "epoch_0", "epoch_25", "epoch_5", "epoch_20", "epoch_15"]
     assert report.spread_keys(keys) == ["epoch_0", "epoch_10", "epoch_15", "epoch_25"]  # linspace(0, 5, 4) rounded
     assert report.spread_keys(["epoch_3", "epoch_0"]) == ["epoch_0", "epoch_3"]
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list:
+    """The figures the report would save, kept open for inspection instead."""
+    kept = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: kept.append(fig))
+    yield kept
+    for fig in kept:
+        report.plt.close(fig)
+
+
+def rl_rows(rewards: list[float]) -> list[dict]:
+    """metrics.csv rows (strings, as read from the file) of an RL run whose R_acc carries the given spikes."""
+    rows = []
+    for epoch, reward in enumerate(rewards, start=1):
+        terms = {"reward_acc": reward - 1.0, "reward_loss": -1.0 if epoch % 3 == 0 else 0.0, "reward_early": 1.0,
+                 "reward_abs": 0.0}  # fmt: skip
+        values = {"epoch": epoch, "target_difficulty": 0.5, "difficulty_selected": 0.4, "reward": reward, **terms}
+        rows.append({key: str(value) for key, value in values.items()})
+    return rows
+
+
+def test_robust_limits_leave_out_a_spike_and_keep_the_rest():
+    values = np.array([0.0, 73.0, 5.0, 2.0, -3.0, 1.0, 2.0, 0.5, -1.0, 4.0])
+    low, high = report.robust_limits(values)
+    assert 5.0 < high < 20.0 and -10.0 < low <= -3.0  # the 73 is off the axis, every other value on it
+    low, high = report.robust_limits(np.array([1.0, 2.0, 3.0]))
+    assert low < 0.0 and high > 3.0  # no spike: everything, and 0, in view
+    assert report.robust_limits(np.array([np.nan])) == (-1.0, 1.0)
+
+
+def test_reward_panel_clips_the_spike_and_marks_it(figures, tmp_path):
+    group = {"name": "rl", "label": "RL", "metrics": [rl_rows([0.0, 73.0, 3.0, 2.5, -2.0, 1.5, 2.0])]}
+    report.plot_curriculum(group, tmp_path / "curriculum.png")
+    reward_ax = figures[0].axes[1]
+    low, high = reward_ax.get_ylim()
+    assert 3.0 < high < 73.0 and low <= -2.0  # the other epochs' rewards and terms fill the panel
+    marks = [text.get_text() for text in reward_ax.texts]
+    assert sorted(marks) == ["72", "73"]  # the reward and its R_acc at epoch 2, each marked with its value
+    assert "2 off-scale values" in reward_ax.get_title()
+
+
+def test_difficulty_histograms_count_epochs_from_one(figures, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "difficulty_history.npz", epoch_0=rng.random(50), epoch_2=rng.random(50))
+    rows = [{"epoch": str(e), "target_difficulty": "0.5", "difficulty_selected_min": "0.3",
+             "difficulty_selected_max": "0.7"} for e in (1, 2, 3)]  # fmt: skip
+    report.plot_difficulty_histograms(tmp_path, rows, tmp_path / "difficulty.png")
+    titles = [ax.get_title() for ax in figures[0].axes]
+    assert titles == ["scores used by epoch 1", "scores used by epoch 3"]  # scored before epoch 1, after epoch 2
+
+
+def test_coverage_shows_one_never_selected_sample_of_2000(figures, tmp_path):
+    coverage = np.full(2000, 3)
+    coverage[7] = 0
+    np.save(tmp_path / "coverage.npy", coverage)
+    group = {"name": "adaptive", "folders": [tmp_path], "metrics": [[{"epoch": "1"}, {"epoch": "2"}, {"epoch": "3"}]]}
+    report.plot_coverage([group], tmp_path / "coverage.png")
+    ax = figures[0].axes[0]
+    never_bar = ax.patches[0]
+    assert never_bar.get_height() == 1 and ax.get_yscale() == "log"
+    bottom, top = ax.get_ylim()
+    assert bottom < 1 and top > 1999  # the bar of one sample rises above the axis' bottom on the log scale
+    labels = [text.get_text() for text in ax.texts]
+    assert "1" in labels and "1999" in labels  # each bar carries its count
+    assert any(label.startswith("never selected: 1 of 2000") for label in labels)

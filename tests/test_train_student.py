@@ -12,6 +12,7 @@ import evaluate
 import models
 import train_student
 from conftest import TINY, run_script, train_args
+from errors import UserError
 
 RUN_FILES = ["config.json", "metrics.csv", "last.pt", "best.pt", "results.json"]
 
@@ -92,3 +93,18 @@ def test_local_teacher_weights_file(tmp_path):
     out = tmp_path / "run"
     run_script(*train_args(out, "--teacher", "resnet18", "--teacher-weights", weights, "--label-weight", "0.5"))
     assert json.loads((out / "results.json").read_text())["test_acc"] >= 0
+
+
+def test_evaluate_skips_folders_that_hold_no_run(kd_run, tmp_path, capsys):
+    """`evaluate.py runs/table/*/` also matches the report folder: one line on stderr for it, and the table."""
+    out, _ = kd_run
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("# Results report\n")
+    evaluate.main([str(report), str(out), "--no-teacher", "--device", "cpu", "--workers", "0"])
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"skipping {report}: no best.pt there, so no finished run"
+    rows = [line for line in captured.out.splitlines() if line.startswith("| Student")]
+    assert len(rows) == 1 and f"`{out.name}`" in rows[0]
+    with pytest.raises(UserError, match=r"no finished run among the arguments \(no best.pt in .*report\)"):
+        evaluate.main([str(report), "--no-teacher"])
