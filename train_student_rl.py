@@ -278,8 +278,6 @@ def pretrain(agent: PPO, experiment: Experiment, config: RLConfig, folder: Path)
                         MetricsLog(proxy_folder))  # fmt: skip
     if resume is not None:
         load_agent_state(agent, resume["agent"])
-    elif config.resume:  # killed before the first proxy epoch was saved: start the proxies over
-        env.log.truncate(0)
     steer(agent, env, config.pretrain_episodes, learn=True, phase=0, resume=resume)
 
 

@@ -93,10 +93,11 @@ def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, tiny_teach
         assert torch.equal(a, b), name
 
 
-def test_rl_run_killed_before_its_first_checkpoint_logs_each_epoch_once(tmp_path, tiny_teacher, cache_dir):
-    """A kill after epoch 1's metrics row and before the first last.pt (and in the middle of a write): the resumed
-    run starts over and logs every epoch once, as the uninterrupted run. Every file an RL run writes (it writes the
-    most kinds) is on bookkeeping.RUN_FILES, the list --overwrite clears."""
+def test_rl_run_killed_before_its_first_checkpoint_is_not_a_run(tmp_path, tiny_teacher, cache_dir):
+    """A kill after epoch 1's metrics row and before the first last.pt (and in the middle of a write) leaves no
+    completed epoch: --resume has nothing to resume, and the same command run again uses the folder without
+    --overwrite, clears the dead attempt's files and logs every epoch once, as the uninterrupted run. Every file an RL
+    run writes (it writes the most kinds) is on bookkeeping.RUN_FILES, the list --overwrite clears."""
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
              "--agent-steps", "2", "--pretrain-episodes", "1", "--pretrain-epochs", "2",
              "--pretrain-subset", "0.5"]  # fmt: skip
@@ -107,10 +108,15 @@ def test_rl_run_killed_before_its_first_checkpoint_logs_each_epoch_once(tmp_path
     (killed / "config.json").write_bytes((whole / "config.json").read_bytes())
     header, first_row, *_ = (whole / "metrics.csv").read_text().splitlines(keepends=True)
     (killed / "metrics.csv").write_text(header + first_row)
+    (killed / "proxy").mkdir()
+    (killed / "proxy" / "metrics.csv").write_text(header + first_row)
     (killed / ".last.pt.k1ll3d.tmp").write_bytes(b"")  # what a kill inside atomic_write leaves
-    run_script("train_student_rl.py", "--resume", killed)
+    refused = run_script("train_student_rl.py", "--resume", killed, check=False)
+    assert refused.returncode == 2 and "nothing to resume" in refused.stderr
+    run_script(*train_args(killed, *flags, data=DATA, epochs=2, script="train_student_rl.py"))
     assert [int(row["epoch"]) for row in comparable(killed)] == [1, 2]
     assert comparable(killed) == comparable(whole)
+    assert comparable(killed / "proxy") == comparable(whole / "proxy")
     assert not list(killed.glob(".*.tmp"))
     assert {path.name for path in killed.iterdir()} <= set(bookkeeping.RUN_FILES)
 
