@@ -234,6 +234,14 @@ def prepare_run_folder(out: str, overwrite: bool, dry_run: bool = False) -> Path
     return folder
 
 
+def results_line(results: dict, folder) -> str:
+    """The one line a finished run prints: its figures are in results.json."""
+    return (
+        f"test top-1 {results['test_acc']:.2f}% (best-val checkpoint, epoch {results['best_epoch']}), "
+        f"{results['last_test_acc']:.2f}% (last epoch); {Path(folder) / 'results.json'}"
+    )
+
+
 def read_config(folder: Path, flag: str) -> dict:
     """The config.json of a run folder, or one line on what is wrong with it."""
     path = Path(folder) / "config.json"

@@ -36,6 +36,7 @@ from bookkeeping import (
     load_checkpoint,
     open_run_folder,
     read_metrics,
+    results_line,
     save_json,
     start_run,
 )
@@ -351,7 +352,7 @@ def main(argv=None) -> None:
             f"cost: {proxies} proxy runs {results['pretrain_seconds']:.0f}s + full run "
             f"{results['full_run_seconds']:.0f}s = {results['cost_vs_full_run']:.2f}x one full run"
         )
-        print(json.dumps(results))
+        print(results_line(results, config.out))
     end_distributed()
 
 
