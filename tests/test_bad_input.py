@@ -252,6 +252,7 @@ CASES = [
 STARTS_A_RUN = {"nan-loss", "corrupt-image-in-worker"}  # refused only once training ran: their new folder may exist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "argv", "expected", "env"), CASES, ids=[case[0] for case in CASES])
 def test_bad_input_ends_in_one_line(server, files, tmp_path, case, argv, expected, env):
     before = snapshot(files.earlier)

@@ -5,6 +5,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 import bookkeeping
 from conftest import ROOT
 
@@ -21,6 +23,7 @@ def test_setup_and_test_commands_are_what_ci_runs():
     assert "pip install --quiet -r requirements.txt" in ci and "\npython -m pytest" in ci
 
 
+@pytest.mark.slow
 def test_demo_runs_as_written(tmp_path):
     """The README's demo command, with --quick (tiny data, one epoch) and a temporary --out appended."""
     (demo,) = code_blocks()[1]

@@ -18,6 +18,8 @@ import train_student
 from conftest import ROOT, run_script, train_args
 from errors import run_cli
 
+pytestmark = pytest.mark.slow  # every test here trains (see pyproject.toml)
+
 DATA = "synthetic:classes=4,train=96,val=32,test=32,size=32,seed=0"
 WALL_CLOCK = {"seconds", "agent_seconds"}
 
