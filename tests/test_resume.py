@@ -67,17 +67,27 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_teacher,
         assert comparable(twin) == comparable(whole)
 
 
-@pytest.mark.parametrize("phase", ["proxy", "full"])
-def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, tiny_teacher, cache_dir, phase):
-    """The agent's weights, optimiser, timestep count, reward scale and partial rollout survive the kill, in the proxy
-    runs or in the full run: the resumed run is the uninterrupted one, epoch for epoch, and so is the final agent."""
+RL_EPOCHS = 5
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_rl_run(tmp_path_factory, tiny_teacher, cache_dir):
+    """(flags, the run folder) of the uninterrupted RL run both kills are compared with: trained once."""
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
              "--agent-steps", "3", "--control-temperature", "--pretrain-episodes", "2", "--pretrain-epochs", "3",
              "--pretrain-subset", "0.5", "--full-run", "learn"]  # fmt: skip
-    epochs = 5
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole = tmp_path_factory.mktemp("rl") / "whole"
+    run_script(*train_args(whole, *flags, data=DATA, epochs=RL_EPOCHS, script="train_student_rl.py"))
+    return flags, whole
+
+
+@pytest.mark.parametrize("phase", ["proxy", "full"])
+def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, uninterrupted_rl_run, phase):
+    """The agent's weights, optimiser, timestep count, reward scale and partial rollout survive the kill, in the proxy
+    runs or in the full run: the resumed run is the uninterrupted one, epoch for epoch, and so is the final agent."""
+    flags, whole = uninterrupted_rl_run
+    epochs, killed = RL_EPOCHS, tmp_path / "killed"
     args = {"data": DATA, "epochs": epochs, "script": "train_student_rl.py"}
-    run_script(*train_args(whole, *flags, **args))
     log, total = ("proxy/metrics.csv", 2 * 3) if phase == "proxy" else ("metrics.csv", epochs)
     kill_part_way(train_args(killed, *flags, **args), killed, rows_first=2, total=total, log=log)
     run_script("train_student_rl.py", "--resume", killed)
