@@ -20,7 +20,7 @@ from pathlib import Path
 
 from errors import UserError
 
-# Every file a run writes into its folder: --overwrite clears exactly these, and their presence marks a run.
+# Every file a run writes into its folder: --overwrite clears exactly these.
 RUN_FILES = (
     "config.json",
     "metrics.csv",
@@ -34,6 +34,19 @@ RUN_FILES = (
     "agent.zip",
     "proxy",
 )
+# What marks a run: a completed epoch (its last.pt; an RL run's proxy epochs count) or its results. A folder with
+# only the files of an attempt that died before its first epoch (config.json, a metrics row) is not a run.
+RUN_MARKERS = ("last.pt", "proxy/last.pt", "results.json")
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; done once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; a run's files get the mode open() would give them (0666 less the umask)
+FILE_MODE = 0o666 & ~_read_umask()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -165,6 +178,7 @@ def atomic_write(path: Path, write) -> None:
     except OSError as err:
         raise write_error(path, err) from None
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -252,22 +266,38 @@ def load_checkpoint(path) -> dict:
     return checkpoint
 
 
+def holds_run(folder) -> bool:
+    """The folder holds a run that finished at least one epoch (see RUN_MARKERS)."""
+    return any((Path(folder) / name).exists() for name in RUN_MARKERS)
+
+
 def prepare_run_folder(out: str, overwrite: bool, dry_run: bool = False) -> Path:
-    """A new run folder. An existing run is never touched unless the user asks with --overwrite; `dry_run` only
-    checks, so a script can refuse before its slow set-up and clear the folder only once that set-up worked."""
+    """A new run folder. An existing run is never touched unless the user asks with --overwrite; the files of an
+    attempt that died before its first epoch are cleared without asking. `dry_run` only checks, so a script can
+    refuse before its slow set-up and clear the folder only once that set-up worked."""
     folder = check_writable_folder(out, "--out")
     existing = [name for name in RUN_FILES if (folder / name).exists()]
-    if existing and not overwrite:
+    if holds_run(folder) and not overwrite:
         raise UserError(
             f"{folder} already holds a run ({', '.join(existing)}); pick another --out, --resume it, or --overwrite."
         )
     if dry_run:
         return folder
+    if existing and not holds_run(folder):
+        print(f"clearing {folder}: its run never finished an epoch ({', '.join(existing)})", file=sys.stderr)
     for name in existing:
         target = folder / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def results_line(results: dict, folder) -> str:
+    """The one line a finished run prints: its figures are in results.json."""
+    return (
+        f"test top-1 {results['test_acc']:.2f}% (best-val checkpoint, epoch {results['best_epoch']}), "
+        f"{results['last_test_acc']:.2f}% (last epoch); {Path(folder) / 'results.json'}"
+    )
 
 
 def read_config(folder: Path, flag: str) -> dict:
@@ -295,7 +325,7 @@ RESUME_MAY_CHANGE = {"resume", "workers", "device", "cache_dir", "overwrite"}
 
 
 def resume_config(config_class, argv, script: str):
-    """The config of the run in `--resume FOLDER`, and its last.pt (None if no epoch finished before the kill).
+    """The config of the run in `--resume FOLDER`, and its last.pt (None if only proxy epochs finished before the kill).
 
     Flags given together with --resume must agree with the run's config, except RESUME_MAY_CHANGE."""
     given = vars(build_parser(config_class, explicit_only=True).parse_args(argv))
@@ -304,6 +334,11 @@ def resume_config(config_class, argv, script: str):
     check_writable_folder(folder, "--resume")
     if saved.get("script") != script:
         raise UserError(f"--resume {folder}: that run was made by {saved.get('script')}; resume it with that script.")
+    if not holds_run(folder):
+        raise UserError(
+            f"--resume {folder}: that run never finished an epoch, so there is nothing to resume; run its command "
+            "again without --resume (it clears that attempt's files)."
+        )
     names = {f.name for f in dataclasses.fields(config_class)}
     config = config_class(**{name: value for name, value in saved.items() if name in names})
     conflicts = [

@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import transforms
 
+import hub
 from errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -332,13 +333,19 @@ def check_hub_tables(tables, where: str) -> tuple[dict, list[str]]:
 def load_hub(name: str) -> tuple[dict, list[str]]:
     import datasets
 
+    no_network = hub.offline()  # checked once: offline, load_dataset reads its cache instead of retrying
     try:
         raw = datasets.load_dataset(name)
         tables = {split: raw[hub_name] for split, hub_name in HUB_SPLITS.items()}
     except Exception as err:  # no network, unknown repo, missing split: all end the same way for the user
+        why = (
+            f"{name} is not in the local Hugging Face cache and the hub cannot be reached"
+            if no_network
+            else f"could not load {name} from the Hugging Face hub ({type(err).__name__})"
+        )
         raise UserError(
-            f"could not load {name} from the Hugging Face hub ({type(err).__name__}); with no network, download it "
-            f"elsewhere (huggingface-cli download {name} --repo-type dataset --local-dir DIR) and pass --data DIR."
+            f"{why}; download it where there is network (hf download {name} --repo-type dataset --local-dir DIR) "
+            f"and pass --data DIR, {hub.OFFLINE_DATA}."
         ) from None
     return check_hub_tables(tables, name)
 

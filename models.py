@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import hub
 from errors import UserError
 
 DIFFICULTY_WEIGHTS = {"conf": 0.3, "entropy": 0.3, "kl": 0.4}
 KL_SCALE = 5.0  # D_kl = min(KL / 5, 1)
+OFFLINE_TEACHER = "; offline, a teacher of yours (--teacher-checkpoint) or none (--label-weight 1) needs no download"
 
 
 def create_model(
@@ -25,6 +27,7 @@ def create_model(
     if not timm.is_model(name):
         raise UserError(f"timm has no model {name!r}; pick one of timm.list_models() (e.g. mobilenetv2_100).")
     overlay = {"file": str(weights_file)} if weights_file else None
+    no_network = pretrained and not weights_file and hub.offline()  # checked once: offline, timm reads its cache
     try:
         return timm.create_model(
             name, pretrained=pretrained or bool(weights_file), num_classes=num_classes, pretrained_cfg_overlay=overlay
@@ -35,9 +38,14 @@ def create_model(
                 f"cannot load {weights_file} into {name} ({type(err).__name__}: {err}); "
                 "pass a state dict of that model."
             ) from None
+        why = (
+            f"the weights of {name} are not in the local Hugging Face cache and the hub cannot be reached"
+            if no_network
+            else f"could not fetch the pretrained weights of {name} ({type(err).__name__})"
+        )
         raise UserError(
-            f"could not fetch the pretrained weights of {name} ({type(err).__name__}); with no network, download them "
-            f"elsewhere (huggingface-cli download {hub_id(name)}) and pass the .safetensors file with {flag} FILE."
+            f"{why}; download them where there is network (hf download {hub_id(name)}) and pass the .safetensors "
+            f"file with {flag} FILE{OFFLINE_TEACHER if flag == '--teacher-weights' else ''}."
         ) from None
 
 

@@ -10,13 +10,12 @@ timm/mini-imagenet with 60% weight on the labels. Examples:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import timm
 
-from bookkeeping import check_writable_folder, field, is_main_process, open_run_folder, start_run
+from bookkeeping import check_writable_folder, field, is_main_process, open_run_folder, results_line, start_run
 from curriculum_dataloader import PACINGS, SCORED, STRATEGIES, TARGET_SCALES
 from engine import MAX_SEED, Experiment, TrainingRun, augment_seed, end_distributed
 from errors import UserError, run_cli
@@ -131,7 +130,7 @@ def main(argv=None) -> None:
         run.end_epoch(run.train_epoch())
     results = run.finish()
     if is_main_process():
-        print(json.dumps(results))
+        print(results_line(results, config.out))
     end_distributed()
 
 

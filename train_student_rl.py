@@ -36,6 +36,7 @@ from bookkeeping import (
     load_checkpoint,
     open_run_folder,
     read_metrics,
+    results_line,
     save_json,
     start_run,
 )
@@ -285,8 +286,6 @@ def pretrain(agent: PPO, experiment: Experiment, config: RLConfig, folder: Path)
                         MetricsLog(proxy_folder))  # fmt: skip
     if resume is not None:
         load_agent_state(agent, resume["agent"])
-    elif config.resume:  # killed before the first proxy epoch was saved: start the proxies over
-        env.log.truncate(0)
     steer(agent, env, config.pretrain_episodes, learn=True, phase=0, resume=resume)
 
 
@@ -360,7 +359,7 @@ def main(argv=None) -> None:
             f"cost: {proxies} proxy runs {results['pretrain_seconds']:.0f}s + full run "
             f"{results['full_run_seconds']:.0f}s = {results['cost_vs_full_run']:.2f}x one full run"
         )
-        print(json.dumps(results))
+        print(results_line(results, config.out))
     end_distributed()
 
 

@@ -10,14 +10,17 @@
 #
 # Options: --data D (synthetic: the benchmark, or synthetic:OPTIONS for the students)  --out DIR (default
 #          runs/compare)  --epochs N  --seeds S,S,... (default 0,1,2)  --targets T,T,... (adaptive's fixed targets,
-#          default 0.2,0.4,0.6)  --device DEV  --cache-dir DIR  --quick
-# Run folders are $out/<strategy>-s<seed>; the table lands in $out/comparison.md, .json and .png.
+#          default 0.2,0.4,0.6)  --device DEV  --cache-dir DIR  --quick  --overwrite (replace the runs and table in --out)
+# Run folders are $out/<strategy>-s<seed>; the table lands in $out/comparison.md, .json and .png. An --out that already
+# holds one of these finished runs or a comparison is refused before anything runs, unless --overwrite.
 # Extra flags after -- go to every train_student.py call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
+source scripts/common.sh
 
-data=synthetic out=runs/compare epochs="" device=auto seeds=0,1,2 targets=0.2,0.4,0.6 quick=0 cache=() extra=()
+data=synthetic out=runs/compare epochs="" device=auto seeds=0,1,2 targets=0.2,0.4,0.6 quick=0 overwrite=() cache=()
+extra=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --data) data=$2; shift 2 ;;
@@ -28,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     --targets) targets=$2; shift 2 ;;
     --cache-dir) cache=(--cache-dir "$2"); shift 2 ;;
     --quick) quick=1; shift ;;
+    --overwrite) overwrite=(--overwrite); shift ;;
     --) shift; extra=("$@"); break ;;
     *) echo "error: unknown option $1; see the header of $0." >&2; exit 2 ;;
   esac
@@ -35,6 +39,13 @@ done
 [[ $data == synthetic* ]] || { echo "error: only --data synthetic[:OPTIONS] is wired up here; see $0." >&2; exit 2; }
 IFS=, read -ra seeds <<< "$seeds"
 IFS=, read -ra targets <<< "$targets"
+strategies=(none random_subset)
+for target in "${targets[@]}"; do strategies+=("adaptive-t$target"); done
+strategies+=(easy_to_hard hard_to_easy hard_mining mixed soft)
+planned=()
+for seed in "${seeds[@]}"; do for name in "${strategies[@]}"; do planned+=("$out/$name-s$seed"); done; done
+[[ ${#overwrite[@]} -gt 0 ]] || refuse_existing_results "$out" "${planned[@]}" "$out/comparison.md" "$out/comparison.json"
+step=0 steps=${#planned[@]}
 
 source scripts/synthetic_benchmark.sh
 pretrain_data=$BENCH_PRETRAIN_DATA teacher_flags=("${BENCH_TEACHER[@]}")
@@ -54,7 +65,10 @@ common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$BENCH_W
 folders=()
 run() {  # run NAME SEED FLAGS...: one strategy with one seed
   local name=$1 seed=$2; shift 2
-  $PYTHON train_student.py "${common[@]}" --seed "$seed" --out "$out/$name-s$seed" --overwrite "$@" "${extra[@]}"
+  local command=(train_student.py "${common[@]}" --seed "$seed" --out "$out/$name-s$seed" "${overwrite[@]}" "$@"
+                 "${extra[@]}")
+  header "$name-s$seed" "${command[*]}"
+  $PYTHON "${command[@]}"
   folders+=("$out/$name-s$seed")
 }
 SECONDS=0

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Reproduce the results table: train each row's student, then test them all with evaluate.py.
 #
-#   scripts/reproduce_table.sh --data synthetic            # the CPU demo: the synthetic benchmark, a few minutes
+#   scripts/reproduce_table.sh --data synthetic            # the CPU demo: the synthetic benchmark, in runs/demo
 #   scripts/reproduce_table.sh                             # the reference table: timm/mini-imagenet on a GPU
 #   scripts/reproduce_table.sh --data synthetic --quick    # a smoke test (what the test suite runs)
 #   scripts/reproduce_table.sh --data synthetic --seeds 0,1,2   # each row 3 times: mean +- std in the table
 #
-# Options: --data D  --out DIR (default runs/table)  --epochs N  --device DEV  --seeds S,S,... (default 0)  --quick
+# Options: --data D  --out DIR (default runs/demo for synthetic data, runs/table for the real table)  --epochs N
+#          --device DEV  --seeds S,S,... (default 0)  --quick  --overwrite (replace the runs and table in --out)
 #          --cache-dir DIR (teacher-logit cache and, for synthetic data, the cached pretrained teacher)
+# An --out that already holds a finished row or a table is refused before anything runs, unless --overwrite.
 # `--data synthetic` is the benchmark of scripts/synthetic_benchmark.sh (a teacher pretrained on a wider synthetic
 # set, sliced to the students' classes); `--data synthetic:OPTIONS` trains the students on those options instead.
 # With one seed a row's run folder is $out/<row>; with several, $out/<row>-s<seed>. The report (figures beside the
@@ -19,8 +21,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
+source scripts/common.sh
 
-data=timm/mini-imagenet out=runs/table epochs="" device=auto seeds=0 quick=0 cache=() extra=()
+data=timm/mini-imagenet out="" epochs="" device=auto seeds=0 quick=0 overwrite=() cache=() extra=()
 while [[ $# -gt 0 ]]; do
   case $1 in
     --data) data=$2; shift 2 ;;
@@ -29,6 +32,7 @@ while [[ $# -gt 0 ]]; do
     --device) device=$2; shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
     --quick) quick=1; shift ;;
+    --overwrite) overwrite=(--overwrite); shift ;;
     --cache-dir) cache=(--cache-dir "$2"); shift 2 ;;
     --) shift; extra=("$@"); break ;;
     *) echo "error: unknown option $1; see the header of $0." >&2; exit 2 ;;
@@ -36,6 +40,17 @@ while [[ $# -gt 0 ]]; do
 done
 IFS=, read -ra seeds <<< "$seeds"
 [[ ${#seeds[@]} -gt 0 ]] || { echo "error: --seeds needs at least one seed, e.g. --seeds 0,1,2." >&2; exit 2; }
+[[ -n $out ]] || { [[ $data == synthetic* ]] && out=runs/demo || out=runs/table; }  # the demo never writes runs/table
+
+rows=(labels kd kd-teacher-only rl random-subset kd-teacher-only-equal-compute)
+folders=()
+for name in "${rows[@]}"; do  # with one seed a row's folder is $out/<row>; with several, $out/<row>-s<seed>
+  for seed in "${seeds[@]}"; do
+    if [[ ${#seeds[@]} -gt 1 ]]; then folders+=("$out/$name-s$seed"); else folders+=("$out/$name"); fi
+  done
+done
+[[ ${#overwrite[@]} -gt 0 ]] || refuse_existing_results "$out" "${folders[@]}" "$out/table.md" "$out/table.json"
+step=0 steps=${#folders[@]}
 
 if [[ $data == synthetic* ]]; then
   # The student is resnet10t: MobileNetV2's stride-32 stem leaves 1x1 feature maps at 32 px and learns too slowly
@@ -52,7 +67,10 @@ if [[ $data == synthetic* ]]; then
   : "${epochs:=$BENCH_EPOCHS}"
   common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$workers" --batch-size "$BENCH_BATCH"
           --teacher-logits replay "${cache[@]}")
-  checkpoint=$(pretrained_teacher "$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
+  teacher_args=("$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
+  steps=$(( steps + 1 ))  # the teacher first
+  header teacher "pretrain_teacher.py --data ${teacher_args[0]} ${TEACHER_FLAGS[*]} ${teacher_args[*]:1} (once, then cached)"
+  checkpoint=$(pretrained_teacher "${teacher_args[@]}")
   teacher=(--teacher-checkpoint "$checkpoint")
 else
   student=mobilenetv2_100 workers=8 rl_flags=()
@@ -62,15 +80,15 @@ else
   teacher=(--teacher resnet152.tv_in1k)
 fi
 
-folders=()
 run() {  # run SCRIPT NAME FLAGS...: one table row, once per seed
-  local script=$1 name=$2 seed folder; shift 2
+  local script=$1 name=$2 seed folder command; shift 2
   for seed in "${seeds[@]}"; do
     folder=$out/$name
     [[ ${#seeds[@]} -gt 1 ]] && folder=$out/$name-s$seed
-    $PYTHON "$script" "${common[@]}" --student "$student" "${teacher[@]}" --seed "$seed" --out "$folder" \
-      --overwrite "$@" "${extra[@]}"
-    folders+=("$folder")
+    command=("$script" "${common[@]}" --student "$student" "${teacher[@]}" --seed "$seed" --out "$folder"
+             "${overwrite[@]}" "$@" "${extra[@]}")
+    header "${folder##*/}" "${command[*]}"
+    $PYTHON "${command[@]}"
   done
 }
 run train_student.py labels --label-weight 1
@@ -83,5 +101,6 @@ run train_student.py random-subset --label-weight 0 --curriculum random_subset -
 run train_student.py kd-teacher-only-equal-compute --label-weight 0 --epochs $(( (6 * epochs + 5) / 10 ))
 
 # seeds of one row share a config but for --seed and --out: evaluate.py pools them into one row
+echo "== the table: evaluate.py ${folders[*]} --report $out/report =="
 $PYTHON evaluate.py "${folders[@]}" "${teacher[@]}" --device "$device" \
   --workers "$workers" --json "$out/table.json" --report "$out/report" | tee "$out/table.md"

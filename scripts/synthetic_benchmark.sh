@@ -30,7 +30,8 @@ BENCH_WORKERS=0
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # pretrained_teacher DATA FLAGS...: print the cached teacher's best.pt, training it first if its key is new
+TEACHER_FLAGS=(--label-weight 1 --batch-size 128 --workers "$BENCH_WORKERS")
 pretrained_teacher() {
   local data=$1; shift
-  $PYTHON pretrain_teacher.py --data "$data" --label-weight 1 --batch-size 128 --workers "$BENCH_WORKERS" "$@"
+  $PYTHON pretrain_teacher.py --data "$data" "${TEACHER_FLAGS[@]}" "$@"
 }

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
 
@@ -91,6 +92,7 @@ def train_on_surrogate(seed: int) -> tuple[float, float]:
     return before, probability_near_best(agent, env, episode)
 
 
+@pytest.mark.slow
 def test_default_agent_finds_the_best_target_in_300_steps():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 64x64 MLP: threads only contend

@@ -159,6 +159,9 @@ def files(tmp_path_factory, server) -> Files:
     (p["corrupt_config"] / "config.json").write_text('{"script": "train_student.py", "data": ')
     p["no_config"] = copy_run(made.earlier, root / "no-config")
     (p["no_config"] / "config.json").unlink()
+    p["dead_attempt"] = copy_run(made.earlier, root / "dead-attempt")  # died before its first epoch was saved
+    for name in ("last.pt", "best.pt", "results.json"):
+        (p["dead_attempt"] / name).unlink()
     p["truncated_metrics"] = copy_run(made.earlier, root / "truncated-metrics")
     metrics = (p["truncated_metrics"] / "metrics.csv").read_text()
     (p["truncated_metrics"] / "metrics.csv").write_text(metrics[: len(metrics) - 20])
@@ -174,7 +177,7 @@ def rl(out, *flags, **options):
 
 
 KD = ("--label-weight", "0.5", "--student", "resnet10t")
-HUB_OFFLINE = {"HF_HUB_OFFLINE": "1"}
+NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # a closed port: the hub cannot be reached
 
 # (id, argv(files, fresh out folder), words the message must hold, environment of a plain subprocess or None)
 CASES = [
@@ -193,8 +196,12 @@ CASES = [
     ("corrupt-image-in-worker", lambda f, o: student(o, "--label-weight", "1", "--student", "resnet10t",
      "--workers", "1", data=f.corrupt_image), ("img1.jpg", "delete or replace"), None),
     ("no-network-for-weights", lambda f, o: student(o, "--teacher", "resnet18", *KD[:2]),
-     ("--teacher-weights", "huggingface-cli download timm/resnet18"), HUB_OFFLINE),
+     ("--teacher-weights", "hf download timm/resnet18", "--teacher-checkpoint"), NO_HUB),
+    ("no-network-for-data", lambda f, o: student(o, data="timm/mini-imagenet"),
+     ("hf download timm/mini-imagenet --repo-type dataset", "--data DIR", "--data synthetic"), NO_HUB),
     ("existing-run-folder", lambda f, o: student(f.earlier), "--overwrite", None),
+    ("resume-nothing-to-resume", lambda f, o: ["train_student.py", "--resume", f.dead_attempt],
+     ("nothing to resume", "without --resume"), None),
     ("resume-other-flags", lambda f, o: ["train_student.py", "--resume", f.earlier, "--lr", "0.5"], "--lr differ",
      None),
     ("resume-changed-data", lambda f, o: ["train_student.py", "--resume", f.changed_data], "changed", None),
@@ -254,6 +261,7 @@ CASES = [
 STARTS_A_RUN = {"nan-loss", "corrupt-image-in-worker"}  # refused only once training ran: their new folder may exist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "argv", "expected", "env"), CASES, ids=[case[0] for case in CASES])
 def test_bad_input_ends_in_one_line(server, files, tmp_path, case, argv, expected, env):
     before = snapshot(files.earlier)
@@ -295,13 +303,14 @@ README_ROWS = {
         "teacher-name-does-not-fit-weights",
     ],
     "a corrupt image": ["corrupt-image-in-worker"],
-    "no network for hub weights": ["no-network-for-weights"],
+    "no network for hub weights": ["no-network-for-weights", "no-network-for-data"],
     "an existing run folder": ["existing-run-folder"],
     "`--out`, `--cache-dir`, `--json` or `--report`": ["out-under-a-file", "out-is-a-file", "cache-dir-under-a-file",
                                                        "overwrite-then-bad-cache-dir", "evaluate-json-unwritable",
                                                        "evaluate-report-unwritable"],
     "a full disk": [],  # no disk fills up in a test: test_bookkeeping.py fills one atomic write instead
     "unknown `--student`": ["overwrite-then-unknown-student"],
+    "`--resume` on a run that never finished an epoch": ["resume-nothing-to-resume"],
     "`--resume` with incompatible flags": ["resume-other-flags", "resume-changed-data"],
     "`--resume` or `evaluate.py` on a folder": ["resume-corrupt-config", "resume-no-config", "evaluate-corrupt-config"],
     "`evaluate.py --report` with a cut-short": ["evaluate-report-truncated-metrics"],

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from conftest import run_script
 
 
+@pytest.mark.slow
 def test_bench_writes_every_figure(tmp_path):
     out = tmp_path / "bench.json"
     result = run_script("bench.py", "--train", 32, "--repeats", 1, "--batch-size", 16, "--device", "cpu",

@@ -3,6 +3,7 @@ get wrong, and temporary files that never outlive a run."""
 
 import ast
 import errno
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -113,3 +114,39 @@ def test_unwritable_places_are_refused(tmp_path):
         bookkeeping.check_writable_file(tmp_path, "--json")
     assert bookkeeping.check_writable_folder(tmp_path / "new" / "run", "--out") == tmp_path / "new" / "run"
     assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """mkstemp makes 0600 files; a run's files are readable as the umask says, like any file open() creates."""
+    code = "import sys, bookkeeping; bookkeeping.save_json(sys.argv[1], {'a': 1})"
+    path = tmp_path / "results.json"
+    subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, check=True, preexec_fn=lambda: os.umask(umask))
+    assert path.stat().st_mode & 0o777 == mode
+    assert list(tmp_path.iterdir()) == [path]  # no temporary left
+
+
+def test_a_folder_whose_run_never_finished_an_epoch_is_not_a_run(tmp_path, capsys):
+    """A run that died before its first last.pt left config.json and a metrics row: the corrected command may use the
+    folder without --overwrite (its stale files are cleared), and --resume has nothing to resume."""
+    import train_student
+
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    (dead / "config.json").write_text('{"script": "train_student.py", "epochs": 1}')
+    (dead / "metrics.csv").write_text("epoch,val_acc\n1,50.0\n")
+    (dead / "notes.txt").write_text("mine")
+    assert not bookkeeping.holds_run(dead)
+    with pytest.raises(UserError, match="nothing to resume; run its command again without --resume"):
+        bookkeeping.resume_config(train_student.Config, ["--resume", str(dead)], "train_student.py")
+    assert bookkeeping.prepare_run_folder(dead, overwrite=False, dry_run=True) == dead
+    assert (dead / "config.json").exists()  # a dry run clears nothing
+    bookkeeping.prepare_run_folder(dead, overwrite=False)
+    assert [path.name for path in dead.iterdir()] == ["notes.txt"]  # only the run's own files are cleared
+    assert "never finished an epoch (config.json, metrics.csv)" in capsys.readouterr().err
+    for marker in ("last.pt", "proxy/last.pt", "results.json"):  # a completed epoch (an RL proxy's too) is a run
+        run = tmp_path / marker.replace("/", "-")
+        (run / marker).parent.mkdir(parents=True)
+        (run / marker).write_bytes(b"")
+        with pytest.raises(UserError, match="already holds a run.*--overwrite"):
+            bookkeeping.prepare_run_folder(run, overwrite=False, dry_run=True)

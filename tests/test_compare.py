@@ -3,12 +3,14 @@ budget, and the CLI on run folders written by the test."""
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
 import compare_curricula as compare
 import evaluate
-from conftest import TINY
+from conftest import ROOT, TINY
 from errors import UserError
 
 
@@ -74,3 +76,30 @@ def test_cli_writes_table_json_and_figure(tmp_path, capsys):
     assert "+1.50 [-4.85, +7.85]" in printed
     assert json.loads((tmp_path / "out" / "comparison.json").read_text())[1]["vs_baseline"]["n"] == 2
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
+
+
+def test_script_refuses_an_out_with_finished_runs_unless_overwrite(tmp_path):
+    """scripts/compare_curricula.sh never replaces a finished run or comparison it was not asked to: it stops before
+    training anything (no teacher is trained here), naming --overwrite and --out."""
+    (tmp_path / "soft-s0").mkdir()
+    (tmp_path / "soft-s0" / "last.pt").write_bytes(b"a finished epoch")
+    result = subprocess.run(
+        [
+            "scripts/compare_curricula.sh",
+            "--quick",
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and f"error: {tmp_path} already holds results (soft-s0)" in result.stderr
+    assert "--overwrite" in result.stderr and "--out" in result.stderr
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["last.pt", "soft-s0"]

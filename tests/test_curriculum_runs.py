@@ -27,6 +27,7 @@ def count_forwards(experiment) -> list:
     return calls
 
 
+@pytest.mark.slow
 def test_teacher_logits_are_computed_once_then_read_from_the_cache(tmp_path, tiny_teacher):
     first = make_experiment(tmp_path, tiny_teacher)
     calls = count_forwards(first)
@@ -45,6 +46,7 @@ def test_teacher_logits_are_computed_once_then_read_from_the_cache(tmp_path, tin
     assert len(calls) > 0  # another transform is another key
 
 
+@pytest.mark.slow
 def test_adaptive_curriculum_run_records_its_selection(tmp_path, tiny_teacher, cache_dir):
     out = tmp_path / "run"
     flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0", "--curriculum", "adaptive",
@@ -68,6 +70,7 @@ def test_adaptive_curriculum_run_records_its_selection(tmp_path, tiny_teacher, c
     assert json.loads((out / "results.json").read_text())["test_acc"] >= 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["easy_to_hard", "soft", "random_subset"])
 def test_other_strategies_run(tmp_path, tiny_teacher, cache_dir, strategy):
     out = tmp_path / strategy
@@ -90,6 +93,7 @@ def trained_pair(tmp_path_factory):
     return data, root / "teacher" / "best.pt", root / "student" / "best.pt"
 
 
+@pytest.mark.slow
 def test_generated_hard_samples_score_harder(trained_pair, cache_dir):
     """The synthetic set's hard half (by the generator's hardness) scores higher than its easy half."""
     data, teacher, student = trained_pair
@@ -103,6 +107,7 @@ def test_generated_hard_samples_score_harder(trained_pair, cache_dir):
     assert np.corrcoef(scores, hardness)[0, 1] > 0.3
 
 
+@pytest.mark.slow
 def test_cached_teacher_logits_and_train_pass_scores(tmp_path, tiny_teacher, cache_dir):
     """--teacher-logits cached trains from the cache; --score-source train-pass refreshes the trained samples' scores
     every epoch (a new entry in the score history each epoch) and passes only over the rest every --rescore-every."""

@@ -10,6 +10,8 @@ import pytest
 import bookkeeping
 from conftest import run_script, train_args
 
+pytestmark = pytest.mark.slow  # every test here trains (see pyproject.toml)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -28,6 +28,7 @@ def test_a_class_looks_the_same_in_every_synthetic_set_that_names_it():
     assert not np.array_equal(narrow_source.hardness[:8], wide_source.hardness[:8])
 
 
+@pytest.mark.slow
 def test_wider_synthetic_teacher_is_sliced_by_wordnet_id(tiny_teacher):
     subset = data.load_data(SUBSET)
     config = bookkeeping.parse_config(train_student.Config, ["--teacher-checkpoint", str(tiny_teacher)])
@@ -48,6 +49,7 @@ def pretrain(cache, *extra, epochs=1):
     return pretrain_teacher.pretrained_teacher(argv[:out] + argv[out + 2 :])  # the cache picks the folder: no --out
 
 
+@pytest.mark.slow
 def test_pretrained_teacher_is_cached_and_retrained_when_its_key_changes(tmp_path):
     path, reused = pretrain(tmp_path)
     assert not reused and path.is_file() and path.parent.parent == tmp_path / "teachers"
@@ -61,6 +63,7 @@ def test_pretrained_teacher_is_cached_and_retrained_when_its_key_changes(tmp_pat
     assert len(list((tmp_path / "teachers").iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_cut_off_pretraining_is_redone(tmp_path):
     path, _ = pretrain(tmp_path)
     (path.parent / "results.json").unlink()  # as if killed before the end

@@ -5,6 +5,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 import bookkeeping
 from conftest import ROOT
 
@@ -23,21 +25,35 @@ def test_setup_and_test_commands_are_what_ci_runs():
     assert "pip install --quiet -r requirements.txt" in ci and "\npython -m pytest" in ci
 
 
+@pytest.mark.slow
 def test_demo_runs_as_written(tmp_path):
     """The README's demo command, with --quick (tiny data, one epoch) and a temporary --out appended."""
     (demo,) = code_blocks()[1]
     assert demo == "scripts/reproduce_table.sh --data synthetic"
     out = tmp_path / "table"
-    result = subprocess.run(
-        ["bash", "-c", f"{demo} --quick --out {out}"],
-        cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+
+    def demo_run():
+        return subprocess.run(
+            ["bash", "-c", f"{demo} --quick --out {out}"],
+            cwd=ROOT,
+            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    result = demo_run()
     assert result.returncode == 0, result.stderr[-3000:]
-    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    lines = result.stdout.splitlines()
+    headers = [line for line in lines if line.startswith("== [")]  # one per training: which row, which command
+    rows = ["teacher", "labels", "kd", "kd-teacher-only", "rl", "random-subset", "kd-teacher-only-equal-compute"]
+    assert [line.split(":")[0] for line in headers] == [f"== [{k}/7] {row}" for k, row in enumerate(rows, start=1)]
+    assert headers[3].startswith("== [4/7] kd-teacher-only: python train_student.py --data synthetic:")
+    assert f"--out {out}/kd-teacher-only " in headers[3] and "--label-weight 0" in headers[3]
+    assert not any(line.startswith("{") for line in lines), "a raw JSON line of a run"
+    assert sum(line.startswith("test top-1 ") for line in lines) == 6  # one result line per row
+    assert lines[-1].startswith("| Student (resnet10t, KD, teacher only)")  # it ends with the table
+    table = [line for line in lines if line.startswith("| ")]
     assert [line.split(" | ")[0] for line in table[1:]] == [
         "| Teacher (resnet10t, pretrained on 8 classes, sliced to these 4)",
         "| Student (resnet10t, labels only)",
@@ -51,6 +67,11 @@ def test_demo_runs_as_written(tmp_path):
     assert "| Student (resnet10t, labels only)" in (out / "table.md").read_text()
     report = (out / "report" / "report.md").read_text()  # the demo ends by writing the report for its rows
     assert "| Student (resnet10t, labels only)" in report and (out / "report" / "accuracy.png").is_file()
+
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    again = demo_run()  # the same command again: refused before anything runs, nothing replaced
+    assert again.returncode == 2 and "--overwrite" in again.stderr and "--out" in again.stderr, again.stderr
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
 
 def test_every_python_command_in_the_readme_parses():

@@ -45,6 +45,7 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow
 def test_every_figure_is_a_readable_png(reported):
     root, _, _ = reported
     folder = root / "report"
@@ -56,6 +57,7 @@ def test_every_figure_is_a_readable_png(reported):
         assert width >= 200 and height >= 200, (name, width, height)
 
 
+@pytest.mark.slow
 def test_every_link_of_the_report_resolves(reported):
     root, stdout, _ = reported
     text = (root / "report" / "report.md").read_text()
@@ -67,6 +69,7 @@ def test_every_link_of_the_report_resolves(reported):
     assert table in text  # the same table evaluate.py printed
 
 
+@pytest.mark.slow
 def test_seeds_of_one_configuration_are_one_row(reported):
     root, stdout, rows = reported
     lines = [line for line in stdout.splitlines() if line.startswith("| Student")]
@@ -84,6 +87,7 @@ def test_seeds_of_one_configuration_are_one_row(reported):
         assert run["top1"] == pytest.approx(results["test_acc"]) and run["last_top1"] == results["last_test_acc"]
 
 
+@pytest.mark.slow
 def test_coverage_counts_add_up_to_the_samples_trained_on(reported):
     root, _, _ = reported
     for name in ("labels", "adaptive-s0", "adaptive-s1", "rl"):

@@ -18,6 +18,8 @@ import train_student
 from conftest import ROOT, run_script, train_args
 from errors import run_cli
 
+pytestmark = pytest.mark.slow  # every test here trains (see pyproject.toml)
+
 DATA = "synthetic:classes=4,train=96,val=32,test=32,size=32,seed=0"
 WALL_CLOCK = {"seconds", "agent_seconds"}
 
@@ -65,17 +67,27 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_teacher,
         assert comparable(twin) == comparable(whole)
 
 
-@pytest.mark.parametrize("phase", ["proxy", "full"])
-def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, tiny_teacher, cache_dir, phase):
-    """The agent's weights, optimiser, timestep count, reward scale and partial rollout survive the kill, in the proxy
-    runs or in the full run: the resumed run is the uninterrupted one, epoch for epoch, and so is the final agent."""
+RL_EPOCHS = 5
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_rl_run(tmp_path_factory, tiny_teacher, cache_dir):
+    """(flags, the run folder) of the uninterrupted RL run both kills are compared with: trained once."""
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
              "--agent-steps", "3", "--control-temperature", "--pretrain-episodes", "2", "--pretrain-epochs", "3",
              "--pretrain-subset", "0.5", "--full-run", "learn"]  # fmt: skip
-    epochs = 5
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole = tmp_path_factory.mktemp("rl") / "whole"
+    run_script(*train_args(whole, *flags, data=DATA, epochs=RL_EPOCHS, script="train_student_rl.py"))
+    return flags, whole
+
+
+@pytest.mark.parametrize("phase", ["proxy", "full"])
+def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, uninterrupted_rl_run, phase):
+    """The agent's weights, optimiser, timestep count, reward scale and partial rollout survive the kill, in the proxy
+    runs or in the full run: the resumed run is the uninterrupted one, epoch for epoch, and so is the final agent."""
+    flags, whole = uninterrupted_rl_run
+    epochs, killed = RL_EPOCHS, tmp_path / "killed"
     args = {"data": DATA, "epochs": epochs, "script": "train_student_rl.py"}
-    run_script(*train_args(whole, *flags, **args))
     log, total = ("proxy/metrics.csv", 2 * 3) if phase == "proxy" else ("metrics.csv", epochs)
     kill_part_way(train_args(killed, *flags, **args), killed, rows_first=2, total=total, log=log)
     run_script("train_student_rl.py", "--resume", killed)
@@ -93,10 +105,11 @@ def test_killed_and_resumed_rl_run_equals_uninterrupted_run(tmp_path, tiny_teach
         assert torch.equal(a, b), name
 
 
-def test_rl_run_killed_before_its_first_checkpoint_logs_each_epoch_once(tmp_path, tiny_teacher, cache_dir):
-    """A kill after epoch 1's metrics row and before the first last.pt (and in the middle of a write): the resumed
-    run starts over and logs every epoch once, as the uninterrupted run. Every file an RL run writes (it writes the
-    most kinds) is on bookkeeping.RUN_FILES, the list --overwrite clears."""
+def test_rl_run_killed_before_its_first_checkpoint_is_not_a_run(tmp_path, tiny_teacher, cache_dir):
+    """A kill after epoch 1's metrics row and before the first last.pt (and in the middle of a write) leaves no
+    completed epoch: --resume has nothing to resume, and the same command run again uses the folder without
+    --overwrite, clears the dead attempt's files and logs every epoch once, as the uninterrupted run. Every file an RL
+    run writes (it writes the most kinds) is on bookkeeping.RUN_FILES, the list --overwrite clears."""
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
              "--agent-steps", "2", "--pretrain-episodes", "1", "--pretrain-epochs", "2",
              "--pretrain-subset", "0.5"]  # fmt: skip
@@ -107,10 +120,15 @@ def test_rl_run_killed_before_its_first_checkpoint_logs_each_epoch_once(tmp_path
     (killed / "config.json").write_bytes((whole / "config.json").read_bytes())
     header, first_row, *_ = (whole / "metrics.csv").read_text().splitlines(keepends=True)
     (killed / "metrics.csv").write_text(header + first_row)
+    (killed / "proxy").mkdir()
+    (killed / "proxy" / "metrics.csv").write_text(header + first_row)
     (killed / ".last.pt.k1ll3d.tmp").write_bytes(b"")  # what a kill inside atomic_write leaves
-    run_script("train_student_rl.py", "--resume", killed)
+    refused = run_script("train_student_rl.py", "--resume", killed, check=False)
+    assert refused.returncode == 2 and "nothing to resume" in refused.stderr
+    run_script(*train_args(killed, *flags, data=DATA, epochs=2, script="train_student_rl.py"))
     assert [int(row["epoch"]) for row in comparable(killed)] == [1, 2]
     assert comparable(killed) == comparable(whole)
+    assert comparable(killed / "proxy") == comparable(whole / "proxy")
     assert not list(killed.glob(".*.tmp"))
     assert {path.name for path in killed.iterdir()} <= set(bookkeeping.RUN_FILES)
 

@@ -61,6 +61,7 @@ def make_env(tmp_path, teacher, **env_options):
     return CurriculumEnv(engine.Experiment(config), **env_options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [{}, {"action_mode": "box", "control_temperature": True}])
 def test_env_passes_check_env_without_warnings(tmp_path, tiny_teacher, options):
     env = make_env(tmp_path, tiny_teacher, **options)
@@ -77,6 +78,7 @@ def test_env_passes_check_env_without_warnings(tmp_path, tiny_teacher, options):
     assert env.step(env.action_space.sample())[2]  # the second of two epochs ends the episode
 
 
+@pytest.mark.slow
 def test_env_passes_gymnasium_check_env_and_a_seed_starts_the_same_episode(tmp_path, tiny_teacher):
     env = make_env(tmp_path, tiny_teacher)
     gymnasium_check_env(env)
@@ -88,6 +90,7 @@ def test_env_passes_gymnasium_check_env_and_a_seed_starts_the_same_episode(tmp_p
     assert not np.array_equal(episodes[0], episodes[2])  # another seed: another student, another episode
 
 
+@pytest.mark.slow
 def test_action_decoding(tmp_path, tiny_teacher):
     box = make_env(tmp_path, tiny_teacher, action_mode="box", control_temperature=True)
     assert box.decode([-1.0, -1.0]) == (0.0, -0.5)
@@ -97,6 +100,7 @@ def test_action_decoding(tmp_path, tiny_teacher):
     assert [discrete.decode(i)[0] for i in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
+@pytest.mark.slow
 def test_rl_script_end_to_end_then_replay(tmp_path, tiny_teacher, cache_dir):
     out = tmp_path / "rl"
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--agent-steps", "2",
@@ -137,6 +141,7 @@ def test_rl_script_end_to_end_then_replay(tmp_path, tiny_teacher, cache_dir):
     assert targets == [row["target_difficulty"] for row in replayed_again]  # deterministic
 
 
+@pytest.mark.slow
 def test_replay_refuses_an_agent_of_another_action_space(tmp_path, tiny_teacher, cache_dir):
     out = tmp_path / "rl"
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--agent-steps", "2",
@@ -147,6 +152,7 @@ def test_replay_refuses_an_agent_of_another_action_space(tmp_path, tiny_teacher,
     assert result.returncode == 2 and "--action" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_replay_without_a_trained_agent_is_refused(tmp_path, tiny_teacher):
     flags = ["--teacher-checkpoint", tiny_teacher, "--pretrain-episodes", "0"]
     result = run_script(*rl_args(tmp_path / "rl", *flags), check=False)

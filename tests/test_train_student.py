@@ -24,6 +24,7 @@ def kd_run(tmp_path_factory, tiny_teacher):
     return out, result
 
 
+@pytest.mark.slow
 def test_run_folder_has_every_file(kd_run):
     out, result = kd_run
     for name in RUN_FILES:
@@ -40,6 +41,7 @@ def test_run_folder_has_every_file(kd_run):
     assert 0 <= results["test_acc"] <= 100 and results["best_epoch"] in (1, 2)
 
 
+@pytest.mark.slow
 def test_best_checkpoint_rebuilds_model_without_flags(kd_run):
     out, _ = kd_run
     checkpoint = bookkeeping.load_checkpoint(out / "best.pt")
@@ -48,6 +50,7 @@ def test_best_checkpoint_rebuilds_model_without_flags(kd_run):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
 
+@pytest.mark.slow
 def test_evaluate_table_has_every_row(kd_run, tiny_teacher, tmp_path):
     out, _ = kd_run
     result = run_script("evaluate.py", out, out / "best.pt", "--workers", 0, "--device", "cpu",
@@ -77,6 +80,7 @@ def test_describe_labels_rows_like_the_reference():
     assert evaluate.describe(rl) == "Student (mobilenetv2_100, KD + curriculum chosen by the RL agent, teacher only)"
 
 
+@pytest.mark.slow
 def test_evaluate_no_teacher_leaves_the_teacher_out(kd_run, monkeypatch, capsys):
     """--no-teacher is true when given (argparse once read --no-teacher as false and built the teacher anyway)."""
     out, _ = kd_run
@@ -86,6 +90,7 @@ def test_evaluate_no_teacher_leaves_the_teacher_out(kd_run, monkeypatch, capsys)
     assert len(rows) == 2 and rows[1].startswith("| Student (mobilenetv2_100, KD, 60% labels, 40% teacher)")
 
 
+@pytest.mark.slow
 def test_local_teacher_weights_file(tmp_path):
     """--teacher-weights FILE: ImageNet weights saved by the test, sliced to the synthetic set's WordNet ids."""
     weights = tmp_path / "resnet18.pth"

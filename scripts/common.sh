@@ -1,0 +1,20 @@
+# Helpers of reproduce_table.sh and compare_curricula.sh (sourced; expects $PYTHON, $step and $steps).
+
+# header NAME COMMAND: one line before each training, so a long log says which row is running and how to rerun it
+header() {
+  step=$(( step + 1 ))
+  echo "== [$step/$steps] $1: python $2 =="
+}
+
+# refuse_existing_results OUT PATH...: stop before anything runs if a PATH is a finished run (bookkeeping.holds_run:
+# a run folder with a completed epoch) or an existing file, so a script never replaces results it was not asked to
+refuse_existing_results() {
+  local out=$1 taken; shift
+  taken=$($PYTHON -c 'import sys, bookkeeping
+from pathlib import Path
+print(", ".join(Path(p).name for p in sys.argv[1:] if Path(p).is_file() or bookkeeping.holds_run(p)))' "$@")
+  if [[ -n $taken ]]; then
+    echo "error: $out already holds results ($taken); pass --overwrite to replace them, or --out for a new folder." >&2
+    exit 2
+  fi
+}
