@@ -104,6 +104,7 @@ def replay_args(tiny_teacher):
     return args
 
 
+@pytest.mark.slow
 def test_a_replaying_run_trains_exactly_as_the_run_that_filled_the_store(tmp_path, replay_args):
     cache = tmp_path / "cache"
     curriculum = ("--curriculum", "adaptive", "--fraction", "0.6", "--rescore-every", "1")
@@ -128,6 +129,7 @@ def test_a_replaying_run_trains_exactly_as_the_run_that_filled_the_store(tmp_pat
     assert stored_rows(cache, 1).all() and stored_rows(cache, 2).all()
 
 
+@pytest.mark.slow
 def test_the_store_holds_the_teachers_logits_on_each_epochs_own_view(tmp_path, replay_args, tiny_teacher):
     cache = tmp_path / "cache"
     run_script(*replay_args(tmp_path / "fill", cache, "--augment-seed", 3))
@@ -146,6 +148,7 @@ def test_the_store_holds_the_teachers_logits_on_each_epochs_own_view(tmp_path, r
     assert not torch.allclose(torch.from_numpy(stored), other, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_seeds_that_share_an_augment_seed_share_the_store(tmp_path, replay_args):
     cache = tmp_path / "cache"
     run_script(*replay_args(tmp_path / "s0", cache, "--seed", 0, epochs=1))
@@ -155,6 +158,7 @@ def test_seeds_that_share_an_augment_seed_share_the_store(tmp_path, replay_args)
     assert len(store_folders(cache)) == 2
 
 
+@pytest.mark.slow
 def test_two_runs_filling_one_store_at_once(tmp_path, replay_args):
     cache = tmp_path / "cache"
     commands = [[sys.executable, *replay_args(tmp_path / f"run{k}", cache)] for k in range(2)]
