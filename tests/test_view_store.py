@@ -161,10 +161,10 @@ def test_seeds_that_share_an_augment_seed_share_the_store(tmp_path, replay_args)
 @pytest.mark.slow
 def test_two_runs_filling_one_store_at_once(tmp_path, replay_args):
     cache = tmp_path / "cache"
-    commands = [[sys.executable, *replay_args(tmp_path / f"run{k}", cache)] for k in range(2)]
+    commands = [[sys.executable, *replay_args(tmp_path / f"run{k}", cache, epochs=1)] for k in range(2)]
     processes = [subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True) for command in commands]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
     assert metrics(tmp_path / "run0") == metrics(tmp_path / "run1")
-    assert stored_rows(cache, 1).all() and stored_rows(cache, 2).all()
+    assert stored_rows(cache, 1).all()
