@@ -18,7 +18,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookkeeping import field, parse_config, read_metrics, save_json
+from bookkeeping import read_metrics, save_json
+from cli import field, parse_config
 from data import load_data
 from errors import UserError, run_cli
 from evaluate import training_budget

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import bookkeeping
+import cli
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -91,6 +91,6 @@ def test_every_python_command_in_the_readme_parses():
     for command in commands:
         script, *argv = shlex.split(command)
         try:
-            bookkeeping.parse_config(scripts[script], argv)
+            cli.parse_config(scripts[script], argv)
         except SystemExit as exit_info:  # --help prints and exits 0; a bad flag exits 2
             assert exit_info.code == 0, command
