@@ -210,9 +210,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoints(capsys, tmp_path, m
     """The loss turns NaN in epoch 2, batch 2: the run exits 2 naming both, with epoch 1's checkpoints intact."""
     real_loss, calls = models.kd_loss, []
 
-    def loss_that_turns_nan(*args):
+    def loss_that_turns_nan(*args, **kwargs):
         calls.append(1)
-        loss = real_loss(*args)
+        loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 + 2 else loss  # 3 batches of 32 per epoch
 
     monkeypatch.setattr(models, "kd_loss", loss_that_turns_nan)
