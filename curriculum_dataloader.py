@@ -1,6 +1,6 @@
 """Curriculum data selection: the teacher-logit cache, difficulty bookkeeping and the per-epoch sampling strategies.
 
-A strategy turns the current difficulty scores (shared/DESIGN.md, `models.sample_difficulty`) into the list of
+A strategy turns the current difficulty scores (docs/formulas.md, `models.sample_difficulty`) into the list of
 training samples of one epoch; `EpochSampler` feeds that list to a DataLoader in a seeded order.
 """
 

@@ -2,7 +2,7 @@
 
 The agent picks the epoch's target difficulty (and optionally nudges the KD temperature); the environment trains one
 epoch of KD on the samples the curriculum strategy selects around that target, validates, and returns the reward of
-shared/DESIGN.md. An episode is one training run of `num_epochs` epochs.
+docs/formulas.md. An episode is one training run of `num_epochs` epochs.
 
 Observation (float32, every entry in [-1, 1]):
 
@@ -38,7 +38,7 @@ TEMPERATURE_STEP = 0.5
 def reward_components(
     val_acc: float, prev_val_acc: float, train_loss: float, prev_train_loss: float, epoch: int, num_epochs: int
 ) -> dict[str, float]:
-    """The four terms of the curriculum reward; accuracies in percent, `epoch` 1-based (shared/DESIGN.md)."""
+    """The four terms of the curriculum reward; accuracies in percent, `epoch` 1-based (docs/formulas.md)."""
     loss_rise = max(train_loss - prev_train_loss, 0.0) if prev_train_loss < math.inf else 0.0
     return {
         "reward_acc": 2.0 * (val_acc - prev_val_acc) if prev_val_acc > 0 else 0.0,
@@ -51,7 +51,7 @@ def reward_components(
 def curriculum_reward(
     val_acc: float, prev_val_acc: float, train_loss: float, prev_train_loss: float, epoch: int, num_epochs: int
 ) -> float:
-    """`R = R_acc + R_loss + R_early + R_abs` (shared/DESIGN.md)."""
+    """`R = R_acc + R_loss + R_early + R_abs` (docs/formulas.md)."""
     return sum(reward_components(val_acc, prev_val_acc, train_loss, prev_train_loss, epoch, num_epochs).values())
 
 

@@ -1,5 +1,5 @@
-"""The agent can learn: with the default RLConfig, driven only through make_agent / choose / update (shared/DESIGN.md,
-"The agent's interface"), it finds the best target of a surrogate curriculum within 300 steps.
+"""The agent can learn: with the default RLConfig, driven only through make_agent / choose / update (docs/rl-agent.md,
+"Driving the agent from your own loop"), it finds the best target of a surrogate curriculum within 300 steps.
 
 The surrogate has CurriculumEnv's observation and action spaces and pays the real reward (curriculum_reward) of a
 simulated training run whose accuracy gain per epoch falls by 5 points per unit of distance between the epoch's target
