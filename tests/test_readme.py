@@ -101,9 +101,9 @@ def documented_commands() -> list[tuple[str, list[str]]]:
         block_lines = [line for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S) for line in
                        block.splitlines()]  # fmt: skip
         for snippet in inline + block_lines:
-            snippet = snippet.split("  #")[0].strip()
+            snippet = " ".join(snippet.split("  #")[0].split()).removeprefix("time ")  # one line, as a shell reads it
             if re.match(r"(python [\w/]+\.py|torchrun .*\.py|scripts/\w+\.sh)( |$)", snippet):
-                argv = [arg for arg in shlex.split(" ".join(snippet.split())) if arg != "..."]
+                argv = [arg for arg in shlex.split(snippet) if arg != "..."]
                 found.append((path.relative_to(ROOT).as_posix(), argv))
     return found
 
