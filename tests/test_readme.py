@@ -147,7 +147,10 @@ def check_command(argv: list[str], where: str, configs: dict) -> None:
         parse(configs[script], args, where)
     else:  # a helper with a plain argparse: at least each flag is one it defines
         for option in (arg.split("=")[0] for arg in args if arg.startswith("--")):
-            assert f'"{option}"' in (ROOT / script).read_text(), f"{where}: {script} has no flag {option}"
+            assert f'"{option}"' in (ROOT / script).read_text(), (
+                f"{where}: {script} has no flag {option} (a script whose flags come from a config dataclass belongs "
+                "in config_classes)"
+            )
 
 
 def test_every_command_in_the_readme_and_docs_parses():
