@@ -60,7 +60,7 @@ class RLConfig(Config):
     label_weight: float = field(0.0, "weight of the label CE (the reference's RL row: 0, teacher only)")
     curriculum: str = field("adaptive", "strategy the agent's target steers", choices=TARGETED)
     fraction: float = field(0.6, "fraction of the training set per epoch (the reference's RL run: 0.6)")
-    # the agent (defaults tuned on tests/test_agent_learns.py's surrogate: see the README)
+    # the agent (defaults tuned on tests/test_agent_learns.py's surrogate: see docs/rl-agent.md)
     action: str = field(
         "discrete", "discrete: one of --bins targets; box: a continuous target", choices=("discrete", "box"),
         group="agent (PPO)",
