@@ -30,6 +30,7 @@ from bookkeeping import (
     save_json,
 )
 from errors import UserError
+from signals import ignore_sigterm_in_worker
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Devices and reproducibility
@@ -130,6 +131,7 @@ def make_loader(view, batch_size: int, workers: int, device: torch.device, sampl
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_sigterm_in_worker,  # a scheduler's SIGTERM stops the run after its epoch, not a worker
     )
 
 

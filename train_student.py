@@ -19,6 +19,7 @@ from bookkeeping import check_writable_folder, field, is_main_process, open_run_
 from curriculum_dataloader import PACINGS, SCORED, STRATEGIES, TARGET_SCALES
 from engine import MAX_SEED, Experiment, TrainingRun, augment_seed, end_distributed
 from errors import UserError, run_cli
+from signals import exit_if_stop_requested
 
 
 @dataclass
@@ -128,6 +129,7 @@ def main(argv=None) -> None:
         run.load_state(checkpoint)
     for _ in range(run.epoch, config.epochs):
         run.end_epoch(run.train_epoch())
+        exit_if_stop_requested(config.out, f"epoch {run.epoch}/{config.epochs}")  # SIGTERM: saved, stop (exit 143)
     results = run.finish()
     if is_main_process():
         print(results_line(results, config.out))

@@ -45,6 +45,7 @@ from data import DataSplits, SampleView
 from engine import Experiment, broadcast_from_main, end_distributed
 from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
+from signals import exit_if_stop_requested
 from train_student import Config, check_config
 
 
@@ -224,6 +225,8 @@ def steer(agent: PPO, env: CurriculumEnv, episodes: int, learn: bool, phase: int
         rl_state = {"env": env.state_dict(), "observation": observation, "episode_start": episode_start,
                     "agent": agent_state(agent)}  # fmt: skip
         env.run.end_epoch(env.history[-1], rl_state)
+        exit_if_stop_requested(env.experiment.config.out, f"{'proxy ' if phase == 0 else ''}run {env.episode}, "
+                               f"epoch {env.run.epoch}/{env.num_epochs}")  # fmt: skip
 
 
 class SubsetSource:
