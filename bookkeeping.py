@@ -199,13 +199,16 @@ def atomic_write(path: Path, write, size: int = 0) -> None:
         if disk_full(cause):
             needed = max(size, handle.written if handle else 0, file_size(path))
             raise write_error(path, cause, needed=needed) from None
+        if cause is not err:  # torch wrapped it (a Ctrl-C, an I/O error) in its own RuntimeError: raise the real one
+            raise cause from None
         raise
 
 
 class RecordingFile:
-    """A binary file that remembers the OSError of a failed write: torch.save's zip writer swallows it and raises
-    `RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...` with no errno, so a full disk is
-    recognised from the write that failed, never guessed from a message."""
+    """A binary file that remembers what a failed write raised: torch.save's zip writer swallows it (an OSError, or a
+    KeyboardInterrupt that arrived inside the write) and raises `RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos ...` instead, so a full disk is recognised from the write that failed, never guessed from a message,
+    and Ctrl-C stays a Ctrl-C."""
 
     def __init__(self, handle):
         self.handle, self.written, self.error = handle, 0, None
@@ -213,7 +216,7 @@ class RecordingFile:
     def write(self, data) -> int:
         try:
             count = self.handle.write(data)
-        except OSError as err:
+        except BaseException as err:
             self.error = err
             raise
         self.written += count

@@ -192,6 +192,22 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_space_and_keeps_the_o
     assert list(tmp_path.iterdir()) == [path]  # no temporary left
 
 
+def test_ctrl_c_inside_torchs_writer_stays_a_keyboard_interrupt(tmp_path, monkeypatch):
+    """Before, a Ctrl-C that landed in a checkpoint's write came out as torch's RuntimeError and a traceback."""
+    real = os.fdopen
+
+    class InterruptedFile(DiskFullAfter):
+        def write(self, data):
+            if len(data) > self.room:
+                raise KeyboardInterrupt
+            return super().write(data)
+
+    monkeypatch.setattr(bookkeeping.os, "fdopen", lambda fd, *args: InterruptedFile(real(fd, *args), 5000))
+    with pytest.raises(KeyboardInterrupt):
+        bookkeeping.save_checkpoint(tmp_path / "last.pt", {"w": torch.ones(100_000)})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_runtime_error_that_is_not_a_full_disk_stays_itself(tmp_path):
     def write(handle):
         handle.write(b"partial")
