@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import errno
 import fcntl
+import io
 import json
 import os
 import shlex
@@ -177,8 +178,8 @@ def is_main_process() -> bool:
 def atomic_write(path: Path, write, size: int = 0) -> None:
     """Write through a temporary file in the same folder, fsync, then rename: a kill or a full disk leaves the old file
     intact (and at worst a `.NAME.*.tmp` file, which open_run_folder removes). A full disk is a UserError that says how
-    much space the file needs: `size` (an estimate), what was written before the disk filled, or the file it replaces,
-    whichever is largest."""
+    much space the file needs: `size` (an estimate), what it tried to write before the disk filled, or the file it
+    replaces, whichever is largest."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -187,11 +188,10 @@ def atomic_write(path: Path, write, size: int = 0) -> None:
     handle = None
     try:
         os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as raw:
-            handle = RecordingFile(raw)
+        with RecordingFile(os.fdopen(fd, "r+b", buffering=0)) as handle:
             write(handle)
-            raw.flush()
-            os.fsync(raw.fileno())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -204,26 +204,31 @@ def atomic_write(path: Path, write, size: int = 0) -> None:
         raise
 
 
-class RecordingFile:
+class RecordingFile(io.BufferedRandom):
     """A binary file that remembers what a failed write raised: torch.save's zip writer swallows it (an OSError, or a
     KeyboardInterrupt that arrived inside the write) and raises `RuntimeError: [enforce fail at inline_container.cc]
     unexpected pos ...` instead, so a full disk is recognised from the write that failed, never guessed from a message,
-    and Ctrl-C stays a Ctrl-C."""
+    and Ctrl-C stays a Ctrl-C. A BufferedRandom: stable-baselines3's save() insists on an io type, and numpy writes
+    to a BufferedWriter behind Python's back (ndarray.tofile, whose short write has no errno)."""
 
-    def __init__(self, handle):
-        self.handle, self.written, self.error = handle, 0, None
+    def __init__(self, raw):
+        super().__init__(raw)
+        self.written, self.error = 0, None
 
     def write(self, data) -> int:
+        self.written += memoryview(data).nbytes  # counted before: a write that fails tells the size too
         try:
-            count = self.handle.write(data)
+            return super().write(data)
         except BaseException as err:
             self.error = err
             raise
-        self.written += count
-        return count
 
-    def __getattr__(self, name):  # seek, tell, flush, fileno: what zipfile and numpy also use
-        return getattr(self.handle, name)
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BaseException as err:
+            self.error = err
+            raise
 
 
 def file_size(path: Path) -> int:
@@ -241,8 +246,11 @@ def is_read_only(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno == errno.EROFS
 
 
-def megabytes(size: int) -> str:
-    return f"{size / 2**20:.1f} MB"
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def write_error(path: Path, err: BaseException, needed: int = 0) -> Exception:
@@ -251,7 +259,7 @@ def write_error(path: Path, err: BaseException, needed: int = 0) -> Exception:
     path = Path(path)
     if disk_full(err):
         free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
-        size = f"{path.name} needs about {megabytes(needed)}, {megabytes(free)} are free" if needed else "it is full"
+        size = f"{path.name} needs about {human_size(needed)}, {human_size(free)} are free" if needed else "it is full"
         return UserError(
             f"no space left on the disk of {path.parent} ({size}); free some space and run again "
             "(--resume RUN_FOLDER continues an interrupted run from its last saved epoch)."

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Sampler
 
 import models
-from bookkeeping import atomic_write
+from bookkeeping import atomic_write, write_error
 
 STRATEGIES = ("none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft")
 PACINGS = ("linear", "root", "geometric")
@@ -308,6 +308,8 @@ class TeacherViewStore:
                     return existing
                 os.replace(tmp, path)
                 print(f"teacher view store: replaced the damaged {path}; its views are computed again", file=sys.stderr)
+        except OSError as err:  # a full disk: one line naming the store and what an epoch file needs
+            raise write_error(path, err, needed=self.samples * (self.classes + 1) * 2) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         return array
