@@ -278,3 +278,24 @@ def test_sigterm_saves_the_epoch_and_resume_equals_an_uninterrupted_run(tmp_path
     run_script("train_student.py", "--resume", out)
     assert comparable(out) == comparable(solo)
     assert not (out / bookkeeping.LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_sigterm_in_an_rl_runs_proxy_phase_then_resume_equals_an_uninterrupted_run(tmp_path, tiny_teacher, cache_dir):
+    """The RL script stops after the proxy epoch in progress; --resume finishes the proxy runs, the agent and the full
+    run as if never stopped."""
+    flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t", "--agent-steps",
+             "2", "--pretrain-episodes", "1", "--pretrain-epochs", "3", "--pretrain-subset", "0.5"]  # fmt: skip
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    run_script(*train_args(whole, *flags, data=DATA, epochs=2, script="train_student_rl.py"))
+    argv = train_args(stopped, *flags, data=DATA, epochs=2, script="train_student_rl.py")
+    run = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run.stdout.readline().startswith("epoch 1/3")  # the first proxy epoch
+    run.send_signal(signal.SIGTERM)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode == 143, err
+    assert "stopped by SIGTERM after proxy run 1, epoch " in err and f"train_student_rl.py --resume {stopped}" in err
+    assert not (stopped / "results.json").exists()
+    run_script("train_student_rl.py", "--resume", stopped)
+    assert comparable(stopped) == comparable(whole)
+    assert comparable(stopped / "proxy") == comparable(whole / "proxy")
