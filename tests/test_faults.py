@@ -299,3 +299,20 @@ def test_sigterm_in_an_rl_runs_proxy_phase_then_resume_equals_an_uninterrupted_r
     run_script("train_student_rl.py", "--resume", stopped)
     assert comparable(stopped) == comparable(whole)
     assert comparable(stopped / "proxy") == comparable(whole / "proxy")
+
+
+def test_a_killed_dataloader_worker_is_one_line(capsys):
+    """torch's words when the out-of-memory killer ends a worker (tried for real: SIGKILL to a worker mid-epoch)."""
+
+    def main():
+        raise RuntimeError("DataLoader worker (pid 13406) is killed by signal: Killed. ")
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(main)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: DataLoader worker (pid 13406) is killed by signal: Killed (signal 9, Killed, is most often the "
+        "out-of-memory killer: see dmesg); lower --workers or --batch-size, then continue with --resume RUN_FOLDER.\n"
+    )
+    with pytest.raises(RuntimeError, match="another"):
+        run_cli(lambda: (_ for _ in ()).throw(RuntimeError("another fault")))
