@@ -7,18 +7,24 @@ the report can read runs without loading the training stack.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import dataclasses
 import errno
+import fcntl
+import io
 import json
 import os
+import shlex
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from cli import build_parser, config_dict, parse_config
 from errors import UserError
+from signals import stop_after_epoch_on_sigterm
 
 # Every file a run writes into its folder: --overwrite clears exactly these.
 RUN_FILES = (
@@ -62,44 +68,197 @@ def is_main_process() -> bool:
 # Files: atomic writes, checkpoints, the run folder
 
 
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a kill leaves the old file intact (and at
-    worst a `.NAME.*.tmp` file, which open_run_folder removes). A full disk is a UserError."""
+def atomic_write(path: Path, write, size: int = 0) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename: a kill or a full disk leaves the old file
+    intact (and at worst a `.NAME.*.tmp` file, which open_run_folder removes). A full disk is a UserError that says how
+    much space the file needs: `size` (an estimate), what it tried to write before the disk filled, or the file it
+    replaces, whichever is largest."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise write_error(path, err) from None
+    handle = None
     try:
         os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
+        with RecordingFile(os.fdopen(fd, "r+b", buffering=0)) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if disk_full(err, path):
-            raise write_error(path, err) from None
+        cause = handle.error if handle and handle.error else err
+        if disk_full(cause):
+            needed = max(size, handle.written if handle else 0, file_size(path))
+            raise write_error(path, cause, needed=needed) from None
+        if cause is not err:  # torch wrapped it (a Ctrl-C, an I/O error) in its own RuntimeError: raise the real one
+            raise cause from None
         raise
 
 
-def disk_full(err: BaseException, path: Path) -> bool:
-    """ENOSPC, raised as is or wrapped by torch.save's zip writer as a RuntimeError."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(err, RuntimeError) and "write" in str(err):
-        return shutil.disk_usage(path.parent).free < 2**20
-    return False
+class RecordingFile(io.BufferedRandom):
+    """A binary file that remembers what a failed write raised: torch.save's zip writer swallows it (an OSError, or a
+    KeyboardInterrupt that arrived inside the write) and raises `RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos ...` instead, so a full disk is recognised from the write that failed, never guessed from a message,
+    and Ctrl-C stays a Ctrl-C. A BufferedRandom: stable-baselines3's save() insists on an io type, and numpy writes
+    to a BufferedWriter behind Python's back (ndarray.tofile, whose short write has no errno)."""
+
+    def __init__(self, raw):
+        super().__init__(raw)
+        self.written, self.error = 0, None
+
+    def write(self, data) -> int:
+        self.written += memoryview(data).nbytes  # counted before: a write that fails tells the size too
+        try:
+            return super().write(data)
+        except BaseException as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BaseException as err:
+            self.error = err
+            raise
 
 
-def write_error(path: Path, err: BaseException) -> Exception:
-    """The one-line error for a file that cannot be written, or the original exception if it is not the user's."""
-    if disk_full(err, path):
-        return UserError(f"no space left on the disk of {path.parent}; free some space and run again (--resume a run).")
-    if isinstance(err, (PermissionError, FileNotFoundError, NotADirectoryError)):
+def file_size(path: Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_read_only(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno == errno.EROFS
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def write_error(path: Path, err: BaseException, needed: int = 0) -> Exception:
+    """The one-line error for a file that cannot be written, or the original exception if it is not the user's.
+    `needed`: the bytes the file takes (what a full disk must free, at least)."""
+    path = Path(path)
+    if disk_full(err):
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        size = f"{path.name} needs about {human_size(needed)}, {human_size(free)} are free" if needed else "it is full"
+        return UserError(
+            f"no space left on the disk of {path.parent} ({size}); free some space and run again "
+            "(--resume RUN_FOLDER continues an interrupted run from its last saved epoch)."
+        )
+    if isinstance(err, (PermissionError, FileNotFoundError, NotADirectoryError)) or is_read_only(err):
         return UserError(f"cannot write {path} ({err.strerror}); pick a writable path.")
     return err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One run per folder: a lock held for the run's life
+
+LOCK_FILE = ".lock"  # in the locked folder; holds one line naming the process that holds it
+_held_locks: dict[str, FolderLock] = {}
+
+
+class FolderLock:
+    """An exclusive flock(2) on FOLDER/.lock. The OS drops it when the process dies (a killed run leaves no stale lock,
+    at worst a stale file that the next holder reuses); release() or a clean exit removes the file."""
+
+    def __init__(self, folder: Path, fd: int):
+        self.folder, self.path, self.fd = folder, folder / LOCK_FILE, fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        if same_file(self.path, self.fd):  # unlinked while held, so a waiter that opened it retries on a new file
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+        _held_locks.pop(str(self.folder.resolve()), None)
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def hold_folder_lock(folder, flag: str = "--out") -> FolderLock:
+    """Lock FOLDER (created if missing) for this process, or refuse in one line naming the process that holds it.
+    Held until release() or the process ends; a second call in the same process returns the same lock. Run scripts
+    take it before anything in the folder is cleared or written; under torchrun only rank 0 calls it."""
+    folder = Path(folder).expanduser()
+    key = str(folder.resolve())
+    if key in _held_locks:
+        return _held_locks[key]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise UserError(
+                    f"{flag} {folder} is in use by {read_lock_holder(folder)}; wait for that run to end (or stop it), "
+                    "or pick another folder."
+                ) from None
+            if same_file(folder / LOCK_FILE, fd):
+                break
+            os.close(fd)  # its holder removed the file between our open and our lock: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, lock_holder_line().encode())
+    except OSError as err:
+        raise write_error(folder / LOCK_FILE, err) from None
+    lock = _held_locks[key] = FolderLock(folder, fd)
+    return lock
+
+
+def same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def lock_holder_line() -> str:
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    return f"pid {os.getpid()} on {socket.gethostname()} ({command[:300]})\n"
+
+
+def read_lock_holder(folder: Path) -> str:
+    try:
+        line = (folder / LOCK_FILE).read_text().strip()
+    except OSError:
+        line = ""
+    return line or "another process"
+
+
+def release_folder_locks() -> None:
+    for lock in list(_held_locks.values()):
+        lock.release()
+
+
+def forget_folder_locks() -> None:
+    """In a forked child (a DataLoader worker): close its copy of each lock's descriptor without unlocking, so the
+    lock still ends with the process that took it, not with the last of its workers."""
+    for lock in _held_locks.values():
+        os.close(lock.fd)
+        lock.fd = None
+    _held_locks.clear()
+
+
+atexit.register(release_folder_locks)
+os.register_at_fork(after_in_child=forget_folder_locks)
 
 
 def check_writable_folder(path, flag: str) -> Path:
@@ -137,7 +296,16 @@ def check_writable_file(path, flag: str) -> Path:
 def save_checkpoint(path: Path, payload: dict) -> None:
     import torch  # here, not at the top: the report reads run folders without loading torch
 
-    atomic_write(path, lambda handle: torch.save(payload, handle))
+    atomic_write(path, lambda handle: torch.save(payload, handle), size=payload_bytes(payload))
+
+
+def payload_bytes(payload) -> int:
+    """The bytes of the tensors and arrays in a nested payload: about what its checkpoint takes on disk."""
+    if isinstance(payload, dict):
+        return sum(payload_bytes(value) for value in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(payload_bytes(value) for value in payload)
+    return getattr(payload, "nbytes", 0)  # a torch tensor or a numpy array
 
 
 def save_json(path: Path, payload) -> None:
@@ -169,6 +337,8 @@ def prepare_run_folder(out: str, overwrite: bool, dry_run: bool = False) -> Path
     attempt that died before its first epoch are cleared without asking. `dry_run` only checks, so a script can
     refuse before its slow set-up and clear the folder only once that set-up worked."""
     folder = check_writable_folder(out, "--out")
+    if is_main_process() and (folder.is_dir() or not dry_run):  # locked before anything in it is read or cleared
+        hold_folder_lock(folder, "--out")
     existing = [name for name in RUN_FILES if (folder / name).exists()]
     if holds_run(folder) and not overwrite:
         raise UserError(
@@ -225,6 +395,8 @@ def resume_config(config_class, argv, script: str):
     folder = Path(given["resume"])
     saved = read_config(folder, "--resume")
     check_writable_folder(folder, "--resume")
+    if is_main_process():
+        hold_folder_lock(folder, "--resume")
     if saved.get("script") != script:
         raise UserError(f"--resume {folder}: that run was made by {saved.get('script')}; resume it with that script.")
     if not holds_run(folder):
@@ -254,6 +426,7 @@ def start_run(config_class, argv, script: str, description: str, default_out, ch
     """Parse a script's flags for a new run or a --resume; refuse bad flags and an existing --out before any slow
     set-up. Returns (config, last.pt of the resumed run or None)."""
     config = parse_config(config_class, argv, description)
+    stop_after_epoch_on_sigterm()
     if config.resume:
         config, checkpoint = resume_config(config_class, argv, script)
         check(config)

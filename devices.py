@@ -5,7 +5,9 @@ A leaf module: it imports nothing of the project, so the teacher, the epoch loop
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from contextlib import nullcontext
 
 import torch
@@ -13,6 +15,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from errors import UserError
+from signals import ignore_sigterm_in_worker
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The device and its precision
@@ -80,16 +83,34 @@ def broadcast_from_main(value):
     return box[0]
 
 
+_LOADERS_WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs before it
+def stop_loader_workers() -> None:
+    """End the persistent workers the orderly way (their index queues get the stop sentinel). They ignore SIGTERM
+    (signals.ignore_sigterm_in_worker), and multiprocessing's exit hook, which terminates live children with SIGTERM
+    and then joins them, would otherwise wait for them forever."""
+    for loader in list(_LOADERS_WITH_WORKERS):
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+
 def make_loader(view, batch_size: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
     """Evaluation loaders take this process's strided shard of the view (all of it in a single process);
     predict_logits puts each output row back at its sample index. Training passes its own sampler."""
     if sampler is None and dist.is_initialized():
         view = Subset(view, range(dist.get_rank(), len(view), dist.get_world_size()))
     batching = {"batch_sampler": sampler} if sampler is not None else {"batch_size": batch_size}
-    return DataLoader(
+    loader = DataLoader(
         view,
         **batching,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
+        worker_init_fn=ignore_sigterm_in_worker,  # a scheduler's SIGTERM stops the run after its epoch, not a worker
     )
+    if workers > 0:
+        _LOADERS_WITH_WORKERS.add(loader)
+    return loader

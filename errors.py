@@ -26,6 +26,16 @@ def run_cli(main) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    except RuntimeError as err:
+        if not str(err).startswith("DataLoader worker"):
+            raise
+        # torch's words for a worker that died; killed by signal 9 is most often the kernel's out-of-memory killer
+        print(
+            f"error: {str(err).strip().rstrip('.')} (signal 9, Killed, is most often the out-of-memory killer: see "
+            "dmesg); lower --workers or --batch-size, then continue with --resume RUN_FOLDER.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; resume with --resume RUN_FOLDER", file=sys.stderr)
         sys.exit(130)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import models
-from bookkeeping import atomic_write, is_main_process, load_checkpoint
+from bookkeeping import atomic_write, is_main_process, load_checkpoint, write_error
 from curriculum_dataloader import SCORED, scores_from_train_pass
 from devices import autocast, sum_across_processes
 from errors import UserError
@@ -211,6 +211,8 @@ class TeacherViewStore:
                     return existing
                 os.replace(tmp, path)
                 print(f"teacher view store: replaced the damaged {path}; its views are computed again", file=sys.stderr)
+        except OSError as err:  # a full disk: one line naming the store and what an epoch file needs
+            raise write_error(path, err, needed=self.samples * (self.classes + 1) * 2) from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         return array

@@ -22,6 +22,7 @@ from devices import end_distributed
 from engine import Experiment, TrainingRun
 from errors import UserError, run_cli
 from seeds import MAX_SEED, augment_seed
+from signals import exit_if_stop_requested
 from teacher import fills_cache
 
 
@@ -132,6 +133,7 @@ def main(argv=None) -> None:
         run.load_state(checkpoint)
     for _ in range(run.epoch, config.epochs):
         run.end_epoch(run.train_epoch())
+        exit_if_stop_requested(config.out, f"epoch {run.epoch}/{config.epochs}")  # SIGTERM: saved, stop (exit 143)
     results = run.finish()
     if is_main_process():
         print(results_line(results, config.out))

@@ -47,6 +47,7 @@ from devices import broadcast_from_main, end_distributed
 from engine import Experiment
 from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
+from signals import exit_if_stop_requested
 from train_student import Config, check_config
 
 
@@ -236,6 +237,8 @@ def steer(agent: PPO, env: CurriculumEnv, episodes: int, learn: bool, purpose: s
     def checkpoint(observation, episode_start) -> None:
         env.record_step({"env": env.state_dict(), "observation": observation, "episode_start": episode_start,
                          "agent": agent_state(agent)})  # fmt: skip
+        exit_if_stop_requested(env.experiment.config.out, f"{'proxy ' if purpose == 'agent-proxy' else ''}run "
+                               f"{env.episode}, epoch {env.epoch}/{env.num_epochs}")  # fmt: skip
 
     seed_of = lambda: seeds.derive(seed, purpose, episode=env.episode, epoch=env.epoch)  # noqa: E731
     drive(agent, env, episodes - env.episodes_done, learn, seed_of, start, after_step=checkpoint)

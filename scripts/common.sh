@@ -18,3 +18,18 @@ print(", ".join(Path(p).name for p in sys.argv[1:] if Path(p).is_file() or bookk
     exit 2
   fi
 }
+
+# hold_out_lock OUT: one script at a time per --out. An flock(1) on OUT/.lock (the lock file of
+# bookkeeping.hold_folder_lock), held by this shell and the runs it starts; the OS drops it when they end, so a killed
+# script leaves no stale lock. Where flock(1) is missing (macOS) each run still locks its own folder.
+hold_out_lock() {
+  command -v flock > /dev/null || return 0
+  mkdir -p "$1"
+  exec {out_lock}>> "$1/.lock"
+  if ! flock -n "$out_lock"; then
+    echo "error: --out $1 is in use by $(cat "$1/.lock" 2> /dev/null || echo another process); wait for it to end" \
+      "(or stop it), or pick another --out." >&2
+    exit 2
+  fi
+  echo "pid $$ on $(hostname) ($0 --out $1)" > "$1/.lock"  # left in place at exit: removing it would race a waiter
+}

@@ -45,6 +45,7 @@ strategies+=(easy_to_hard hard_to_easy hard_mining mixed soft)
 planned=()
 for seed in "${seeds[@]}"; do for name in "${strategies[@]}"; do planned+=("$out/$name-s$seed"); done; done
 [[ ${#overwrite[@]} -gt 0 ]] || refuse_existing_results "$out" "${planned[@]}" "$out/comparison.md" "$out/comparison.json"
+hold_out_lock "$out"  # after the refusal, which writes nothing: before anything runs
 step=0 steps=${#planned[@]}
 
 source scripts/synthetic_benchmark.sh

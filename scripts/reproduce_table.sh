@@ -50,6 +50,7 @@ for name in "${rows[@]}"; do  # with one seed a row's folder is $out/<row>; with
   done
 done
 [[ ${#overwrite[@]} -gt 0 ]] || refuse_existing_results "$out" "${folders[@]}" "$out/table.md" "$out/table.json"
+hold_out_lock "$out"  # after the refusal, which writes nothing: before anything runs
 step=0 steps=${#folders[@]}
 
 if [[ $data == synthetic* ]]; then

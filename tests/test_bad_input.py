@@ -90,7 +90,8 @@ class Files:
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+    files = sorted(path for path in folder.rglob("*") if path.is_file() and path.name != bookkeeping.LOCK_FILE)
+    return {str(path.relative_to(folder)): path.read_bytes() for path in files}  # the lock file names its last user
 
 
 class ToyEnv(gym.Env):
