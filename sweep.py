@@ -383,17 +383,20 @@ def read_json(path: Path):
 
 
 def hold_sweep_lock(out: Path):
-    """An exclusive fcntl lock on <out>/.sweep.lock for the life of the returned file: a second sweep into the same
-    --out (on this machine or, where the filesystem supports fcntl locks, another) is refused."""
+    """An exclusive lock on <out>/.sweep.lock for the life of the returned file: a second sweep into the same --out
+    (on this machine or, where the filesystem supports flock across nodes, another) is refused."""
     out.mkdir(parents=True, exist_ok=True)
     handle = open(out / ".sweep.lock", "a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
+        lock = out / ".sweep.lock"
         raise UserError(
-            f"another sweep is running in {out} (it holds {out / '.sweep.lock'}); wait for it, or pick another --out."
+            f"another sweep is running in {out} (it holds {lock}); wait for it, or pick another --out."
         ) from None
+    except OSError as err:  # e.g. Lustre mounted without -o flock: the sweep runs, unguarded
+        print(f"sweep: cannot lock {out} ({err.strerror}); run one sweep at a time in it", file=sys.stderr)
     return handle
 
 
@@ -414,7 +417,7 @@ class Progress:
 
     def header(self, number: int, step: Step, note: str = "") -> None:
         argv = step.command() or step.argv
-        torchrun = f"torchrun --nproc_per_node {step.nproc} " if step.nproc > 1 else ""
+        torchrun = f"torchrun --standalone --nproc_per_node {step.nproc} " if step.nproc > 1 else ""
         print(f"== [{number}/{self.total}] {step.name}: {torchrun or 'python '}{' '.join(argv)}{note} ==", flush=True)
 
     def started(self, number: int, step: Step, where: str = "") -> None:
