@@ -605,6 +605,10 @@ def gather(plan: Plan, args, progress: Progress) -> int:
     return code
 
 
+def with_teacher(argv: list[str], checkpoint: str | None) -> list[str]:
+    return [checkpoint if part == TEACHER_CHECKPOINT else part for part in argv]
+
+
 def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt  # a killed sweep stops its local runs too (run_local), as Ctrl-C does
 
@@ -631,7 +635,8 @@ def main(argv=None) -> None:
         steps = plan_steps(plan, args, progress)
         checkpoint = pretrain(plan, args, progress)
         for step in steps.values():
-            step.argv = [checkpoint if part == TEACHER_CHECKPOINT else part for part in step.argv]
+            step.argv = with_teacher(step.argv, checkpoint)
+        plan.gather = with_teacher(plan.gather, checkpoint)
         results = launch(steps, progress, args, plan.out) if steps else {}
     except KeyboardInterrupt:
         print(f"sweep: interrupted; {progress.summary()[7:]}; run the same command to continue it", file=sys.stderr)
