@@ -3,6 +3,8 @@ parallel through submitit's local executor, a failed run reported with its log, 
 refused. The end-to-end sweeps are tiny comparisons (4 classes, 96 images, 1 epoch, one thread per run)."""
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -171,3 +173,28 @@ def test_a_different_or_finished_sweep_in_the_same_out_is_refused(sequential):
     again = run_sweep(root / "seq", "--strategies", STRATEGIES, cache=root / "cache")
     assert again.returncode == 2 and "already holds results (comparison.md, comparison.json)" in again.stderr
     assert files_of(root / "seq") == before
+
+
+def test_every_sweep_command_in_the_docs_parses(tmp_path, monkeypatch):
+    """The commands of docs/sweeps.md (Slurm ones included: a fake srun stands for the login node) expand into runs."""
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    text = (ROOT / "docs" / "sweeps.md").read_text().replace("\\\n", " ")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [line.split("#")[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+    sweeps = {"scripts/reproduce_table.sh": "table", "scripts/compare_curricula.sh": "compare"}
+    assert len(commands) >= 4
+    for command in commands:
+        program, *argv = shlex.split(command)
+        if program == "python":
+            program, *argv = argv
+        assert program in (*sweeps, "sweep.py"), command
+        argv = [sweeps[program], *argv] if program in sweeps else argv
+        try:
+            args = sweep.parse_args(argv)
+        except SystemExit as exit_info:  # --help
+            assert exit_info.code == 0, command
+            continue
+        plan = sweep.plan_table(args) if args.sweep == "table" else sweep.plan_comparison(args)
+        assert plan.runs, command
