@@ -18,6 +18,7 @@ docs/sweeps.md.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import fcntl
 import json
@@ -154,25 +155,39 @@ class Step(submitit.helpers.Checkpointable):
         env = dict(os.environ)
         if self.cpus:
             env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(len(self.cpus)))
-        pin = (lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             log.write(f"$ {shlex.join(command)}\n".encode())
             log.flush()
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=pin)
-            lock = threading.Lock()
-            err = sys.stderr.buffer if self.echo else None
-            stderr = threading.Thread(target=copy_stream, args=(process.stderr, [log, err], lock))
-            stderr.start()
-            out = sys.stdout.buffer if self.echo and self.keep_stdout else None
-            stdout = copy_stream(process.stdout, [log, out], lock)
-            stderr.join()
-            process.wait()
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                       preexec_fn=lambda: prepare_child(self.cpus))  # fmt: skip
+            try:
+                lock = threading.Lock()
+                err = sys.stderr.buffer if self.echo else None
+                stderr = threading.Thread(target=copy_stream, args=(process.stderr, [log, err], lock))
+                stderr.start()
+                out = sys.stdout.buffer if self.echo and self.keep_stdout else None
+                stdout = copy_stream(process.stdout, [log, out], lock)
+                stderr.join()
+                process.wait()
+            finally:  # a step stopped (Ctrl-C, a cancelled job) stops its run: the next sweep resumes it
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait()
         return process.returncode, stdout.decode(errors="replace")
 
     def checkpoint(self) -> submitit.helpers.DelayedSubmission:
         """Requeue on pre-emption or time-out: the same step, continued from its folder (--resume)."""
         return submitit.helpers.DelayedSubmission(dataclasses.replace(self, fresh=False))
+
+
+def prepare_child(cpus: tuple[int, ...]) -> None:
+    """In the run's process before it starts: pin it to its cores, and have it end with the process that launched it
+    (a local job's worker that submitit kills with SIGKILL cannot pass a signal on)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def copy_stream(source, sinks, lock: threading.Lock) -> bytes:
@@ -435,9 +450,12 @@ class Progress:
 
     def summary(self) -> str:
         counts = {state: [name for name, s in self.states.items() if s == state] for state in ("done", "failed")}
-        running = [name for name, s in self.states.items() if s in ("queued", "submitted", "started", "resumed")]
+        running = [name for name, s in self.states.items() if s in ("started", "resumed")]
+        waiting = [name for name, s in self.states.items() if s in ("queued", "submitted")]
         failed = "".join(f"; failed {name} (log {self.logs.get(name)})" for name in counts["failed"])
-        return f"sweep: {len(counts['done'])} done, {len(running)} running, {len(counts['failed'])} failed{failed}"
+        queued = f", {len(waiting)} queued" if waiting else ""
+        done = f"sweep: {len(counts['done'])} done, {len(running)} running{queued}"
+        return f"{done}, {len(counts['failed'])} failed{failed}"
 
 
 def run_here(steps: dict[int, Step], progress: Progress) -> dict[str, tuple[int, str]]:
@@ -629,6 +647,9 @@ def main(argv=None) -> None:
     # a worker of the local or Slurm executor imports this module to run its Step; the runs ignore it
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     signal.signal(signal.SIGTERM, interrupt)
+    # Ctrl-C, even for a sweep started in the background (which inherits SIGINT ignored, and would pass that on to the
+    # local jobs, whose cancel is a SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     bookkeeping.save_json(plan.out / "sweep.json", plan.spec())
     progress = Progress(total=len(plan.runs) + (1 if plan.teacher else 0))
     try:
