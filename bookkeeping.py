@@ -206,7 +206,11 @@ def hold_folder_lock(folder, flag: str = "--out") -> FolderLock:
             fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError as err:
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):  # a filesystem without locks (Lustre w/o flock)
+                    print(f"warning: {folder} cannot be locked ({err.strerror}); run one process at a time in it",
+                          file=sys.stderr)  # fmt: skip
+                    break
                 os.close(fd)
                 raise UserError(
                     f"{flag} {folder} is in use by {read_lock_holder(folder)}; wait for that run to end (or stop it), "

@@ -29,7 +29,7 @@ def project_imports(module: str) -> set[str]:
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module.split(".")[0])
-    return names & PROJECT
+    return (names & PROJECT) - {module}  # a script importing itself by name (for pickling) is no circle
 
 
 def test_bookkeeping_and_cli_import_no_ml_module():

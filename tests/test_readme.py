@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -18,7 +19,7 @@ DOCS = {path: path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
 PAGES = {ROOT / "README.md": README, **DOCS}
 # Pages the README links to that other branches add; once a page exists its links and commands are checked like the
 # rest. Remove a name here when its page lands.
-EXPECTED_PAGES = {"docs/data-path.md", "docs/sweeps.md"}
+EXPECTED_PAGES = {"docs/data-path.md"}
 README_WORD_LIMIT = 1700  # a front door (nanoGPT 2,090 words, CleanRL 1,110): details go to docs/
 
 
@@ -98,8 +99,8 @@ def documented_commands() -> list[tuple[str, list[str]]]:
     found = []
     for path, text in PAGES.items():
         inline = re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
-        block_lines = [line for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S) for line in
-                       block.splitlines()]  # fmt: skip
+        blocks = [re.sub(r"\\\n\s*", " ", block) for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)]
+        block_lines = [line for block in blocks for line in block.splitlines()]  # a trailing \ continues the line
         for snippet in inline + block_lines:
             snippet = " ".join(snippet.split("  #")[0].split()).removeprefix("time ")  # one line, as a shell reads it
             if re.match(r"(python [\w/]+\.py|torchrun .*\.py|scripts/\w+\.sh)( |$)", snippet):
@@ -130,6 +131,9 @@ def parse(config_class, argv: list[str], where: str) -> None:
         raise AssertionError(f"{where}: {err}") from None
 
 
+SWEEPS = {"scripts/reproduce_table.sh": "table", "scripts/compare_curricula.sh": "compare"}
+
+
 def check_command(argv: list[str], where: str, configs: dict) -> None:
     if argv[0] == "python":
         argv = argv[1:]
@@ -137,11 +141,18 @@ def check_command(argv: list[str], where: str, configs: dict) -> None:
         argv = argv[next(k for k, arg in enumerate(argv) if arg.endswith(".py")) :]
     script, *args = argv
     assert (ROOT / script).is_file(), f"{where}: no {script}"
-    if script.endswith(".sh"):  # the script's own options, then those after -- for every train_student.py call
-        own, extra = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else (args, [])
-        text = (ROOT / script).read_text()
-        for option in (arg for arg in own if arg.startswith("--")):
-            assert f"{option})" in text, f"{where}: {script} has no option {option}"
+    if script.endswith(".sh") or script == "sweep.py":  # the wrappers of sweep.py: its table or compare sweep
+        import sweep
+
+        sweep_argv = args if script == "sweep.py" else [SWEEPS[script], *args]
+        try:  # the sweep's own options (as on a Slurm login node, where srun exists); those after -- go to every run
+            with mock.patch.object(sweep.shutil, "which", return_value="/usr/bin/srun"):
+                sweep.parse_args(sweep_argv)
+        except SystemExit as exit_info:  # --help prints and exits 0
+            assert exit_info.code == 0, where
+        except UserError as err:
+            raise AssertionError(f"{where}: {err}") from None
+        extra = args[args.index("--") + 1 :] if "--" in args else []
         parse(configs["train_student.py"], extra, where)
     elif script in configs:  # the flags exist and their values parse
         parse(configs[script], args, where)

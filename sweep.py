@@ -1,0 +1,666 @@
+"""Run a sweep: the results table or the curriculum comparison, expanded into its runs and launched one after another
+(the default), several at once on this machine, or as a Slurm job array; then gather the table.
+
+    python sweep.py table --data synthetic                          # the CPU demo (scripts/reproduce_table.sh)
+    python sweep.py table --parallel 4                              # the reference table, one run per GPU of 4
+    python sweep.py compare --seeds 0,1,2 --launcher slurm --partition gpu --time 240   # a job array
+    python sweep.py compare --quick --seeds 0 --strategies none,random_subset,soft      # a smoke test
+
+Each run is a subprocess of the usual command (`python train_student.py ...`, printed before it starts), so a run is
+the same whether the sweep or a person launched it; its output goes to <out>/logs/<run>.log (and, one run at a time,
+to the terminal too). Running the same command again in the same --out continues the sweep: finished runs (their
+results.json) are skipped, interrupted ones resumed from their last epoch (--resume), the rest started, and the
+table is gathered once every run is done. A different sweep, or a finished one, in an --out is refused unless
+--overwrite. The sweep's own lines (queued, started, resumed, done, failed, the summary) go to stderr. See
+docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import submitit
+
+import bookkeeping
+import cli
+from errors import UserError, run_cli
+
+ROOT = Path(__file__).resolve().parent
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The synthetic benchmark where distillation matters (`--data synthetic`)
+#
+# The analogue of "a ResNet-152 pretrained on ImageNet, sliced to mini-imagenet's classes": the teacher learns a wide
+# pretraining set (twice the classes, 12x the images per class), once, and is cached under the cache dir by
+# everything that defines it (pretrain_teacher.py); the students see a subset of its classes with few images each,
+# and the teacher's wider head is sliced to them by WordNet id (models.class_indices, as for ImageNet). Both sets
+# share the generator's seed (the classes' looks) and its per-sample variation (jitter, radians).
+BENCH_STUDENT_DATA = "synthetic:classes=10,train=200,val=100,test=500,size=32,seed=0,jitter=0.4"
+BENCH_PRETRAIN_DATA = "synthetic:classes=20,train=5000,val=300,test=300,size=32,seed=0,jitter=0.4"
+BENCH_TEACHER = ["--student", "resnet10t", "--epochs", "4"]
+BENCH_EPOCHS = 15
+# 7 steps per epoch, not 2: with 20 images per class a batch of 128 would take 30 optimiser steps in all, too few for
+# the soft targets to be learnt (the teacher keeps its own batch of 128 on its 5000 images)
+BENCH_BATCH = "32"
+# The RL row's proxy runs (train_student_rl.py --pretrain-*): 10 proxy runs of 10 epochs on a tenth of the data (100
+# agent steps) keep the demo within its time; the default 30 (300 steps, what tests/test_agent_learns.py shows is
+# enough to learn) costs about 3 minutes more on a CPU.
+BENCH_RL = ["--pretrain-episodes", "10"]
+# --quick: the same design, tiny (4 of 8 classes)
+QUICK_STUDENT_DATA = "synthetic:classes=4,train=96,val=32,test=32"
+QUICK_PRETRAIN_DATA = "synthetic:classes=8,train=256,val=32,test=32"
+QUICK_TEACHER = ["--student", "resnet10t", "--epochs", "1"]
+QUICK_RL = ["--pretrain-episodes", "1", "--pretrain-epochs", "2", "--pretrain-subset", "0.5"]
+# No DataLoader workers: a synthetic image is generated once and kept by the process (data.SyntheticImages); a
+# worker, forked afresh each epoch, would generate it again every epoch.
+BENCH_WORKERS = "0"
+TEACHER_FLAGS = ["--label-weight", "1", "--batch-size", "128", "--workers", BENCH_WORKERS]
+
+TABLE_ROWS = ["labels", "kd", "kd-teacher-only", "rl", "random-subset", "kd-teacher-only-equal-compute"]
+STRATEGIES = ["none", "random_subset", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "soft"]
+# where the pretrained synthetic teacher's best.pt goes in a run's command once it exists (it is trained first)
+TEACHER_CHECKPOINT = "<pretrained teacher>"
+# flags whose values say where and how fast a run computes, not what: a sweep continued with other values is the same
+# sweep, and they are what a --resume may change (bookkeeping.RESUME_MAY_CHANGE)
+WHERE_FLAGS = ("--device", "--workers", "--cache-dir")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The sweep's flags; everything after `--` goes to every run's command."""
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = cli.OneLineParser(description=__doc__, formatter_class=cli.HelpFormatter, allow_abbrev=False)
+    parser.add_argument("sweep", choices=("table", "compare"), help="the results table or the curriculum comparison")
+    parser.add_argument("--data", help="table: default timm/mini-imagenet; compare: synthetic (the benchmark)")
+    parser.add_argument("--out", help="sweep folder (default runs/demo, runs/table or runs/compare)")
+    parser.add_argument("--epochs", type=int, help="training epochs (default: the sweep's own)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    parser.add_argument("--seeds", help="seeds, comma-separated (default: table 0, compare 0,1,2)")
+    parser.add_argument("--targets", default="0.2,0.4,0.6", help="compare: adaptive's targets (default: 0.2,0.4,0.6)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="compare: the strategies (default: all)")
+    parser.add_argument("--cache-dir", help="teacher-logit cache and pretrained synthetic teacher (shared by runs)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: tiny synthetic data, 1-2 epochs")
+    parser.add_argument("--overwrite", action="store_true", help="replace the runs and table in --out")
+    group = parser.add_argument_group("launching")
+    group.add_argument("--launcher", choices=("local", "slurm"), default="local", help="this machine, or Slurm")
+    group.add_argument("--parallel", type=int, help="runs at once (default: local 1, slurm no limit)")
+    group.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per run; >1 launches it with torchrun")
+    group.add_argument("--partition", help="slurm: partition")
+    group.add_argument("--account", help="slurm: account to charge")
+    group.add_argument("--time", type=int, default=24 * 60, help="slurm: time limit per job, minutes (default 1440)")
+    group.add_argument("--cpus-per-job", type=int, default=8, help="slurm: CPU cores per job (default 8)")
+    args = parser.parse_args(argv)
+    args.extra = extra
+    if args.parallel is None:
+        args.parallel = 1 if args.launcher == "local" else 0
+    if args.launcher == "slurm" and shutil.which("srun") is None:  # submitit's own test for a Slurm machine
+        raise UserError("--launcher slurm: no srun here; start the sweep on the cluster's login node, or use local.")
+    if args.parallel < (1 if args.launcher == "local" else 0) or args.gpus_per_job < 1:
+        raise UserError("--parallel and --gpus-per-job must be at least 1 (slurm: --parallel 0 means no limit).")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The steps of a sweep: one command each
+
+
+@dataclasses.dataclass
+class Step(submitit.helpers.Checkpointable):
+    """One command of a sweep (the teacher, a run, the table), run as a subprocess with its output in `log`.
+
+    A run (`folder` set) that is not `fresh` continues from its folder: skipped if it finished, resumed with --resume
+    if it completed an epoch, else started. That is also what a Slurm job pre-empted or out of time does: submitit
+    calls checkpoint(), which requeues the same step, and the requeued job resumes from the run's last.pt."""
+
+    name: str
+    argv: list[str]  # script and flags: ["train_student.py", "--data", ...]
+    log: str
+    folder: str | None = None
+    fresh: bool = True
+    nproc: int = 1  # processes per run: >1 launches it with torchrun, one per GPU
+    cpus: tuple[int, ...] = ()  # local CPU runs: the cores it is pinned to (and its OMP_NUM_THREADS)
+    echo: bool = False  # also copy its output to this terminal (one run at a time)
+    keep_stdout: bool = True  # echo its stdout too (the teacher's stdout is only its checkpoint path)
+
+    def command(self) -> list[str] | None:
+        """The script and flags this step runs now; None for a run that already finished."""
+        if self.folder is None or self.fresh:
+            return self.argv
+        if (Path(self.folder) / "results.json").is_file():
+            return None
+        if bookkeeping.holds_run(self.folder):
+            return resume_argv(self.argv, self.folder)
+        return self.argv
+
+    def __call__(self) -> tuple[int, str]:
+        """(exit code, stdout) of the step's command."""
+        argv = self.command()
+        if argv is None:
+            return 0, ""
+        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}"]
+        script = str(ROOT / argv[0])  # the user's relative paths stay relative to where the sweep was started
+        command = [sys.executable, *(launch if self.nproc > 1 else []), script, *argv[1:]]
+        env = dict(os.environ)
+        if self.cpus:
+            env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(len(self.cpus)))
+        Path(self.log).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            log.write(f"$ {shlex.join(command)}\n".encode())
+            log.flush()
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                       preexec_fn=lambda: prepare_child(self.cpus))  # fmt: skip
+            try:
+                lock = threading.Lock()
+                err = sys.stderr.buffer if self.echo else None
+                stderr = threading.Thread(target=copy_stream, args=(process.stderr, [log, err], lock))
+                stderr.start()
+                out = sys.stdout.buffer if self.echo and self.keep_stdout else None
+                stdout = copy_stream(process.stdout, [log, out], lock)
+                stderr.join()
+                process.wait()
+            finally:  # a step stopped (Ctrl-C, a cancelled job) stops its run: the next sweep resumes it
+                if process.poll() is None:
+                    process.terminate()
+                    process.wait()
+        return process.returncode, stdout.decode(errors="replace")
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """Requeue on pre-emption or time-out: the same step, continued from its folder (--resume)."""
+        return submitit.helpers.DelayedSubmission(dataclasses.replace(self, fresh=False))
+
+
+def prepare_child(cpus: tuple[int, ...]) -> None:
+    """In the run's process before it starts: pin it to its cores, and have it end with the process that launched it
+    (a local job's worker that submitit kills with SIGKILL cannot pass a signal on)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def copy_stream(source, sinks, lock: threading.Lock) -> bytes:
+    """Copy a child's pipe, line by line, to every sink (a file, the terminal); return what passed."""
+    kept = []
+    for line in iter(source.readline, b""):
+        kept.append(line)
+        with lock:
+            for sink in sinks:
+                if sink is not None:
+                    sink.write(line)
+                    sink.flush()
+    return b"".join(kept)
+
+
+def resume_argv(argv: list[str], folder: str) -> list[str]:
+    """`SCRIPT --resume FOLDER` plus the flags a resume may change: the run's other flags are in its config.json."""
+    where = [part for flag in WHERE_FLAGS if flag in argv for part in (flag, argv[argv.index(flag) + 1])]
+    return [argv[0], "--resume", folder, *where]
+
+
+def spec_of(argv: list[str], out: Path) -> list[str]:
+    """What a command computes: less --overwrite and WHERE_FLAGS, with paths inside --out written relative to it
+    (so a sweep folder that was moved or copied still continues)."""
+    kept, index = [], 0
+    while index < len(argv):
+        part = argv[index]
+        index += 2 if part in WHERE_FLAGS else 1
+        if part in WHERE_FLAGS or part == "--overwrite":
+            continue
+        inside = part == str(out) or part.startswith(str(out) + os.sep)
+        kept.append("<out>" + part[len(str(out)) :] if inside else part)
+    return kept
+
+
+@dataclasses.dataclass
+class Plan:
+    """A sweep expanded: the teacher to pretrain first (or None), the runs, the gathering command, and the files it
+    writes into --out (`products`: with the runs' folders, what makes a folder hold results)."""
+
+    out: Path
+    teacher: list[str] | None
+    runs: dict[str, list[str]]  # run name -> command; its folder is out/name
+    gather: list[str]
+    products: list[str]
+    table: str | None  # the file the gathering command's stdout is saved to (the table's markdown)
+
+    def spec(self) -> dict:
+        return {
+            "teacher": spec_of(self.teacher, self.out) if self.teacher else None,
+            "runs": {name: spec_of(argv, self.out) for name, argv in self.runs.items()},
+            "gather": spec_of(self.gather, self.out),
+        }
+
+
+def seeds_of(text: str) -> list[str]:
+    seeds = [seed.strip() for seed in text.split(",") if seed.strip()]
+    if not seeds or not all(seed.isdigit() for seed in seeds):
+        raise UserError(f"--seeds {text}: give seeds as comma-separated integers, e.g. --seeds 0,1,2.")
+    return seeds
+
+
+def teacher_step(args, pretrain_data: str, teacher_flags: list[str], cache: list[str]) -> list[str]:
+    return ["pretrain_teacher.py", "--data", pretrain_data, *TEACHER_FLAGS, *teacher_flags,
+            "--device", args.device, "--seed", "0", *cache]  # fmt: skip
+
+
+def plan_table(args) -> Plan:
+    """The results table's rows, once per seed (scripts/reproduce_table.sh)."""
+    data = args.data or "timm/mini-imagenet"
+    out = Path(args.out or ("runs/demo" if data.startswith("synthetic") else "runs/table"))
+    seeds, cache = seeds_of(args.seeds or "0"), (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+    overwrite = ["--overwrite"] if args.overwrite else []
+    teacher_command = None
+    if data.startswith("synthetic"):
+        # The student is resnet10t: MobileNetV2's stride-32 stem leaves 1x1 feature maps at 32 px and learns too
+        # slowly for a CPU demo of a few epochs; the real-data rows use the reference's mobilenetv2_100.
+        student, workers, pretrain, teacher_flags, rl = (
+            "resnet10t",
+            BENCH_WORKERS,
+            BENCH_PRETRAIN_DATA,
+            BENCH_TEACHER,
+            BENCH_RL,
+        )
+        data = BENCH_STUDENT_DATA if data == "synthetic" else data
+        epochs = args.epochs or BENCH_EPOCHS
+        if args.quick:  # 2 epochs, not 1: the equal-compute control's round(0.6 E) epochs must differ from E
+            data, pretrain, teacher_flags, rl, epochs = (
+                QUICK_STUDENT_DATA,
+                QUICK_PRETRAIN_DATA,
+                QUICK_TEACHER,
+                QUICK_RL,
+                args.epochs or 2,
+            )
+        common = ["--data", data, "--epochs", str(epochs), "--device", args.device, "--workers", workers,
+                  "--batch-size", BENCH_BATCH, "--teacher-logits", "replay", *cache]  # fmt: skip
+        teacher_command = teacher_step(args, pretrain, teacher_flags, cache)
+        teacher = ["--teacher-checkpoint", TEACHER_CHECKPOINT]
+    else:
+        student, workers, rl, epochs = "mobilenetv2_100", "8", [], args.epochs or 100
+        common = ["--data", data, "--epochs", str(epochs), "--device", args.device, "--workers", workers,
+                  "--teacher-logits", "replay", *cache]  # fmt: skip
+        teacher = ["--teacher", "resnet152.tv_in1k"]
+    rows = {  # row: script and its own flags
+        "labels": ["train_student.py", "--label-weight", "1"],
+        "kd": ["train_student.py", "--label-weight", "0.6"],
+        "kd-teacher-only": ["train_student.py", "--label-weight", "0"],
+        "rl": ["train_student_rl.py", "--label-weight", "0", "--fraction", "0.6", *rl],
+        # the control: as much data per epoch as the RL row, drawn uniformly
+        "random-subset": ["train_student.py", "--label-weight", "0", "--curriculum", "random_subset",
+                          "--fraction", "0.6"],
+        # the equal-compute control: teacher-only KD on all the data for round(0.6 E) epochs, the 60% rows' budget
+        "kd-teacher-only-equal-compute": ["train_student.py", "--label-weight", "0",
+                                          "--epochs", str((6 * epochs + 5) // 10)],
+    }  # fmt: skip
+    runs = {}
+    for row, (script, *flags) in rows.items():  # with one seed a row's folder is out/<row>; with several, <row>-s<seed>
+        for seed in seeds:
+            name = row if len(seeds) == 1 else f"{row}-s{seed}"
+            runs[name] = [script, *common, "--student", student, *teacher, "--seed", seed, "--out", str(out / name),
+                          *overwrite, *flags, *args.extra]  # fmt: skip
+    # seeds of one row share a config but for --seed and --out: evaluate.py pools them into one row
+    gather = ["evaluate.py", *(str(out / name) for name in runs), *teacher, "--device", args.device,
+              "--workers", workers, "--json", str(out / "table.json"), "--report", str(out / "report")]  # fmt: skip
+    return Plan(out, teacher_command, runs, gather, ["table.md", "table.json"], table="table.md")
+
+
+def plan_comparison(args) -> Plan:
+    """Every curriculum strategy at fraction 0.6, teacher-only KD, the same seeds (scripts/compare_curricula.sh)."""
+    data = args.data or "synthetic"
+    if not data.startswith("synthetic"):
+        raise UserError("only --data synthetic[:OPTIONS] is wired up for the comparison; see docs/sweeps.md.")
+    out, seeds = Path(args.out or "runs/compare"), seeds_of(args.seeds or "0,1,2")
+    strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown or "random_subset" not in strategies:
+        raise UserError(f"--strategies: pick from {', '.join(STRATEGIES)}, with random_subset (the baseline).")
+    cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    pretrain, teacher_flags, data = (
+        BENCH_PRETRAIN_DATA,
+        BENCH_TEACHER,
+        BENCH_STUDENT_DATA if data == "synthetic" else data,
+    )
+    epochs = args.epochs or BENCH_EPOCHS
+    if args.quick:
+        data, pretrain, teacher_flags, epochs = QUICK_STUDENT_DATA, QUICK_PRETRAIN_DATA, QUICK_TEACHER, args.epochs or 1
+    # --target-scale absolute: the comparison was measured with targets on the difficulty scale (the reference's);
+    # pass -- --target-scale quantile to compare the rank bands that train_student.py defaults to
+    common = ["--data", data, "--epochs", str(epochs), "--device", args.device, "--workers", BENCH_WORKERS,
+              "--batch-size", BENCH_BATCH, "--student", "resnet10t", "--teacher-checkpoint", TEACHER_CHECKPOINT,
+              "--label-weight", "0", "--fraction", "0.6", "--target-scale", "absolute", "--teacher-logits", "replay",
+              *cache]  # fmt: skip
+    flags = {}
+    for strategy in strategies:
+        if strategy == "adaptive":
+            for target in (t.strip() for t in args.targets.split(",") if t.strip()):
+                flags[f"adaptive-t{target}"] = ["--curriculum", "adaptive", "--target", target]
+        else:
+            flags[strategy] = ["--curriculum", strategy]
+    runs = {}
+    for seed in seeds:  # seed by seed: a cut-off sequential comparison still holds every strategy's first seeds
+        for strategy, own in flags.items():
+            name = f"{strategy}-s{seed}"
+            runs[name] = ["train_student.py", *common, "--seed", seed, "--out", str(out / name),
+                          *(["--overwrite"] if args.overwrite else []), *own, *args.extra]  # fmt: skip
+    gather = [
+        "compare_curricula.py",
+        *(str(out / name) for name in runs),
+        "--baseline",
+        "random_subset",
+        "--out",
+        str(out),
+    ]
+    teacher = teacher_step(args, pretrain, teacher_flags, cache)
+    return Plan(out, teacher, runs, gather, ["comparison.md", "comparison.json"], table=None)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# --out: refused if it holds other results, locked while a sweep runs in it
+
+
+def check_out(plan: Plan, overwrite: bool) -> None:
+    """Refuse an --out that holds a different sweep, a finished one, or results of no sweep, before anything runs."""
+    if overwrite:
+        return
+    saved_path = plan.out / "sweep.json"
+    saved = read_json(saved_path) if saved_path.is_file() else None
+    paths = [plan.out / name for name in plan.runs] + [plan.out / name for name in plan.products]
+    if saved is not None and saved != plan.spec():
+        raise UserError(
+            f"{plan.out} holds a different sweep ({saved_path} lists other runs or flags); pass --overwrite to "
+            "replace its runs, or --out for a new folder."
+        )
+    finished = [path for path in paths[len(plan.runs) :] if path.is_file()]
+    taken = finished if saved is not None else [path for path in paths if path.is_file() or bookkeeping.holds_run(path)]
+    if taken:
+        raise UserError(
+            f"{plan.out} already holds results ({', '.join(path.name for path in taken)}); pass --overwrite to "
+            "replace them, or --out for a new folder."
+        )
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return "unreadable"  # differs from every spec: refused as a different sweep
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Progress and launchers
+
+
+class Progress:
+    """One stderr line per state change of a step, the `== [k/n] name: command ==` header on stdout as each starts,
+    and the summary."""
+
+    def __init__(self, total: int):
+        self.total, self.states, self.logs = total, {}, {}
+
+    def say(self, name: str, state: str, detail: str) -> None:
+        self.states[name] = state
+        print(f"sweep: {state} {name} ({detail})", file=sys.stderr, flush=True)
+
+    def header(self, number: int, step: Step, note: str = "") -> None:
+        argv = step.command() or step.argv
+        torchrun = f"torchrun --standalone --nproc_per_node {step.nproc} " if step.nproc > 1 else ""
+        print(f"== [{number}/{self.total}] {step.name}: {torchrun or 'python '}{' '.join(argv)}{note} ==", flush=True)
+
+    def started(self, number: int, step: Step, where: str = "") -> None:
+        if number > 0:  # the gathering step has a header of its own
+            self.header(number, step, " (once, then cached)" if step.folder is None else "")
+        resumed = step.folder is not None and step.command() != step.argv
+        self.logs[step.name] = step.log
+        self.say(step.name, "resumed" if resumed else "started", f"{where}log {step.log}")
+
+    def ended(self, step: Step, code: int | None) -> None:
+        if code == 0:
+            self.say(step.name, "done", f"{step.folder}/results.json" if step.folder else f"log {step.log}")
+        else:
+            self.say(step.name, "failed", f"exit {code}; log {step.log}")
+
+    def summary(self) -> str:
+        counts = {state: [name for name, s in self.states.items() if s == state] for state in ("done", "failed")}
+        running = [name for name, s in self.states.items() if s in ("started", "resumed")]
+        waiting = [name for name, s in self.states.items() if s in ("queued", "submitted")]
+        failed = "".join(f"; failed {name} (log {self.logs.get(name)})" for name in counts["failed"])
+        queued = f", {len(waiting)} queued" if waiting else ""
+        done = f"sweep: {len(counts['done'])} done, {len(running)} running{queued}"
+        return f"{done}, {len(counts['failed'])} failed{failed}"
+
+
+def run_here(steps: dict[int, Step], progress: Progress) -> dict[str, tuple[int, str]]:
+    """One step after another in this process, its output copied to the terminal."""
+    results = {}
+    for number, step in steps.items():
+        progress.started(number, step)
+        results[step.name] = dataclasses.replace(step, echo=True)()
+        progress.ended(step, results[step.name][0])
+    return results
+
+
+def gpu_count(device: str) -> int:
+    if device == "cpu":
+        return 0
+    import torch  # here: only a local sweep on several GPUs needs it
+
+    return torch.cuda.device_count()
+
+
+def local_slots(parallel: int, device: str, gpus_per_job: int) -> list[dict]:
+    """What each of `parallel` concurrent runs is pinned to: its own GPUs, or else its share of the CPU cores."""
+    gpus = gpu_count(device)
+    if gpus:
+        if parallel * gpus_per_job > gpus:
+            raise UserError(
+                f"--parallel {parallel} x --gpus-per-job {gpus_per_job} needs more than the {gpus} GPUs here; "
+                "lower --parallel."
+            )
+        return [{"gpus": list(range(k * gpus_per_job, (k + 1) * gpus_per_job))} for k in range(parallel)]
+    cores = sorted(os.sched_getaffinity(0))
+    if parallel >= len(cores):
+        return [{"cpus": (cores[k % len(cores)],)} for k in range(parallel)]
+    share = len(cores) // parallel
+    return [{"cpus": tuple(cores[k * share : (k + 1) * share])} for k in range(parallel)]
+
+
+def run_local(steps: dict[int, Step], progress: Progress, args, folder: Path) -> dict[str, tuple[int, str]]:
+    """`--parallel N` steps at once through submitit's LocalExecutor, each pinned to a slot (local_slots)."""
+    executor = submitit.LocalExecutor(folder=folder)
+    free, queue, running, results = (
+        local_slots(args.parallel, args.device, args.gpus_per_job),
+        list(steps.items()),
+        {},
+        {},
+    )
+    try:
+        while queue or running:
+            while queue and free:
+                number, step = queue.pop(0)
+                slot = free.pop(0)
+                gpus = slot.get("gpus", [])
+                # without GPUs the executor's default CUDA_VISIBLE_DEVICES="" is right: the run is on its CPU cores
+                executor.update_parameters(timeout_min=60 * 24 * 365, gpus_per_node=len(gpus), visible_gpus=gpus)
+                step = dataclasses.replace(step, cpus=slot.get("cpus", ()), nproc=len(gpus) or 1)
+                running[executor.submit(step)] = (step, slot)
+                where = f"GPU {','.join(map(str, gpus))}; " if gpus else f"cores {','.join(map(str, slot['cpus']))}; "
+                progress.started(number, step, where)
+            time.sleep(0.5)
+            for job in [job for job in running if job.done()]:
+                step, slot = running.pop(job)
+                free.append(slot)
+                results[step.name] = outcome(job)
+                progress.ended(step, results[step.name][0])
+    except BaseException:
+        for job in running:
+            job.cancel(check=False)  # the runs stop with the sweep; the next sweep resumes them
+        raise
+    return results
+
+
+def outcome(job) -> tuple[int, str]:
+    """(exit code, stdout) of a finished job; a job that died outside its command counts as exit code -1."""
+    try:
+        return job.result()
+    except Exception as err:  # the job's own traceback is in submitit's log beside it
+        print(f"sweep: job {job.job_id} raised {type(err).__name__} (see {job.paths.stderr})", file=sys.stderr)
+        return -1, ""
+
+
+def slurm_executor(args, folder: Path) -> submitit.SlurmExecutor:
+    """A job array: one job per run, each with --gpus-per-job GPUs, requeued (3 times at most) on time-out or
+    pre-emption, when Step.checkpoint resubmits the run with --resume."""
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
+    options = {"partition": args.partition, "account": args.account}
+    executor.update_parameters(
+        time=args.time, gpus_per_node=args.gpus_per_job, ntasks_per_node=1, cpus_per_task=args.cpus_per_job,
+        job_name="sweep", array_parallelism=args.parallel or 256, **{k: v for k, v in options.items() if v},
+    )  # fmt: skip
+    return executor
+
+
+def run_slurm(steps: dict[int, Step], progress: Progress, args, folder: Path) -> dict[str, tuple[int, str]]:
+    """The steps as one Slurm job array; waits for them, reporting each job's state changes."""
+    executor = slurm_executor(args, folder)
+    with executor.batch():
+        jobs = {executor.submit(step): (number, step) for number, step in steps.items()}
+    for job, (_, step) in jobs.items():
+        progress.say(step.name, "submitted", f"slurm job {job.job_id}; log {step.log}")
+    results, seen = {}, {}
+    while len(results) < len(jobs):
+        time.sleep(30)  # submitit polls sacct for all jobs at once, at most this often
+        for job, (number, step) in jobs.items():
+            if step.name in results:
+                continue
+            state = job.state
+            if state == "RUNNING" and seen.get(step.name) != state:
+                progress.started(number, step, f"slurm job {job.job_id}; ")
+            seen[step.name] = state
+            if job.done():
+                results[step.name] = outcome(job)
+                progress.ended(step, results[step.name][0])
+    return results
+
+
+def launch(steps: dict[int, Step], progress: Progress, args, out: Path) -> dict[str, tuple[int, str]]:
+    if args.launcher == "slurm":
+        return run_slurm(steps, progress, args, out / ".submitit")
+    if args.parallel > 1 and len(steps) > 1:
+        return run_local(steps, progress, args, out / ".submitit")
+    return run_here(steps, progress)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The sweep
+
+
+def plan_steps(plan: Plan, args, progress: Progress) -> dict[int, Step]:
+    """The runs still to do, numbered as in the whole sweep: finished ones are skipped, interrupted ones resumed."""
+    first = 2 if plan.teacher else 1
+    nproc = args.gpus_per_job if args.device != "cpu" else 1
+    steps = {}
+    for number, (name, argv) in enumerate(plan.runs.items(), start=first):
+        folder = plan.out / name
+        step = Step(name, argv, str(plan.out / "logs" / f"{name}.log"), str(folder), fresh=args.overwrite, nproc=nproc)
+        if not args.overwrite and (folder / "results.json").is_file():
+            progress.say(name, "done", f"finished before; {folder}/results.json")
+            continue
+        progress.say(name, "queued", f"log {step.log}")
+        steps[number] = step
+    return steps
+
+
+def pretrain(plan: Plan, args, progress: Progress) -> str | None:
+    """The pretrained synthetic teacher's best.pt: trained once (cached under --cache-dir) before the runs fan out."""
+    if plan.teacher is None:
+        return None
+    step = Step("teacher", plan.teacher, str(plan.out / "logs" / "teacher.log"), keep_stdout=False)
+    code, stdout = launch({1: step}, progress, args, plan.out)["teacher"]
+    if code != 0:
+        raise UserError(f"the teacher could not be pretrained (exit {code}); see {step.log}, then run the sweep again.")
+    return stdout.strip().splitlines()[-1]
+
+
+def gather(plan: Plan, args, progress: Progress) -> int:
+    """The table of all runs (evaluate.py or compare_curricula.py); its stdout is printed (and saved as the table)."""
+    name = "table" if plan.table else "comparison"
+    print(f"== the {name}: {' '.join(plan.gather)} ==", flush=True)
+    step = Step(name, plan.gather, str(plan.out / "logs" / f"{name}.log"), echo=args.launcher == "local")
+    code, stdout = launch({0: step}, progress, args, plan.out)[name] if args.launcher == "slurm" else step()
+    if args.launcher == "slurm":
+        sys.stdout.write(stdout)
+    if code == 0 and plan.table:
+        bookkeeping.atomic_write(plan.out / plan.table, lambda handle: handle.write(stdout.encode()))
+    return code
+
+
+def with_teacher(argv: list[str], checkpoint: str | None) -> list[str]:
+    return [checkpoint if part == TEACHER_CHECKPOINT else part for part in argv]
+
+
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # a killed sweep stops its local runs too (run_local), as Ctrl-C does
+
+
+def main(argv=None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    plan = plan_table(args) if args.sweep == "table" else plan_comparison(args)
+    if plan.teacher is not None:  # synthetic data
+        # one thread per process: on a small shared CPU two threads per run fight each other and run several times
+        # slower; the numbers of a seed are the same for any given thread count
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    check_out(plan, args.overwrite)
+    lock = bookkeeping.hold_folder_lock(plan.out)  # one sweep per --out; each run locks its own folder too
+    check_out(plan, args.overwrite)  # again under the lock: a sweep that finished meanwhile is not redone
+    if args.overwrite:  # an old table would make a cut-off sweep look finished
+        for name in plan.products:
+            (plan.out / name).unlink(missing_ok=True)
+    # a worker of the local or Slurm executor imports this module to run its Step; the runs ignore it
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    signal.signal(signal.SIGTERM, interrupt)
+    # Ctrl-C, even for a sweep started in the background (which inherits SIGINT ignored, and would pass that on to the
+    # local jobs, whose cancel is a SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    bookkeeping.save_json(plan.out / "sweep.json", plan.spec())
+    progress = Progress(total=len(plan.runs) + (1 if plan.teacher else 0))
+    try:
+        steps = plan_steps(plan, args, progress)
+        checkpoint = pretrain(plan, args, progress)
+        for step in steps.values():
+            step.argv = with_teacher(step.argv, checkpoint)
+        plan.gather = with_teacher(plan.gather, checkpoint)
+        results = launch(steps, progress, args, plan.out) if steps else {}
+    except KeyboardInterrupt:
+        print(f"sweep: interrupted; {progress.summary()[7:]}; run the same command to continue it", file=sys.stderr)
+        sys.exit(130)
+    failed = [name for name, (code, _) in results.items() if code != 0]
+    if failed:
+        print(progress.summary(), file=sys.stderr)
+        raise UserError(
+            f"{len(failed)} run(s) failed, so the table was not gathered; fix them (see their logs) and run the "
+            "same command again."
+        )
+    code = gather(plan, args, progress)
+    print(progress.summary(), file=sys.stderr)
+    lock.close()
+    if code != 0:
+        raise UserError(
+            f"gathering the table failed (exit {code}); see {plan.out / 'logs'}, then run the same command again."
+        )
+
+
+if __name__ == "__main__":
+    import sweep  # the jobs pickle sweep.Step by reference (a worker imports it), not this __main__ copy
+
+    run_cli(sweep.main)

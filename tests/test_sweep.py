@@ -1,0 +1,203 @@
+"""sweep.py: the table and the comparison expanded into runs, the sweep continued where it stopped, runs launched in
+parallel through submitit's local executor, a failed run reported with its log, and an --out that holds another sweep
+refused. The end-to-end sweeps are tiny comparisons (4 classes, 96 images, 1 epoch, one thread per run)."""
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import submitit
+
+import bookkeeping
+import sweep
+from conftest import ROOT
+from errors import UserError
+
+STRATEGIES = "none,random_subset,soft"
+
+
+def test_table_expands_into_its_rows_per_seed():
+    plan = sweep.plan_table(sweep.parse_args(["table", "--data", "synthetic", "--seeds", "0,1", "--out", "o"]))
+    assert list(plan.runs) == [f"{row}-s{seed}" for row in sweep.TABLE_ROWS for seed in (0, 1)]
+    rl = plan.runs["rl-s1"]
+    assert rl[0] == "train_student_rl.py" and rl[rl.index("--out") + 1] == os.path.join("o", "rl-s1")
+    assert rl[rl.index("--teacher-checkpoint") + 1] == sweep.TEACHER_CHECKPOINT  # filled in once it is trained
+    equal = plan.runs["kd-teacher-only-equal-compute-s0"]  # its own --epochs comes last: round(0.6 x 15) = 9
+    assert equal[equal.index("--epochs") + 1] == "15" and equal[-2:] == ["--epochs", "9"]
+    assert plan.gather[:13] == ["evaluate.py", *(os.path.join("o", name) for name in plan.runs)]
+    assert plan.teacher[:3] == ["pretrain_teacher.py", "--data", sweep.BENCH_PRETRAIN_DATA]
+    real = sweep.plan_table(sweep.parse_args(["table"]))  # the reference table: no teacher to pretrain
+    assert real.teacher is None and str(real.out) == "runs/table" and "resnet152.tv_in1k" in real.runs["kd"]
+
+
+def test_spec_ignores_where_a_run_computes_and_where_the_sweep_lies():
+    out = sweep.Path("/s/out")
+    argv = ["train_student.py", "--device", "cuda", "--epochs", "3", "--workers", "8", "--overwrite",
+            "--out", "/s/out/kd", "--cache-dir", "/c", "--teacher-checkpoint", "/s/outside.pt"]  # fmt: skip
+    assert sweep.spec_of(argv, out) == ["train_student.py", "--epochs", "3", "--out", "<out>/kd",
+                                        "--teacher-checkpoint", "/s/outside.pt"]  # fmt: skip
+    assert sweep.resume_argv(argv, "/s/out/kd") == ["train_student.py", "--resume", "/s/out/kd", "--device", "cuda",
+                                                     "--workers", "8", "--cache-dir", "/c"]  # fmt: skip
+
+
+def test_a_step_continues_from_its_folder_and_requeues_itself(tmp_path):
+    step = sweep.Step("kd", ["train_student.py", "--epochs", "2", "--out", str(tmp_path)], "log", str(tmp_path))
+    assert step.command() == step.argv  # fresh: the command as given
+    requeued = step.checkpoint()  # what a pre-empted Slurm job submits again
+    assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function.fresh is False
+    assert requeued.function.command() == step.argv  # no epoch finished: started again
+    (tmp_path / "last.pt").write_bytes(b"an epoch")
+    assert requeued.function.command() == ["train_student.py", "--resume", str(tmp_path)]
+    (tmp_path / "results.json").write_text("{}")
+    assert requeued.function.command() is None  # finished: nothing to do
+
+
+def test_a_second_sweep_into_one_out_is_refused(tmp_path):
+    """--out in use (here by this test process, as by a running sweep): the sweep stops before any work."""
+    out = tmp_path / "sweep"
+    with bookkeeping.hold_folder_lock(out):
+        argv = [sys.executable, "sweep.py", "table", "--data", "synthetic", "--quick", "--out", str(out)]
+        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"--out {out} is in use by pid {os.getpid()} on " in result.stderr, result.stderr
+    assert list(out.iterdir()) == []  # nothing written, and the lock file went with its holder
+
+
+def test_local_slots_pin_gpus_or_share_the_cores(monkeypatch):
+    monkeypatch.setattr(sweep, "gpu_count", lambda device: 4)
+    assert sweep.local_slots(2, "auto", 2) == [{"gpus": [0, 1]}, {"gpus": [2, 3]}]
+    with pytest.raises(UserError, match="lower --parallel"):
+        sweep.local_slots(3, "auto", 2)
+    monkeypatch.setattr(sweep, "gpu_count", lambda device: 0)
+    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert sweep.local_slots(2, "auto", 1) == [{"cpus": (0, 1)}, {"cpus": (2, 3)}]
+
+
+def test_slurm_jobs_get_the_partition_time_and_gpus(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    with pytest.raises(UserError, match="no srun here"):
+        sweep.parse_args(["compare", "--launcher", "slurm"])
+    (tmp_path / "srun").write_text("#!/bin/sh\n")  # a login node, as far as submitit can tell
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    args = sweep.parse_args(["compare", "--launcher", "slurm", "--partition", "gpu", "--account", "lab",
+                             "--time", "90", "--gpus-per-job", "4", "--parallel", "8"])  # fmt: skip
+    parameters = sweep.slurm_executor(args, tmp_path).parameters
+    assert {key: parameters[key] for key in ("partition", "account", "time", "gpus_per_node", "array_parallelism")} == {
+        "partition": "gpu", "account": "lab", "time": 90, "gpus_per_node": 4, "array_parallelism": 8}  # fmt: skip
+
+
+def run_sweep(out, *flags, cache):
+    """scripts/compare_curricula.sh --quick as a user runs it, on one seed."""
+    return subprocess.run(
+        ["scripts/compare_curricula.sh", "--quick", "--seeds", "0", "--device", "cpu", "--out", str(out),
+         "--cache-dir", str(cache), *flags],
+        cwd=ROOT, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def files_of(folder):
+    return {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """A finished sequential sweep of three strategies, and the stores (teacher, logits) the other tests share."""
+    root = tmp_path_factory.mktemp("sweep")
+    result = run_sweep(root / "seq", "--strategies", STRATEGIES, cache=root / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result
+
+
+@pytest.mark.slow
+def test_two_at_once_give_the_sequential_table(sequential):
+    root, first = sequential
+    assert [line.split(":")[0] for line in first.stdout.splitlines() if line.startswith("== [")] == [
+        "== [1/4] teacher", "== [2/4] none-s0", "== [3/4] random_subset-s0", "== [4/4] soft-s0"]  # fmt: skip
+    result = run_sweep(root / "par", "--strategies", STRATEGIES, "--parallel", "2", cache=root / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sweep: started random_subset-s0 (cores " in result.stderr  # a run pinned to its share of the cores
+    assert len(list((root / "par" / ".submitit").glob("*_result.pkl"))) == 3  # the runs went through submitit
+    assert (root / "par" / "comparison.json").read_text() == (root / "seq" / "comparison.json").read_text()
+    assert "sweep: 4 done, 0 running, 0 failed" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_cut_off_sweep_continues_with_only_what_was_left(sequential):
+    """The state a kill leaves: one run finished, one interrupted after its last epoch, one never started, no table."""
+    root, _ = sequential
+    out = root / "cut"
+    shutil.copytree(root / "seq", out)  # a sweep folder continues where it lies: its spec is relative to it
+    for name in ("comparison.md", "comparison.json", "comparison.png", "random_subset-s0/results.json"):
+        (out / name).unlink()
+    shutil.rmtree(out / "soft-s0")
+    finished = (out / "none-s0" / "results.json").stat().st_mtime_ns
+    result = run_sweep(out, "--strategies", STRATEGIES, cache=root / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"sweep: done none-s0 (finished before; {out}/none-s0/results.json)" in result.stderr
+    assert f"sweep: resumed random_subset-s0 (log {out}/logs/random_subset-s0.log)" in result.stderr
+    assert f"sweep: started soft-s0 (log {out}/logs/soft-s0.log)" in result.stderr
+    headers = [line for line in result.stdout.splitlines() if line.startswith("== [")]
+    assert [line.split(":")[0] for line in headers] == ["== [1/4] teacher", "== [3/4] random_subset-s0",
+                                                         "== [4/4] soft-s0"]  # fmt: skip
+    assert f"python train_student.py --resume {out}/random_subset-s0 --device cpu --workers 0" in headers[1]
+    assert (out / "none-s0" / "results.json").stat().st_mtime_ns == finished  # not trained again
+    assert (out / "comparison.json").read_text() == (root / "seq" / "comparison.json").read_text()
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_reported_with_its_log_and_the_others_finish(sequential):
+    root, _ = sequential
+    out = root / "failed"  # adaptive at --target 2 is refused by train_student.py: that run fails at once
+    result = run_sweep(out, "--strategies", "random_subset,adaptive", "--targets", "0.4,2", "--parallel", "2",
+                       cache=root / "cache")  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    log = out / "logs" / "adaptive-t2-s0.log"
+    assert f"sweep: failed adaptive-t2-s0 (exit 2; log {log})" in result.stderr
+    assert "--target must lie in [0, 1]" in log.read_text()
+    assert f"1 failed; failed adaptive-t2-s0 (log {log})" in result.stderr
+    assert (out / "random_subset-s0" / "results.json").is_file() and (
+        out / "adaptive-t0.4-s0" / "results.json"
+    ).is_file()
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 run(s) failed, so the table was not gathered")
+    assert not (out / "comparison.md").exists()
+
+
+@pytest.mark.slow
+def test_a_different_or_finished_sweep_in_the_same_out_is_refused(sequential):
+    root, _ = sequential
+    before = files_of(root / "seq")
+    other = run_sweep(root / "seq", "--strategies", "none,random_subset", cache=root / "cache")
+    assert other.returncode == 2 and "holds a different sweep" in other.stderr and "--overwrite" in other.stderr
+    again = run_sweep(root / "seq", "--strategies", STRATEGIES, cache=root / "cache")
+    assert again.returncode == 2 and "already holds results (comparison.md, comparison.json)" in again.stderr
+    assert files_of(root / "seq") == before
+
+
+def test_every_sweep_command_in_the_docs_parses(tmp_path, monkeypatch):
+    """The commands of docs/sweeps.md (Slurm ones included: a fake srun stands for the login node) expand into runs."""
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    text = (ROOT / "docs" / "sweeps.md").read_text().replace("\\\n", " ")
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    commands = [line.split("#")[0].strip() for block in blocks for line in block.splitlines() if line.strip()]
+    sweeps = {"scripts/reproduce_table.sh": "table", "scripts/compare_curricula.sh": "compare"}
+    assert len(commands) >= 4
+    for command in commands:
+        program, *argv = shlex.split(command)
+        if program == "python":
+            program, *argv = argv
+        assert program in (*sweeps, "sweep.py"), command
+        argv = [sweeps[program], *argv] if program in sweeps else argv
+        try:
+            args = sweep.parse_args(argv)
+        except SystemExit as exit_info:  # --help
+            assert exit_info.code == 0, command
+            continue
+        plan = sweep.plan_table(args) if args.sweep == "table" else sweep.plan_comparison(args)
+        assert plan.runs, command
