@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import curriculum_dataloader as curriculum
 import models
+import views
 from bookkeeping import (
     MetricsLog,
     atomic_write,
@@ -217,7 +218,7 @@ def train_one_epoch(
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
     with join:  # DDP: ranks may get one batch more or less (every selected sample is used exactly once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
-            images = images.to(device, non_blocking=True)
+            images = views.to_device(images, device)  # uint8 views are normalised (and augmented) there
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = labels.to(device, non_blocking=True)
@@ -276,7 +277,7 @@ def predict_logits(model, loader, device: torch.device, dtype: torch.dtype | Non
     view = base_view(loader.dataset)
     logits = None
     for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=None):
-        images = images.to(device, non_blocking=True)
+        images = views.to_device(images, device)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
@@ -347,7 +348,7 @@ class Experiment:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         if data is None:
             data = load_data(config.data, config.image_size, augment_seed(config), config.min_scale)
-        self.data = data
+        self.data = views.fast_splits(data, config.loader, config.cache_dir, config.workers)
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
         needs_teacher = (
