@@ -171,22 +171,23 @@ def jpeg_run(out, jpeg_set, cache, *extra, epochs=2):
 
 
 @pytest.mark.slow
-def test_a_run_on_the_fast_path_resumes_identically(tmp_path, jpeg_set, tiny_teacher):
+def test_a_run_on_the_fast_path_resumes_identically(tmp_path, jpeg_set, tiny_teacher, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))  # the scripts' Arrow cache, in the test's folder
     flags = ("--teacher-checkpoint", tiny_teacher, "--label-weight", 0.5)
-    env = {"HF_DATASETS_CACHE": str(tmp_path / "hf")}
-    whole, killed, epochs = tmp_path / "whole", tmp_path / "killed", 4
-    run_script(*jpeg_run(whole, jpeg_set, tmp_path / "cache", *flags, epochs=epochs), env=env)
-    kill_part_way(jpeg_run(killed, jpeg_set, tmp_path / "cache", *flags, epochs=epochs), killed, 1, epochs)
-    run_script("train_student.py", "--resume", killed, env=env)
+    whole, killed, epochs = tmp_path / "whole", tmp_path / "killed", 5
+    run_script(*jpeg_run(whole, jpeg_set, tmp_path / "cache", *flags, epochs=epochs))
+    kill_part_way(jpeg_run(killed, jpeg_set, tmp_path / "cache", *flags, epochs=epochs), killed, 2, epochs)
+    run_script("train_student.py", "--resume", killed)
     assert comparable(killed) == comparable(whole)
 
 
 @pytest.mark.slow
-def test_the_teacher_view_store_of_the_fast_path_is_its_own(tmp_path, jpeg_set, tiny_teacher):
+def test_the_teacher_view_store_of_the_fast_path_is_its_own(tmp_path, jpeg_set, tiny_teacher, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     flags = ("--teacher-checkpoint", tiny_teacher, "--label-weight", 0.3, "--teacher-logits", "replay")
-    cache, env = tmp_path / "cache", {"HF_DATASETS_CACHE": str(tmp_path / "hf")}
-    run_script(*jpeg_run(tmp_path / "pil", jpeg_set, cache, *flags, "--loader", "pil", epochs=1), env=env)
-    run_script(*jpeg_run(tmp_path / "fast", jpeg_set, cache, *flags, epochs=1), env=env)
+    cache = tmp_path / "cache"
+    run_script(*jpeg_run(tmp_path / "pil", jpeg_set, cache, *flags, "--loader", "pil", epochs=1))
+    run_script(*jpeg_run(tmp_path / "fast", jpeg_set, cache, *flags, epochs=1))
     stores = sorted(cache.glob("teacher-views-*"))
     assert len(stores) == 2  # a store filled on the PIL views is never replayed on the uint8 views
     transforms_ = {json.loads((store / "key.json").read_text())["transform"] for store in stores}
