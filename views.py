@@ -148,7 +148,7 @@ class CropView(SampleView):
                 if image.getexif().get(ExifTags.Base.Orientation):
                     return self.transform(ImageOps.exif_transpose(image))  # as the hub's decoder does
                 return self.transform(image, encoded)
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, RuntimeError) as err:  # RuntimeError: torchvision's decoder
             raise UserError(f"cannot decode training image {index} ({err}); re-download or repair that file.") from None
 
 
@@ -184,32 +184,28 @@ def normalise(batch: torch.Tensor) -> torch.Tensor:
 
 
 def grey(batch: torch.Tensor) -> torch.Tensor:
-    weights = torch.tensor(GREY_WEIGHTS, device=batch.device)[:, None, None]
-    return (batch * weights).sum(dim=1, keepdim=True)
-
-
-def blend(batch: torch.Tensor, other, factor: torch.Tensor) -> torch.Tensor:
-    """torchvision's _blend: factor * x + (1 - factor) * other, clamped; a factor of 1 leaves x exactly as it is."""
-    return (factor * batch + (1.0 - factor) * other).clamp(0.0, 1.0)
-
-
-ADJUSTMENTS = (  # ColorJitter's brightness, contrast and saturation (torchvision.transforms.functional)
-    lambda x, f: blend(x, 0.0, f),
-    lambda x, f: blend(x, grey(x).mean(dim=(1, 2, 3), keepdim=True), f),
-    lambda x, f: blend(x, grey(x), f),
-)
+    """torchvision's rgb_to_grayscale, [N, 1, H, W]."""
+    r, g, b = batch.unbind(dim=1)
+    return (GREY_WEIGHTS[0] * r + GREY_WEIGHTS[1] * g + GREY_WEIGHTS[2] * b).unsqueeze(1)
 
 
 def augment(batch: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """Each sample's flip, then its brightness, contrast and saturation in its own drawn order. Batched: at each of
-    the three places every adjustment runs on the whole batch, with factor 1 (no change) where a sample does another."""
+    """Each sample's flip, then its brightness, contrast and saturation in its own drawn order, as torchvision's
+    tensor functions compute them. All three are blends, `clamp(f * x + (1 - f) * other)`, with `other` 0
+    (brightness), the mean grey level (contrast) or the grey image (saturation), so each of the three places is one
+    blend over the batch whose `other` each sample picks by its adjustment there."""
     flip = params[:, FLIP].bool()[:, None, None, None]
     batch = torch.where(flip, batch.flip(-1), batch)
-    factors, order = params[:, JITTER], params[:, ORDER]
+    factors, order = params[:, JITTER], params[:, ORDER].long()
     for place in range(3):
-        for kind, adjust in enumerate(ADJUSTMENTS):
-            factor = torch.where(order[:, place] == kind, factors[:, kind], 1.0)[:, None, None, None]
-            batch = adjust(batch, factor)
+        kind = order[:, place]
+        factor = factors.gather(1, kind[:, None])[:, :, None, None]
+        grey_image = grey(batch)
+        mean = grey_image.mean(dim=(1, 2, 3), keepdim=True)
+        is_contrast = (kind == 1).float()[:, None, None, None]
+        is_saturation = (kind == 2).float()[:, None, None, None]
+        other = is_contrast * mean + is_saturation * grey_image  # exactly 0, the mean or the grey image
+        batch = batch.mul(factor).add_(other.mul(1.0 - factor)).clamp_(0.0, 1.0)
     return batch
 
 

@@ -86,6 +86,19 @@ def test_draft_decodes_less_only_where_the_box_is_twice_the_output():
     assert views.draft_scale(decoded, 900, 900, 224) == 1  # already decoded: nothing to save
 
 
+def test_a_broken_training_jpeg_is_one_clear_error(tmp_path):
+    from errors import UserError
+
+    folder = write_image_folder(tmp_path / "set")
+    broken = sorted((folder / "train").rglob("*.jpg"))[0]
+    broken.write_bytes(broken.read_bytes()[:40])
+    splits = data.load_data(str(folder), image_size=16)
+    view = views.CropView(splits.train.source, views.CropToUint8(splits.train.transform), 0)
+    index = [str(p) for p in splits.train.source.paths].index(str(broken))
+    with pytest.raises(UserError, match="repair that file"):
+        view[(index, 1)]
+
+
 def test_device_side_adjustments_by_hand():
     grey = torch.full((1, 3, 2, 2), 0.8)
     factors = torch.tensor([[0.0, 0.5, 1.0, 1.0, 0.0, 1.0, 2.0]])  # no flip; brightness 0.5 first, then the rest
@@ -99,6 +112,22 @@ def test_device_side_adjustments_by_hand():
     pixels = torch.tensor([[[[0, 255, 51]]]], dtype=torch.uint8)  # one NHWC pixel
     expected = (torch.tensor([0.0, 1.0, 0.2]) - torch.tensor(data.IMAGENET_MEAN)) / torch.tensor(data.IMAGENET_STD)
     torch.testing.assert_close(views.to_device(pixels, CPU)[0, :, 0, 0], expected)
+
+
+def test_device_side_flip_and_jitter_equal_torchvisions_tensor_functions():
+    import torchvision.transforms.functional as F
+
+    batch = torch.rand(6, 3, 8, 8)
+    orders = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0], [2, 0, 1], [0, 2, 1]]  # every order of the three
+    factors = [[1.2, 0.8, 1.1], [0.9, 1.2, 0.8], [1.0, 1.0, 1.0], [0.8, 0.9, 1.2], [1.1, 1.1, 0.9], [1.2, 0.8, 0.8]]
+    params = torch.tensor([[i % 2, *f, *o] for i, (f, o) in enumerate(zip(factors, orders, strict=True))])
+    adjust = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)
+    out = views.augment(batch, params)
+    for image, p, result in zip(batch, params, out, strict=True):
+        image = F.hflip(image) if p[0] else image
+        for kind in p[4:].long().tolist():
+            image = adjust[kind](image, p[1 + kind].item())
+        torch.testing.assert_close(result, image, rtol=0, atol=1e-6)
 
 
 def test_fixed_views_from_the_store_equal_the_pil_path_bit_for_bit(jpeg_set, tmp_path):
@@ -159,6 +188,28 @@ def test_auto_picks_the_fast_path_for_photographs_only(jpeg_set, tmp_path):
     assert not views.uses_uint8(data.load_data(str(pngs), image_size=16), "auto")
     assert not views.uses_uint8(data.load_data(str(pngs), image_size=16), "pil")
     assert views.uses_uint8(synthetic, "uint8")
+
+
+def test_prepare_data_writes_a_smaller_copy_in_the_same_schema(jpeg_set, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    out = tmp_path / "small"
+    run_script("prepare_data.py", "--data", jpeg_set, "--out", out, "--max-side", 200, "--workers", 1)
+    import datasets
+
+    datasets.config.HF_DATASETS_CACHE = tmp_path / "hf-here"
+    full, small = data.load_data(str(jpeg_set)), data.load_data(str(out))
+    assert small.class_names == full.class_names == NAMES
+    for split in ("train", "val", "test"):
+        before, after = getattr(full, split), getattr(small, split)
+        assert after.labels.tolist() == before.labels.tolist()
+        for index in range(len(after)):
+            (width, height), (small_width, small_height) = (
+                before.source.image(index).size,
+                after.source.image(index).size,
+            )
+            assert max(small_width, small_height) == 200 and abs(small_width / small_height - width / height) < 0.02
+    again = run_script("prepare_data.py", "--data", jpeg_set, "--out", out, check=False)
+    assert again.returncode != 0 and "does not exist yet" in again.stderr
 
 
 # ----------------------------------------------------------------------------------------------------------------------
