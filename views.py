@@ -18,7 +18,6 @@ import dataclasses
 import io
 import json
 import os
-import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -31,10 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
+from tqdm import tqdm
 
 from curriculum_dataloader import cache_key
 from data import IMAGENET_MEAN, IMAGENET_STD, DataSplits, HubImages, ImageFiles, SampleView, pixel_part
-from errors import UserError
 
 LOADERS = ("auto", "pil", "uint8")
 STORE_VERSION = 1  # bump when the stored pixels change meaning
@@ -142,14 +141,15 @@ class CropView(SampleView):
     def load(self, index: int):
         if not hasattr(self.source, "encoded"):  # generated images (synthetic data, a proxy run's share)
             return self.transform(self.source.image(index))
-        encoded = self.source.encoded(index)
+        encoded, state = self.source.encoded(index), torch.get_rng_state()
         try:
             with Image.open(io.BytesIO(encoded)) as image:
                 if image.getexif().get(ExifTags.Base.Orientation):
                     return self.transform(ImageOps.exif_transpose(image))  # as the hub's decoder does
                 return self.transform(image, encoded)
-        except (UnidentifiedImageError, OSError, RuntimeError) as err:  # RuntimeError: torchvision's decoder
-            raise UserError(f"cannot decode training image {index} ({err}); re-download or repair that file.") from None
+        except (UnidentifiedImageError, OSError, RuntimeError):  # RuntimeError: torchvision's decoder
+            torch.set_rng_state(state)  # the same draws again, from the source's own decoder, which names the file
+            return self.transform(self.source.image(index))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -275,8 +275,7 @@ def build_store(view: SampleView, path: Path, shape: tuple, workers: int) -> Non
     try:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         start = 0
-        print(f"decoding {shape[0]} fixed views once into {path}", file=sys.stderr, flush=True)
-        for batch in loader:
+        for batch in tqdm(loader, desc=f"decoding fixed views once ({path.name})", leave=False, disable=None):
             array[start : start + len(batch)] = batch.numpy()
             start += len(batch)
         array.flush()
