@@ -32,8 +32,10 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 from tqdm import tqdm
 
+from bookkeeping import atomic_write
 from curriculum_dataloader import cache_key
 from data import IMAGENET_MEAN, IMAGENET_STD, DataSplits, HubImages, ImageFiles, SampleView, pixel_part
+from errors import UserError
 
 LOADERS = ("auto", "pil", "uint8")
 STORE_VERSION = 1  # bump when the stored pixels change meaning
@@ -266,14 +268,19 @@ def valid_store(path: Path, shape: tuple) -> bool:
 def build_store(view: SampleView, path: Path, shape: tuple, workers: int) -> None:
     """Decode every image of the view through its PIL steps into a temporary file (in parallel: the DataLoader's
     workers decode, this process writes), flush it, then rename it into place and write the marker. A kill leaves
-    the old store (or none) and a temporary file; two builders each rename a complete, identical store."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    the old store (or none) and a temporary file; two builders each rename a complete, identical store. The file's
+    space is reserved first, so a full disk fails at once, with the fix."""
     pixels = PixelView(view.source, pixel_part(view.transform))
     loader = DataLoader(pixels, batch_size=64, num_workers=workers)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(handle)
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        if hasattr(os, "posix_fallocate"):
+            with open(tmp, "r+b") as file:
+                os.posix_fallocate(file.fileno(), 0, os.path.getsize(tmp))
         start = 0
         for batch in tqdm(loader, desc=f"decoding fixed views once ({path.name})", leave=False, disable=None):
             array[start : start + len(batch)] = batch.numpy()
@@ -282,13 +289,16 @@ def build_store(view: SampleView, path: Path, shape: tuple, workers: int) -> Non
         checksum = spot_checksum(array)
         del array
         os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(
+            f"cannot write the fixed-view store {path} ({err.strerror or err}); pass a --cache-dir with "
+            f"{np.prod(shape) / 1e9:.2f} GB free, or --loader pil."
+        ) from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
-    done = json.dumps({"shape": shape, "checksum": checksum})
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{marker(path).name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        file.write(done)
-    os.replace(tmp, marker(path))
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+    done = json.dumps({"shape": shape, "checksum": checksum}).encode()
+    atomic_write(marker(path), lambda file: file.write(done))
 
 
 class PixelView(Dataset):

@@ -169,6 +169,15 @@ def test_a_damaged_or_unfinished_store_is_rebuilt_never_trusted(jpeg_set, tmp_pa
     np.testing.assert_array_equal(np.load(path), good)
 
 
+def test_an_unwritable_cache_dir_is_one_clear_error(jpeg_set, tmp_path):
+    from errors import UserError
+
+    (tmp_path / "file").write_text("")
+    splits = data.load_data(str(jpeg_set), image_size=32)
+    with pytest.raises(UserError, match="--cache-dir with .* GB free, or --loader pil"):
+        views.fast_splits(splits, "uint8", tmp_path / "file" / "cache", workers=0)
+
+
 def test_the_store_key_follows_the_data_split_and_view(jpeg_set, tmp_path):
     splits = data.load_data(str(jpeg_set), image_size=32)
     views.fast_splits(splits, "uint8", tmp_path, workers=0)
