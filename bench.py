@@ -30,7 +30,7 @@ import train_student_rl
 import views
 from bookkeeping import field, parse_config
 from curriculum_dataloader import TrainPassScores
-from data import SampleView, load_data, synthetic_class_names
+from data import load_data, synthetic_class_names
 from errors import run_cli
 from rl_curriculum_env import CurriculumEnv
 
@@ -174,7 +174,6 @@ def loader_paths(folder: Path, prepared: Path, size: int, cache: Path) -> dict:
     small = load_data(str(prepared), size)
     fast_full = views.fast_splits(full, "uint8", cache, workers=0)
     fast_small = views.fast_splits(small, "uint8", cache, workers=0)
-    fast_cropped = SampleView(full.train.source, views.CropToUint8(full.train.transform, draft=False), full.train.seed)
 
     def views_of(view, epoch_keyed: bool = True):
         return lambda: [view[(i, 1) if epoch_keyed else i] for i in range(len(view))]
@@ -185,7 +184,6 @@ def loader_paths(folder: Path, prepared: Path, size: int, cache: Path) -> dict:
     return {
         "train_pil": views_of(full.train),
         "train_uint8_full_res": views_of(fast_full.train),
-        "train_uint8_full_res_no_draft": views_of(fast_cropped),
         "train_uint8_prepared": views_of(fast_small.train),
         "fixed_pil": views_of(full.val, epoch_keyed=False),
         "fixed_store": stored_batches(fast_full.val),

@@ -68,6 +68,19 @@ def test_train_view_matches_torchvisions_reference_view(jpeg_set):
             assert (fast_label, fast_index) == (label, index)
 
 
+def test_the_fast_decoder_gives_the_same_view_as_pils(jpeg_set):
+    """libjpeg-turbo through torchvision and through PIL decode alike: a view made from a source without its bytes
+    (a proxy run's share) equals the one made from the bytes."""
+    splits = data.load_data(str(jpeg_set), image_size=64)
+    crop = views.CropToUint8(splits.train.transform)
+    from_bytes = views.CropView(splits.train.source, crop, 3)
+    from_pil = data.SampleView(splits.train.source, crop, 3)
+    for index in range(len(splits.train)):
+        (pixels, params), _, _ = from_bytes[(index, 1)]
+        (expected, expected_params), _, _ = from_pil[(index, 1)]
+        assert torch.equal(pixels, expected) and torch.equal(params, expected_params)
+
+
 def test_draft_decodes_less_only_where_the_box_is_twice_the_output():
     from PIL import Image
 
