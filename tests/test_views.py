@@ -70,9 +70,9 @@ def test_train_view_matches_torchvisions_reference_view(jpeg_set):
 
 def test_the_fast_decoder_gives_the_same_view_as_pils(jpeg_set):
     """libjpeg-turbo through torchvision and through PIL decode alike: a view made from a source without its bytes
-    (a proxy run's share) equals the one made from the bytes."""
+    (a proxy run's share) equals the one made from the bytes (without a draft, which only bytes allow)."""
     splits = data.load_data(str(jpeg_set), image_size=64)
-    crop = views.CropToUint8(splits.train.transform)
+    crop = views.CropToUint8(splits.train.transform, draft=False)
     from_bytes = views.CropView(splits.train.source, crop, 3)
     from_pil = data.SampleView(splits.train.source, crop, 3)
     for index in range(len(splits.train)):
