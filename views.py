@@ -323,6 +323,8 @@ def uses_uint8(data: DataSplits, loader: str) -> bool:
     generated images and other files (the synthetic set's figures stay exactly as they were)."""
     if loader != "auto":
         return loader == "uint8"
+    if isinstance(data.train.transform, CropToUint8):  # already on it (a proxy run's share of such data)
+        return True
     source = data.train.source
     if isinstance(source, HubImages):
         return True
