@@ -2,6 +2,7 @@
 
     python bench.py                                   # CPU-sized defaults
     python bench.py --train 20000 --image-size 224 --teacher resnet152 --amp --workers 8   # a GPU
+    python bench.py --only loader --json loader.json   # the data path alone: views per second per core
 
 Each figure is the median of --repeats timed repetitions after one warm-up. Ratios to a labels-only training epoch
 are the headline; absolute times depend on the machine. Runs the real code paths (Experiment, TrainingRun).
@@ -24,12 +25,14 @@ import torch
 import bookkeeping
 import engine
 import models
+import prepare_data
 import teacher
 import train_student
 import train_student_rl
+import views
 from cli import field, parse_config
 from curriculum_dataloader import TrainPassScores
-from data import synthetic_class_names
+from data import load_data, synthetic_class_names
 from devices import pick_device, sum_across_processes
 from errors import run_cli
 from rl_curriculum_env import CurriculumEnv
@@ -51,6 +54,10 @@ class BenchConfig:
     repeats: int = field(3, "timed repetitions per figure (median reported)")
     agent_epochs: int = field(10, "epochs of the PPO-steered run that times the agent (it updates every 5)")
     json: str = field("bench.json", "where to write the figures")
+    only: str = field("all", "all: every figure; loader: only the data path's rows", choices=("all", "loader"))
+    loader_images: int = field(48, "ImageNet-size JPEGs the loader rows decode per round", group="loader rows")
+    loader_size: int = field(224, "view size of the loader rows")
+    prepared_side: int = field(320, "maximum side of the prepared copy (prepare_data.py) the loader rows also time")
 
 
 def timed(functions: dict, repeats: int, device: torch.device) -> dict:
@@ -160,10 +167,97 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
     return figures
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# Loader rows: the data path at 224 px on ImageNet-size JPEGs, per core (one process, one thread)
+
+FEED_TARGET = 3000  # img/s: about what a modern GPU trains MobileNetV2 at, or runs the ResNet-152 teacher at
+
+
+def loader_paths(folder: Path, prepared: Path, size: int, cache: Path) -> dict:
+    """name -> function that makes every view of one split once, on this process's one thread."""
+    full = load_data(str(folder), size)
+    small = load_data(str(prepared), size)
+    fast_full = views.fast_splits(full, "uint8", cache, workers=0)
+    fast_small = views.fast_splits(small, "uint8", cache, workers=0)
+
+    def views_of(view, epoch_keyed: bool = True):
+        return lambda: [view[(i, 1) if epoch_keyed else i] for i in range(len(view))]
+
+    def stored_batches(view):  # what a loader does with a stored view: rows gathered into one batch
+        return lambda: torch.utils.data.default_collate([view[i] for i in range(len(view))])
+
+    return {
+        "train_pil": views_of(full.train),
+        "train_uint8_full_res": views_of(fast_full.train),
+        "train_uint8_prepared": views_of(fast_small.train),
+        "fixed_pil": views_of(full.val, epoch_keyed=False),
+        "fixed_store": stored_batches(fast_full.val),
+    }
+
+
+def device_work(images: int, size: int):
+    """The device's share of a training batch, timed here on the CPU: flip, jitter, normalise."""
+    pixels = torch.randint(0, 256, (images, size, size, 3), dtype=torch.uint8)
+    params = torch.cat([torch.rand(images, 4), torch.stack([torch.randperm(3) for _ in range(images)]).float()], 1)
+    return lambda: views.to_device((pixels, params), torch.device("cpu"))
+
+
+def measure_loader(images: int, size: int, prepared_side: int, repeats: int) -> dict:
+    torch.set_num_threads(1)  # per core: one process, one thread (run with OMP_NUM_THREADS=1 too)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        names = ["n01440764", "n01443537", "n01484850", "n01491361"]
+        counts = {"train": images, "val": images, "test": 2}
+        folder = prepare_data.write_imagenet_like_set(tmp / "full", names, counts)
+        start = time.perf_counter()
+        prepare_data.prepare(prepare_data.PrepareConfig(str(folder), str(tmp / "small"), prepared_side, workers=1))
+        prepare_s = (time.perf_counter() - start) / (2 * images + 2)
+        paths = loader_paths(folder, tmp / "small", size, tmp / "cache")
+        paths["device_train_batch"] = device_work(images, size)
+        seconds = timed(paths, repeats, torch.device("cpu"))  # interleaved rounds, medians
+        full_mb = sum(p.stat().st_size for p in folder.glob("train-*.parquet")) / images / 1000
+        small_mb = sum(p.stat().st_size for p in (tmp / "small").glob("train-*.parquet")) / images / 1000
+    figures = {f"loader_{name}_per_s": images / s for name, s in seconds.items()}
+    figures["loader_prepare_ms_per_image"] = 1000 * prepare_s
+    figures["loader_jpeg_kb_full"], figures["loader_jpeg_kb_prepared"] = full_mb, small_mb
+    pil = figures["loader_train_pil_per_s"]
+    figures["loader_train_speedup"] = figures["loader_train_uint8_prepared_per_s"] / pil
+    figures["loader_train_speedup_full_res"] = figures["loader_train_uint8_full_res_per_s"] / pil
+    figures["loader_fixed_speedup"] = figures["loader_fixed_store_per_s"] / figures["loader_fixed_pil_per_s"]
+    return figures
+
+
+def print_loader_table(figures: dict) -> None:
+    kb, size = figures["loader_jpeg_kb_full"], figures["loader_size"]
+    print(f"loader rows: {figures['loader_images']} ImageNet-size JPEGs ({kb:.0f} KB mean), {size} px views, "
+          "one process, one thread; rounds interleaved, medians")  # fmt: skip
+    print(f"| path (per core) | views/s | x today's | cores to feed {FEED_TARGET:,} img/s |\n|---|---|---|---|")
+    rows = [
+        ("train, today's PIL transform", "train_pil", "train_pil"),
+        ("train, uint8 crop (device finishes), full resolution", "train_uint8_full_res", "train_pil"),
+        (f"train, uint8 crop, prepared copy (max side {figures['prepared_side']})", "train_uint8_prepared",
+         "train_pil"),
+        ("fixed views, today's PIL transform", "fixed_pil", "fixed_pil"),
+        ("fixed views, from the uint8 store", "fixed_store", "fixed_pil"),
+        ("device part of a train view (flip, jitter, normalise; on this CPU)", "device_train_batch", None),
+    ]  # fmt: skip
+    for label, name, base in rows:
+        speed = figures[f"loader_{name}_per_s"]
+        ratio = f"{speed / figures[f'loader_{base}_per_s']:.2f}" if base else ""
+        print(f"| {label} | {speed:,.0f} | {ratio} | {FEED_TARGET / speed:.1f} |")
+    print(f"prepare_data.py: {figures['loader_prepare_ms_per_image']:.1f} ms per image on one process; "
+          f"{figures['loader_jpeg_kb_prepared']:.0f} KB per prepared image")  # fmt: skip
+
+
 def main(argv=None) -> None:
     bench = parse_config(BenchConfig, argv, description=__doc__)
     device = pick_device(bench.device)
     figures = {**vars(bench), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    if bench.only == "loader":
+        figures.update(measure_loader(bench.loader_images, bench.loader_size, bench.prepared_side, bench.repeats))
+        print_loader_table(figures)
+        Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         teacher = models.create_model(bench.teacher, bench.classes)

@@ -58,6 +58,12 @@ def eval_transform(image_size: int) -> transforms.Compose:
     )
 
 
+def pixel_part(transform: transforms.Compose) -> transforms.Compose:
+    """The steps of a transform before ToTensor: what it does to the PIL image (views.py stores their uint8 result)."""
+    steps = transform.transforms
+    return transforms.Compose(steps[: next(i for i, step in enumerate(steps) if isinstance(step, transforms.ToTensor))])
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Raw image sources: `len`, `labels` (np.int64 array) and `image(i) -> PIL.Image` in RGB.
 
@@ -79,6 +85,13 @@ class ImageFiles:
         except (UnidentifiedImageError, OSError) as err:
             raise UserError(f"cannot read image {self.paths[i]} ({err}); delete or replace that file.") from None
 
+    def encoded(self, i: int) -> bytes:
+        """The file's bytes, not decoded (views.CropToUint8 decodes only what a view needs)."""
+        try:
+            return self.paths[i].read_bytes()
+        except OSError as err:
+            raise UserError(f"cannot read image {self.paths[i]} ({err}); delete or replace that file.") from None
+
 
 class HubImages:
     """One split of a Hugging Face `datasets` table with `image` and `label` columns; images decode lazily."""
@@ -86,6 +99,7 @@ class HubImages:
     def __init__(self, table, name: str):
         self.table = table
         self.name = name
+        self.raw = None
         self.labels = np.asarray(table["label"], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -98,6 +112,14 @@ class HubImages:
             raise UserError(
                 f"cannot decode image {i} of {self.name} ({err}); re-download or repair that file."
             ) from None
+
+    def encoded(self, i: int) -> bytes:
+        """The stored bytes, not decoded (views.CropToUint8 decodes only what a view needs)."""
+        if self.raw is None:  # the same table with the image column left undecoded (no copy)
+            import datasets
+
+            self.raw = self.table.cast_column("image", datasets.Image(decode=False))
+        return self.raw[int(i)]["image"]["bytes"]
 
 
 class SyntheticImages:
@@ -189,13 +211,16 @@ class SampleView(Dataset):
             state = torch.get_rng_state()
             torch.manual_seed(seeds.derive(self.seed, "augment", epoch=epoch, index=index))
             try:
-                image = self.transform(self.source.image(index))
+                image = self.load(index)
             finally:
                 torch.set_rng_state(state)
         else:
             index = key
-            image = self.transform(self.source.image(index))
+            image = self.load(index)
         return image, int(self.source.labels[index]), index
+
+    def load(self, index: int):
+        return self.transform(self.source.image(index))
 
 
 @dataclass

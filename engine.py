@@ -23,6 +23,7 @@ import curriculum_dataloader as curriculum
 import models
 import seeds
 import teacher as teachers
+import views
 from bookkeeping import MetricsLog, atomic_write, is_main_process, load_checkpoint, save_checkpoint, save_json
 from cli import config_dict
 from devices import amp_dtype, autocast, init_distributed, make_loader, pick_device, sum_across_processes
@@ -66,7 +67,8 @@ def train_one_epoch(
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
     with join:  # DDP: ranks may get one batch more or less (every selected sample is used exactly once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
-            images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
+            images = views.to_device(images, device)  # uint8 views are normalised (and flipped, jittered) there
+            images = images.contiguous(memory_format=settings.memory_format)
             labels = labels.to(device, non_blocking=True)
             indices = cpu_indices.to(device, non_blocking=True)
             teacher_logits = source.batch(images, cpu_indices, indices)
@@ -116,7 +118,7 @@ def predict_logits(model, loader, device: torch.device, dtype: torch.dtype | Non
     view = base_view(loader.dataset)
     logits = None
     for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=None):
-        images = images.to(device, non_blocking=True)
+        images = views.to_device(images, device)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
@@ -187,7 +189,7 @@ class Experiment:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         if data is None:
             data = load_data(config.data, config.image_size, seeds.augment_seed(config), config.min_scale)
-        self.data = data
+        self.data = views.fast_splits(data, config.loader, config.cache_dir, config.workers)
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
         self.teacher = None

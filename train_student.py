@@ -24,6 +24,7 @@ from errors import UserError, run_cli
 from seeds import MAX_SEED, augment_seed
 from signals import exit_if_stop_requested
 from teacher import fills_cache
+from views import LOADERS
 
 
 @dataclass
@@ -34,6 +35,11 @@ class Config:
     image_size: int | None = field(None, "input size; default 224 for real data, the synthetic set's own size")
     min_scale: float | None = field(None, "RandomResizedCrop minimum area; default 0.08 (real data), 0.5 (synthetic)")
     workers: int = field(4, "DataLoader worker processes")
+    loader: str = field(
+        "auto", "uint8: fixed views decoded once into a store in --cache-dir, training views finished on the device "
+        "(docs/data-path.md); pil: every view decoded and augmented in the workers; auto: uint8 for JPEG data",
+        choices=LOADERS,
+    )  # fmt: skip
     student: str = field("mobilenetv2_100", "timm name of the trained model", group="models")
     pretrained: bool = field(False, "start the trained model from ImageNet weights (how a teacher is fine-tuned)")
     student_weights: str | None = field(None, "local ImageNet weights file for --pretrained (no network)")

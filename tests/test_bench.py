@@ -29,3 +29,16 @@ def test_bench_writes_every_figure(tmp_path):
     assert "scoring pass, teacher logits cached" in result.stdout
     assert "scoring pass, teacher recomputed" in result.stdout
     assert "replayed teacher logits of the views" in result.stdout
+
+
+@pytest.mark.slow
+def test_bench_loader_rows_write_the_speedups(tmp_path):
+    out = tmp_path / "loader.json"
+    result = run_script("bench.py", "--only", "loader", "--loader-images", 4, "--repeats", 1, "--json", out,
+                        env={"OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf")})  # fmt: skip
+    figures = json.loads(out.read_text())
+    for key in ("loader_train_speedup", "loader_train_speedup_full_res", "loader_fixed_speedup",
+                "loader_train_pil_per_s", "loader_fixed_store_per_s", "loader_device_train_batch_per_s"):  # fmt: skip
+        assert figures[key] > 0, key
+    assert "epoch_labels_s" not in figures  # only the loader rows ran
+    assert "cores to feed 3,000 img/s" in result.stdout
