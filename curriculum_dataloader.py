@@ -114,6 +114,34 @@ def soft_weights(scores: np.ndarray, target: float) -> np.ndarray:
     return SOFT_FLOOR + np.exp(-((np.asarray(scores) - target) ** 2) / (2 * SOFT_WIDTH**2))
 
 
+def reducible_loss(student_loss: np.ndarray, teacher_loss: np.ndarray) -> np.ndarray:
+    """RHO-LOSS's selection score (Mindermann et al. 2022, "Prioritized training on points that are learnable, worth
+    learning, and not yet learnt"): the learner's loss minus an irreducible-loss model's, here the teacher's
+    cross-entropy on the same label. High: the student has not learnt what the teacher shows is learnable. Low:
+    learnt already, or a label that even the teacher finds wrong (noise)."""
+    return np.asarray(student_loss, dtype=np.float64) - np.asarray(teacher_loss, dtype=np.float64)
+
+
+def reducible(student_loss: np.ndarray, teacher_loss: np.ndarray, fraction: float) -> np.ndarray:
+    """The `round(fraction * N)` samples of highest reducible loss, as sorted indices (ties to the lower index)."""
+    return hardest(reducible_loss(student_loss, teacher_loss), fraction)
+
+
+def prioritised_sample(
+    priorities: np.ndarray, count: int, rng: np.random.Generator, floor: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` draws with replacement, sample i with probability p_i proportional to max(priority_i, 0) + floor x
+    their mean (every sample stays reachable), and the importance weights `1 / (N p_i)` that make the weighted mean
+    loss of the draws an unbiased estimate of the mean loss over all N samples (Katharopoulos & Fleuret 2018, "Not all
+    samples are created equal"; Schaul et al. 2016, prioritized replay). Returns (indices, weights)."""
+    priorities = np.clip(np.asarray(priorities, dtype=np.float64), 0.0, None)
+    mean = priorities.mean()
+    shares = priorities + floor * (mean if mean > 0 else 1.0)
+    probabilities = shares / shares.sum()
+    indices = rng.choice(len(priorities), size=count, replace=True, p=probabilities)
+    return indices, 1.0 / (len(priorities) * probabilities[indices])
+
+
 def select_samples(
     strategy: str,
     scores: np.ndarray | None,

@@ -209,6 +209,18 @@ class DataSplits:
     hardness: np.ndarray | None = None  # synthetic only: the generator's per-sample hardness of the train split
 
 
+def noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """Symmetric label noise (as in Zhang et al. 2017, "Understanding deep learning requires rethinking
+    generalization"): exactly `round(fraction * N)` samples, chosen from `seed`, each get another class drawn
+    uniformly from the K - 1 others. Only training labels come here; validation and test stay clean."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    flipped = rng.choice(len(labels), size=round(fraction * len(labels)), replace=False)
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+    return noisy
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
 
