@@ -9,6 +9,7 @@ are the headline; absolute times depend on the machine. Runs the real code paths
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import statistics
@@ -23,11 +24,13 @@ import torch
 import bookkeeping
 import engine
 import models
+import teacher
 import train_student
 import train_student_rl
-from bookkeeping import field, parse_config
+from cli import field, parse_config
 from curriculum_dataloader import TrainPassScores
 from data import synthetic_class_names
+from devices import pick_device, sum_across_processes
 from errors import run_cli
 from rl_curriculum_env import CurriculumEnv
 
@@ -88,7 +91,9 @@ def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path)
     """A short PPO-steered run: the agent's time per epoch (prediction and PPO updates) beside the epoch's time."""
     config = make_config(bench, teacher_checkpoint, cache_dir, train_student_rl.RLConfig, epochs=bench.agent_epochs)
     env = CurriculumEnv(engine.Experiment(config))
-    train_student_rl.steer(train_student_rl.make_agent(config, env), env, config.episodes, learn=True, phase=1)
+    train_student_rl.steer(
+        train_student_rl.make_agent(config, env), env, config.episodes, learn=True, purpose="agent-full"
+    )
     agent_seconds = [row["agent_seconds"] for row in env.history]
     epoch_seconds = [row["seconds"] for row in env.history]
     return {"agent_s_per_epoch": statistics.mean(agent_seconds), "rl_epoch_s": statistics.mean(epoch_seconds)}
@@ -100,20 +105,20 @@ def epoch_fn(run: engine.TrainingRun, cached: bool = False, train_pass: bool = F
     --teacher-logits replay after the first does, reading the epoch's file included."""
     exp = run.experiment
     exp.sampler.set_epoch(1, np.arange(len(exp.data.train)))
-    if replay:
-        views = exp.teacher_views(1)
-        run.train_steps(teacher_views=views)
-        views.save()
+    config = dataclasses.replace(run.config, teacher_logits="cached" if cached else "replay" if replay else "online")
+    source = teacher.choose_source(config, exp.teacher, exp.data, exp.device, exp.dtype, exp.source.predict)
+    if replay:  # fill the store
+        source.start_epoch(1)
+        engine.train_one_epoch(run.model, exp.train_loader, source, run.step_settings())
+        source.end_epoch()
 
     def epoch():
         recorder = TrainPassScores(len(exp.data.train), exp.device) if train_pass else None
-        run.train_steps(
-            teacher_table=exp.teacher_table() if cached else None,
-            teacher_views=exp.teacher_views(1) if replay else None,
-            on_logits=recorder.record if recorder else None,
-        )
+        source.start_epoch(1)
+        engine.train_one_epoch(run.model, exp.train_loader, source, run.step_settings(),
+                               on_logits=recorder.record if recorder else None)  # fmt: skip
         if recorder:
-            recorder.collect(engine.sum_across_processes)
+            recorder.collect(sum_across_processes)
 
     return epoch
 
@@ -122,10 +127,10 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
     labels = make_run(bench, teacher, cache, label_weight=1.0)
     kd = make_run(bench, teacher, cache, label_weight=0.0)
     exp = kd.experiment
-    exp.teacher_train_logits()  # fill the cache
+    exp.source.scoring_logits()  # fill the cache
 
     def recompute():
-        exp._teacher_train_logits = engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
+        exp.source.scoring = engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
         kd.rescore()
 
     def stale_pass():
@@ -157,7 +162,7 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
 
 def main(argv=None) -> None:
     bench = parse_config(BenchConfig, argv, description=__doc__)
-    device = engine.pick_device(bench.device)
+    device = pick_device(bench.device)
     figures = {**vars(bench), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

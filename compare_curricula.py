@@ -20,7 +20,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookkeeping import field, parse_config, save_json
+from bookkeeping import save_json
+from cli import field, parse_config
 from data import load_data
 from errors import UserError, run_cli
 from evaluate import run_budget

@@ -1,25 +1,23 @@
-"""Curriculum data selection: the teacher-logit cache, difficulty bookkeeping and the per-epoch sampling strategies.
+"""Curriculum data selection: the difficulty scores of the training set, the per-epoch sampling strategies, and
+when the scores are refreshed.
 
-A strategy turns the current difficulty scores (shared/DESIGN.md, `models.sample_difficulty`) into the list of
-training samples of one epoch; `EpochSampler` feeds that list to a DataLoader in a seeded order.
+A strategy turns the current difficulty scores (docs/formulas.md, `models.sample_difficulty`) into the list of
+training samples of one epoch; `EpochSampler` feeds that list to a DataLoader in a seeded order. The trainer calls a
+`Curriculum` twice an epoch: `plan_epoch` (what to train on; it rescores first when its scores are due) and
+`end_epoch` (the logits of the training steps it asked for, and what was trained).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import sys
-import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
 
 import models
-from bookkeeping import atomic_write
+import seeds
 
 STRATEGIES = ("none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft")
 PACINGS = ("linear", "root", "geometric")
@@ -29,6 +27,11 @@ TARGET_SCALES = ("quantile", "absolute")  # how a target addresses the scores: b
 BUCKETS = 5  # difficulty quantile buckets of hard_mining and mixed
 SOFT_WIDTH = 0.15  # soft: std of the Gaussian weight around the target, in difficulty units
 SOFT_FLOOR = 0.05  # soft: weight every sample keeps, however far from the target
+
+
+def scores_from_train_pass(strategy: str, score_source: str) -> bool:
+    """Whether the training steps' own logits refresh the scores of the samples they train on (--score-source)."""
+    return score_source == "train-pass" and strategy in SCORED
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ class EpochSampler(Sampler):
         self.epoch, self.indices = epoch, np.asarray(indices)
 
     def shard(self) -> np.ndarray:
-        order = np.random.default_rng([self.seed, self.epoch, 7]).permutation(self.indices)
+        order = seeds.generator(self.seed, "order", epoch=self.epoch).permutation(self.indices)
         return order[self.rank :: self.world_size]
 
     def __iter__(self):
@@ -205,178 +208,6 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         """Batches in this rank's shard; the same on every rank unless the shards straddle a multiple of the batch."""
         return max(1, math.ceil(len(range(self.rank, len(self.indices), self.world_size)) / self.batch_size))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Teacher-logit cache
-
-
-def cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def cached_logits(
-    cache_dir: Path, parts: dict, compute, shape: tuple[int, int], write: bool = True
-) -> tuple[torch.Tensor, bool]:
-    """Logits stored as fp16 under a hash of `parts`; `compute()` runs only on a miss. Returns (logits, was_cached).
-
-    A cached file is used only if it holds a finite fp16 tensor of `shape` ([samples, classes]); anything else
-    (truncated, garbage, another shape, NaN) is recomputed and replaced by an atomic rename, never deleted first, so
-    several processes meeting one bad file do not race. Fresh logits are rounded through fp16 too, so a run that
-    computed them and a run that loaded them agree exactly.
-    """
-    cache_dir = Path(cache_dir).expanduser()
-    path = cache_dir / f"teacher-logits-{cache_key(parts)}.pt"
-    cached = read_cached_logits(path, shape)
-    if cached is not None:
-        return cached.float(), True
-    logits = compute().half()
-    if write:  # with several processes, rank 0 writes
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda handle: torch.save(logits, handle))
-        atomic_write(path.with_suffix(".json"), lambda handle: handle.write(json.dumps(parts, indent=2).encode()))
-    return logits.float(), False
-
-
-def read_cached_logits(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
-    """The cached tensor if it is what a cache file must hold, else None (then the caller recomputes it)."""
-    if not path.exists():
-        return None
-    try:
-        logits = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated, not a torch file, or unpickling refused: whatever it is, it is recomputed
-        return None
-    valid = (
-        isinstance(logits, torch.Tensor)
-        and logits.dtype == torch.float16
-        and tuple(logits.shape) == tuple(shape)
-        and bool(torch.isfinite(logits).all())
-    )
-    return logits if valid else None
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Teacher logits of the augmented views, stored once and replayed by later runs
-
-
-class TeacherViewStore:
-    """The teacher's logits on the augmented training views, one fp16 file per epoch, shared by every run of the same
-    teacher, data, training transform, augmentation seed and precision (`parts`).
-
-    `data.SampleView` seeds a sample's augmentation from (augmentation seed, epoch, index), so the view, and the
-    teacher's logits on it, are the same in every such run: the first run that trains on a view stores its logits and
-    later runs replay them: online KD on the student's own view (Beyer et al. 2022) without running the teacher
-    again (as FKD, Shen & Xing 2022, does for its crops). A run rounds the teacher's logits through fp16 whether it
-    computed or read them, so a replaying run and the run that filled the store train alike.
-
-    `<cache dir>/teacher-views-<key>/epoch-0001.npy` holds an epoch: [samples, classes + 1] fp16, the logits and a
-    last column that is 1 where the row is stored, so 2 (K + 1) bytes per view. A file is created whole and put in
-    place by a link that never replaces, and a row's logits are written before its flag: several runs can fill one
-    store at once, and a run killed mid-write leaves rows that are either stored or recomputed. A damaged file
-    (foreign header, wrong size) is replaced by a fresh one and a stored row that is not finite is recomputed: at
-    worst the teacher runs again.
-    """
-
-    def __init__(self, cache_dir: Path, parts: dict, shape: tuple[int, int], write: bool = True):
-        self.folder = Path(cache_dir).expanduser() / f"teacher-views-{cache_key(parts)}"
-        self.samples, self.classes = shape
-        self.write = write
-        if write:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            key = self.folder / "key.json"
-            if not key.exists():
-                atomic_write(key, lambda handle: handle.write(json.dumps(parts, indent=2).encode()))
-
-    def path(self, epoch: int) -> Path:
-        return self.folder / f"epoch-{epoch:04d}.npy"
-
-    def read(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, stored): the epoch's logit rows and which of them are stored and finite."""
-        array = self.open(self.path(epoch), mode="r")
-        if array is None:
-            return np.zeros((self.samples, self.classes), np.float16), np.zeros(self.samples, bool)
-        array = np.array(array)
-        logits = array[:, : self.classes]
-        return logits, (array[:, -1] == 1) & np.isfinite(logits).all(axis=1)
-
-    def store(self, epoch: int, rows: np.ndarray, logits: np.ndarray) -> None:
-        """Write the logits of `rows`, then flag them as stored."""
-        path = self.path(epoch)
-        array = self.open(path, mode="r+")
-        if array is None:
-            array = self.create(path)
-        array[rows, : self.classes] = logits
-        array.flush()
-        array[rows, -1] = 1
-        array.flush()
-
-    def open(self, path: Path, mode: str) -> np.memmap | None:
-        """The epoch file as a memory map, or None if it is missing or not one of this store's."""
-        try:
-            array = np.load(path, mmap_mode=mode)
-        except (OSError, ValueError, EOFError):  # missing, truncated or foreign: store() creates or replaces it
-            return None
-        return array if array.shape == (self.samples, self.classes + 1) and array.dtype == np.float16 else None
-
-    def create(self, path: Path) -> np.memmap:
-        """A zeroed epoch file with its disk space reserved (a full disk fails here, not midway through a write):
-        linked in place if none is there yet (a file another run just created wins), else replacing a damaged one."""
-        handle, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(self.samples, self.classes + 1))
-            if hasattr(os, "posix_fallocate"):
-                with open(tmp, "r+b") as file:
-                    os.posix_fallocate(file.fileno(), 0, os.path.getsize(tmp))
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                existing = self.open(path, mode="r+")
-                if existing is not None:
-                    return existing
-                os.replace(tmp, path)
-                print(f"teacher view store: replaced the damaged {path}; its views are computed again", file=sys.stderr)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return array
-
-
-class EpochViews:
-    """One epoch's teacher logits from a `TeacherViewStore`, on the device, for `engine.train_one_epoch`: `lookup`
-    serves a batch whose views are all stored, `record` keeps the logits of a batch the teacher had to run on, and
-    `save` writes them to the store after the epoch (one transfer, no wait inside the loop)."""
-
-    def __init__(self, store: TeacherViewStore, epoch: int, device: torch.device):
-        self.store, self.epoch, self.device = store, epoch, device
-        logits, self.stored = store.read(epoch)
-        self.table = torch.from_numpy(logits).to(device)
-        self.stored_on_device = torch.from_numpy(self.stored).to(device)
-        self.new = torch.zeros_like(self.table, dtype=torch.float32)  # fp32: summed across processes (disjoint rows)
-        self.new_rows = torch.zeros(store.samples, device=device)
-
-    def lookup(self, cpu_indices: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
-        """The stored logits of the batch, if every one of its views is stored (decided on the CPU: no device sync)."""
-        if not self.stored[cpu_indices.numpy()].all():
-            return None
-        return self.table[indices].float()
-
-    def record(self, indices: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """The teacher's fresh logits of a batch, rounded through fp16 as stored, with the rows already stored taken
-        from the store, so this run trains on exactly what a run replaying the store will."""
-        rounded = logits.half()
-        rounded = torch.where(self.stored_on_device[indices, None], self.table[indices], rounded)
-        self.new[indices] = rounded.float()
-        self.new_rows[indices] = 1.0
-        return rounded.float()
-
-    def save(self, reduce=lambda tensor: tensor) -> int:
-        """Store the views this epoch computed (`reduce`: the sum across processes). Returns how many were new."""
-        new_rows = reduce(self.new_rows).cpu().numpy() > 0
-        new = reduce(self.new).cpu().numpy()
-        rows = np.flatnonzero(new_rows & ~self.stored)
-        if len(rows) and self.store.write:
-            self.store.store(self.epoch, rows, new[rows].astype(np.float16))
-        return len(rows)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -403,6 +234,21 @@ class TrainPassScores:
         components = {name: reduce(values).cpu() for name, values in self.components.items()}
         indices = np.flatnonzero(trained)
         return indices, {name: values[indices] for name, values in components.items()}
+
+
+@dataclass
+class EpochPlan:
+    """One epoch as the curriculum planned it: the samples to train on, and what its training steps hand back."""
+
+    epoch: int
+    indices: np.ndarray
+    target: float | None  # the target as given, for the metrics (None: the strategy takes no target)
+    seen: torch.Tensor  # the steps count each sample they train on: seen[index] += 1
+    recorder: TrainPassScores | None  # takes the steps' logits when train-pass scores are on
+
+    @property
+    def on_logits(self):
+        return self.recorder.record if self.recorder is not None else None
 
 
 class Curriculum:
@@ -441,7 +287,7 @@ class Curriculum:
 
     @property
     def scores_from_train_pass(self) -> bool:
-        return self.score_source == "train-pass" and self.needs_scores
+        return scores_from_train_pass(self.strategy, self.score_source)
 
     def due(self, epoch: int) -> bool:
         """Scores are refreshed before the first epoch and then every rescore_every epochs (`epoch`: epochs done)."""
@@ -456,24 +302,41 @@ class Curriculum:
             return None
         return np.flatnonzero(self.trained_epoch != epoch)
 
-    def rescore(
-        self, epoch: int, teacher_logits: torch.Tensor, student_logits: torch.Tensor | None, stale: np.ndarray | None
-    ) -> None:
-        """New scores from the logits of a scoring pass over the `stale` samples (None: all of them; the logit rows
-        of the other samples are not read)."""
+    def plan_epoch(self, epoch: int, target: float, score_pass, device: torch.device) -> EpochPlan:
+        """What 1-based `epoch` trains on, around `target`: the scores are refreshed first when due (`score_pass`,
+        see refresh_scores), and the plan carries what the epoch's training steps must hand back (end_epoch)."""
+        self.refresh_scores(epoch - 1, score_pass)
+        recorder = TrainPassScores(self.num_samples, device) if self.scores_from_train_pass else None
+        seen = torch.zeros(self.num_samples, dtype=torch.long, device=device)
+        stats_target = target if self.strategy in TARGETED else None
+        return EpochPlan(epoch, self.select(epoch, target), stats_target, seen, recorder)
+
+    def end_epoch(self, plan: EpochPlan, reduce=lambda tensor: tensor) -> dict:
+        """Take what the epoch's steps trained on and the logits the plan asked for (`reduce`: the sum across
+        processes); returns the epoch's metrics.csv columns (epoch_stats)."""
+        self.count_trained(reduce(plan.seen).cpu().numpy(), plan.indices, plan.epoch)
+        if plan.recorder is not None:
+            self.update_some(*plan.recorder.collect(reduce), plan.epoch)
+        return self.epoch_stats(plan.indices, plan.target)
+
+    def refresh_scores(self, epochs_done: int, score_pass) -> None:
+        """Rescore when the scores are due (the one place that decides it). `score_pass(stale)` gives the teacher's
+        and the current student's logits of the un-augmented training images: of all of them when `stale` is None,
+        else of the rows in `stale` (the student's logits are None when it is empty)."""
+        if self.due(epochs_done):
+            self.rescore(epochs_done, score_pass)
+
+    def rescore(self, epoch: int, score_pass) -> None:
+        """New scores from the logits of a scoring pass over the stale samples (all of them, or with train-pass scores
+        those the last epoch did not train on; the logit rows of the other samples are not read)."""
+        stale = self.stale(epoch)
+        teacher_logits, student_logits = score_pass(stale)
         if stale is None:
             self.update_scores(teacher_logits, student_logits, epoch)
             return
         if len(stale):
             self.update_some(stale, models.difficulty_components(teacher_logits[stale], student_logits[stale]), epoch)
         self.scored_epoch = epoch
-
-    def train_pass_recorder(self, device: torch.device) -> TrainPassScores | None:
-        """What the training steps of an epoch hand their logits to, when train-pass scores are on."""
-        return TrainPassScores(self.num_samples, device) if self.scores_from_train_pass else None
-
-    def end_train_pass(self, recorder: TrainPassScores, epoch: int, reduce=lambda tensor: tensor) -> None:
-        self.update_some(*recorder.collect(reduce), epoch)
 
     def update_scores(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, epoch: int) -> None:
         components = models.difficulty_components(teacher_logits, student_logits)
@@ -505,7 +368,7 @@ class Curriculum:
     def select(self, epoch: int, target: float) -> np.ndarray:
         """Indices of 1-based `epoch`, seeded by (seed, epoch). On the quantile scale the scores are replaced by their
         rank quantiles and the target by its place on them; the selection rules themselves stay the same."""
-        rng = np.random.default_rng([self.seed, epoch])
+        rng = seeds.generator(self.seed, "selection", epoch=epoch)
         data_fraction = pacing(epoch - 1, self.full_data_epoch, self.start_fraction, self.pacing_kind)
         scores = self.scores
         if self.by_rank():

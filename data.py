@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 import hub
+import seeds
 from errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -186,7 +187,7 @@ class SampleView(Dataset):
         if isinstance(key, tuple):
             index, epoch = key
             state = torch.get_rng_state()
-            torch.manual_seed(zlib.crc32(f"{self.seed}/{epoch}/{index}".encode()))
+            torch.manual_seed(seeds.derive(self.seed, "augment", epoch=epoch, index=index))
             try:
                 image = self.transform(self.source.image(index))
             finally:

@@ -1,179 +1,33 @@
-"""Training that every script shares: devices, several processes, the teacher, the epoch loop, validation and
-`TrainingRun`. The run's records (config parsing, run folder, checkpoints, metrics log) live in bookkeeping.py.
+"""Training that every script shares: the epoch loop, validation, and the `Experiment` / `TrainingRun` pair.
+
+The device and several processes live in devices.py, the teacher and its logits in teacher.py, the curriculum in
+curriculum_dataloader.py, the run's records (run folder, checkpoints, metrics log) in bookkeeping.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 import curriculum_dataloader as curriculum
 import models
-from bookkeeping import (
-    MetricsLog,
-    atomic_write,
-    config_dict,
-    is_main_process,
-    load_checkpoint,
-    save_checkpoint,
-    save_json,
-)
+import seeds
+import teacher as teachers
+from bookkeeping import MetricsLog, atomic_write, is_main_process, load_checkpoint, save_checkpoint, save_json
+from cli import config_dict
+from devices import amp_dtype, autocast, init_distributed, make_loader, pick_device, sum_across_processes
 from errors import UserError
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Devices and reproducibility
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for a GPU but torch sees none; use --device cpu.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 where the hardware has it (no loss scaling needed), else fp16 with a GradScaler."""
-    if not enabled:
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
-
-
-MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
-SEED_STRIDE = 100_003  # a prime above any step count: (seed, step) pairs never share a derived seed
-
-
-def augment_seed(config) -> int:
-    """The seed of the augmented views: --augment-seed, by default --seed."""
-    return config.seed if config.augment_seed is None else config.augment_seed
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, step: int) -> int:
-    """The seed of one epoch (or RL step) of a run: a function of (seed, step) alone, so a resumed run redraws what
-    the uninterrupted one drew."""
-    return seed * SEED_STRIDE + step
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Several processes (torchrun): DDP for the student, sharded evaluation, rank 0 writes
-
-
-def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) of this process; starts the process group when torchrun launched several.
-    NCCL between GPUs (one per process, by LOCAL_RANK), gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return dist.get_rank(), world, device
-
-
-def end_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def broadcast_from_main(value):
-    """rank 0's value on every rank (the RL agent's action)."""
-    if not dist.is_initialized():
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def make_loader(view, batch_size: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
-    """Evaluation loaders take this process's strided shard of the view (all of it in a single process);
-    predict_logits puts each output row back at its sample index. Training passes its own sampler."""
-    if sampler is None and dist.is_initialized():
-        view = Subset(view, range(dist.get_rank(), len(view), dist.get_world_size()))
-    batching = {"batch_sampler": sampler} if sampler is not None else {"batch_size": batch_size}
-    return DataLoader(
-        view,
-        **batching,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Teacher
-
-
-def load_teacher(config, data) -> torch.nn.Module:
-    """The teacher, in eval mode (the one place that sets it): a checkpoint of ours, or a sliced ImageNet model.
-    A checkpoint trained on more classes than the data's (a superset) is sliced by WordNet id like ImageNet's."""
-    if config.teacher_checkpoint:
-        checkpoint = load_checkpoint(config.teacher_checkpoint)
-        try:
-            teacher = models.model_from_checkpoint(checkpoint)
-        except RuntimeError as err:  # load_state_dict: the weights are of another architecture than the name
-            raise UserError(
-                f"the teacher checkpoint {config.teacher_checkpoint} names the model {checkpoint['model']} but holds "
-                f"weights of another one ({str(err).splitlines()[0]}); pass a best.pt written by train_student.py."
-            ) from None
-        if checkpoint["class_names"] != data.class_names:
-            where = f"the teacher checkpoint {config.teacher_checkpoint}"
-            teacher = models.SlicedTeacher(
-                teacher, models.class_indices(data.class_names, checkpoint["class_names"], where)
-            )
-    else:
-        teacher = models.imagenet_teacher(config.teacher, data.class_names, config.teacher_weights)
-    return teacher.eval().requires_grad_(False)
-
-
-def teacher_identity(config) -> dict:
-    """What determines the teacher's outputs, for the logit cache key."""
-    if config.teacher_checkpoint:
-        stat = Path(config.teacher_checkpoint).stat()
-        return {
-            "checkpoint": str(Path(config.teacher_checkpoint).resolve()),
-            "size": stat.st_size,
-            "mtime": stat.st_mtime_ns,
-        }
-    weights = config.teacher_weights
-    if weights:
-        stat = Path(weights).stat()
-        return {"model": config.teacher, "weights": str(Path(weights).resolve()), "size": stat.st_size}
-    return {"model": config.teacher, "weights": "timm-pretrained"}
-
+from teacher import LogitSource
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The epoch loop and evaluation
@@ -183,59 +37,45 @@ class NonFiniteLoss(UserError):
     pass
 
 
-def train_one_epoch(
-    model,
-    teacher,
-    loader,
-    optimizer,
-    scaler,
-    *,
-    label_weight: float,
-    temperature: float,
-    device: torch.device,
-    dtype: torch.dtype | None,
-    epoch: int,
-    teacher_table: torch.Tensor | None = None,
-    teacher_views: curriculum.EpochViews | None = None,
-    on_logits=None,
-    seen: torch.Tensor | None = None,
-) -> float:
-    """One epoch of KD. Returns the mean training loss (over all processes).
+@dataclass
+class StepSettings:
+    """What every training step of a run uses besides the model, the batch and the teacher's logits."""
 
-    Teacher logits come from the teacher on the same augmented batch (online), from `teacher_table[index]`, the
-    cached logits of the un-augmented image, kept on the device, or from `teacher_views`, the stored logits of these
-    very views (the teacher runs only on a batch with a view not stored yet, which is then recorded).
-    `on_logits(indices, teacher_logits, student_logits)` sees every batch (train-pass scoring); `seen[index] += 1`
-    counts what was trained. Nothing in the loop waits for the device: losses stay there and are checked for NaN
-    once, after the epoch.
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    label_weight: float
+    temperature: float
+    device: torch.device
+    dtype: torch.dtype | None = None  # autocast's, None: full precision
+    memory_format: torch.memory_format = torch.contiguous_format
+
+
+def train_one_epoch(
+    model, loader, source: LogitSource, settings: StepSettings, *, epoch: int = 0, on_logits=None, seen=None
+) -> float:
+    """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
+    all processes). `on_logits(indices, teacher_logits, student_logits)` sees every batch (train-pass scoring);
+    `seen[index] += 1` counts what was trained. Nothing in the loop waits for the device: losses stay there and are
+    checked for NaN once, after the epoch.
     """
+    device, optimizer, scaler = settings.device, settings.optimizer, settings.scaler
     model.train()
-    channels_last = device.type == "cuda"
     batch_losses = torch.zeros(len(loader), device=device)
     batch_sizes = torch.zeros(len(loader), device=device)
     join = model.join() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
     with join:  # DDP: ranks may get one batch more or less (every selected sample is used exactly once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=settings.memory_format)
             labels = labels.to(device, non_blocking=True)
             indices = cpu_indices.to(device, non_blocking=True)
-            teacher_logits = None
-            if teacher_table is not None:
-                teacher_logits = teacher_table[indices].float()
-            elif label_weight < 1 or on_logits is not None:
-                teacher_logits = teacher_views.lookup(cpu_indices, indices) if teacher_views else None
-                if teacher_logits is None:
-                    with torch.inference_mode(), autocast(device, dtype):
-                        teacher_logits = teacher(images)
-                    teacher_logits = teacher_logits.clone()  # an inference tensor cannot enter the autograd graph
-                    if teacher_views:
-                        teacher_logits = teacher_views.record(indices, teacher_logits)
-            with autocast(device, dtype):
+            teacher_logits = source.batch(images, cpu_indices, indices)
+            with autocast(device, settings.dtype):
                 student_logits = model(images)
-            loss = models.kd_loss(student_logits, teacher_logits, labels, label_weight, temperature)
+            loss = models.kd_loss(
+                student_logits, teacher_logits, labels, label_weight=settings.label_weight,
+                temperature=settings.temperature,
+            )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -346,16 +186,14 @@ class Experiment:
         self.dtype = amp_dtype(self.device, config.amp)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         if data is None:
-            data = load_data(config.data, config.image_size, augment_seed(config), config.min_scale)
+            data = load_data(config.data, config.image_size, seeds.augment_seed(config), config.min_scale)
         self.data = data
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
-        needs_teacher = (
-            config.label_weight < 1 or config.curriculum in curriculum.SCORED or config.teacher_logits == "cached"
-        )
-        self.teacher = (
-            load_teacher(config, self.data).to(self.device, memory_format=self.memory_format) if needs_teacher else None
-        )
+        self.teacher = None
+        if teachers.needs_teacher(config):
+            names = config.teacher, config.teacher_checkpoint, config.teacher_weights
+            self.teacher = teachers.load_teacher(self.data, *names).to(self.device, memory_format=self.memory_format)
         eval_batch = 2 * config.batch_size  # no activations kept for backward: twice the batch fits
         self.val_loader = make_loader(self.data.val, eval_batch, config.workers, self.device)
         self.test_loader = make_loader(self.data.test, eval_batch, config.workers, self.device)
@@ -364,53 +202,13 @@ class Experiment:
             len(self.data.train), config.seed, config.batch_size, self.rank, self.world
         )
         self.train_loader = make_loader(self.data.train, config.batch_size, config.workers, self.device, self.sampler)
-        self._teacher_train_logits = self._teacher_table = self._view_store = None
+        predict = lambda model: predict_logits(model, self.score_loader, self.device, self.dtype, "teacher logits")  # noqa: E731
+        self.source = teachers.choose_source(config, self.teacher, self.data, self.device, self.dtype, predict)
 
     @property
     def memory_format(self) -> torch.memory_format:
         """Channels-last on GPUs: convolutions in NHWC use the tensor cores without transposes."""
         return torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
-
-    def teacher_table(self) -> torch.Tensor:
-        """The cached teacher logits on the device, for --teacher-logits cached (fp16: 10 MB for mini-imagenet)."""
-        if self._teacher_table is None:
-            self._teacher_table = self.teacher_train_logits().to(self.device, torch.float16)
-        return self._teacher_table
-
-    def teacher_cache_parts(self) -> dict:
-        """The cache key: teacher and weights, data, split, transform and image size, precision."""
-        return {
-            "teacher": teacher_identity(self.config),
-            "data": self.data.identity,
-            "split": "train",
-            "transform": f"eval/{self.data.image_size}",
-            "dtype": str(self.dtype),
-        }
-
-    def teacher_views(self, epoch: int) -> curriculum.EpochViews:
-        """The stored teacher logits of this epoch's augmented views, for --teacher-logits replay."""
-        if self._view_store is None:
-            parts = {
-                **self.teacher_cache_parts(),
-                "transform": repr(self.data.train.transform),
-                "augment_seed": self.data.train.seed,
-            }
-            shape = (len(self.data.train), self.num_classes)
-            self._view_store = curriculum.TeacherViewStore(self.config.cache_dir, parts, shape, write=is_main_process())
-        return curriculum.EpochViews(self._view_store, epoch, self.device)
-
-    def teacher_train_logits(self) -> torch.Tensor:
-        """Teacher logits of the un-augmented training images, computed once and cached on disk."""
-        if self._teacher_train_logits is None:
-            compute = lambda: predict_logits(self.teacher, self.score_loader, self.device, self.dtype, "teacher logits")  # noqa: E731
-            self._teacher_train_logits, _ = curriculum.cached_logits(
-                self.config.cache_dir,
-                self.teacher_cache_parts(),
-                compute,
-                shape=(len(self.data.score), self.num_classes),
-                write=is_main_process(),
-            )
-        return self._teacher_train_logits
 
 
 class TrainingRun:
@@ -427,7 +225,7 @@ class TrainingRun:
         self.experiment, self.folder = experiment, folder
         self.seed = config.seed if seed is None else seed
         self.temperature = config.temperature  # the RL agent may move it
-        seed_everything(self.seed)
+        seeds.seed_everything(self.seed)
         self.student = models.create_model(
             config.student, experiment.num_classes, config.pretrained, config.student_weights, "--student-weights"
         ).to(experiment.device, memory_format=experiment.memory_format)
@@ -455,82 +253,54 @@ class TrainingRun:
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
 
-    def rescore(self) -> None:
-        """The current student's logits on the un-augmented images the curriculum asks for (all, or with
-        --score-source train-pass those the last epoch did not train on); the curriculum turns them into scores."""
+    def score_pass(self, stale: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's and the current student's logits on the un-augmented images the curriculum asks for (all of
+        them when `stale` is None); the curriculum turns them into scores."""
         exp = self.experiment
-        stale = self.curriculum.stale(self.epoch)
         student_logits = None
         if stale is None or len(stale):
             loader = exp.score_loader
             if stale is not None:
                 loader = make_loader(Subset(exp.data.score, stale), loader.batch_size, self.config.workers, exp.device)
             student_logits = predict_logits(self.student, loader, exp.device, exp.dtype, "student logits")
-        self.curriculum.rescore(self.epoch, exp.teacher_train_logits(), student_logits, stale)
+        return exp.source.scoring_logits(), student_logits
 
-    def train_steps(self, teacher_table=None, teacher_views=None, on_logits=None, seen=None) -> float:
-        """One pass of training steps over the sampler's current selection (the trainer's and bench.py's one call of
-        train_one_epoch). Returns the mean training loss."""
+    def refresh_scores(self) -> None:
+        """Rescore if the curriculum says its scores are due (the RL environment's first observation reads them)."""
+        self.curriculum.refresh_scores(self.epoch, self.score_pass)
+
+    def rescore(self) -> None:
+        """Rescore now, due or not (bench.py times it)."""
+        self.curriculum.rescore(self.epoch, self.score_pass)
+
+    def step_settings(self) -> StepSettings:
         exp = self.experiment
-        return train_one_epoch(
-            self.model,
-            exp.teacher,
-            exp.train_loader,
-            self.optimizer,
-            self.scaler,
-            label_weight=self.config.label_weight,
-            temperature=self.temperature,
-            device=exp.device,
-            dtype=exp.dtype,
-            epoch=self.epoch,
-            teacher_table=teacher_table,
-            teacher_views=teacher_views,
-            on_logits=on_logits,
-            seen=seen,
-        )
+        return StepSettings(self.optimizer, self.scaler, label_weight=self.config.label_weight,
+                            temperature=self.temperature, device=exp.device, dtype=exp.dtype,
+                            memory_format=exp.memory_format)  # fmt: skip
 
     def train_epoch(self, target: float | None = None) -> dict:
-        exp, config = self.experiment, self.config
+        """One epoch: the curriculum's plan (it rescores first when due), the training steps, validation."""
+        exp = self.experiment
         start = time.perf_counter()
-        if self.curriculum.due(self.epoch):
-            self.rescore()
+        target = self.config.target if target is None else float(target)
+        plan = self.curriculum.plan_epoch(self.epoch + 1, target, self.score_pass, exp.device)
         self.epoch += 1
-        seed_everything(epoch_seed(self.seed, self.epoch))  # dropout etc. depend on (seed, epoch) only: exact resume
-        target = config.target if target is None else float(target)
-        chosen = self.curriculum.select(self.epoch, target)
-        exp.sampler.set_epoch(self.epoch, chosen)
+        seeds.seed_everything(seeds.derive(self.seed, "epoch", epoch=self.epoch))  # dropout etc.: exact resume
+        exp.sampler.set_epoch(self.epoch, plan.indices)
         lr = self.optimizer.param_groups[0]["lr"]
-        seen = torch.zeros(len(exp.data.train), dtype=torch.long, device=exp.device)
-        train_pass = self.curriculum.train_pass_recorder(exp.device)
-        replay = config.teacher_logits == "replay" and (config.label_weight < 1 or train_pass is not None)
-        views = exp.teacher_views(self.epoch) if replay else None  # the steps need the teacher's logits: replay them
-        train_loss = self.train_steps(
-            teacher_table=exp.teacher_table() if config.teacher_logits == "cached" else None,
-            teacher_views=views,
-            on_logits=train_pass.record if train_pass else None,
-            seen=seen,
-        )
-        if views:
-            views.save(reduce=sum_across_processes)
-        self.curriculum.count_trained(sum_across_processes(seen).cpu().numpy(), chosen, self.epoch)
-        if train_pass:
-            self.curriculum.end_train_pass(train_pass, self.epoch, reduce=sum_across_processes)
+        exp.source.start_epoch(self.epoch)
+        train_loss = train_one_epoch(self.model, exp.train_loader, exp.source, self.step_settings(), epoch=self.epoch,
+                                     on_logits=plan.on_logits, seen=plan.seen)  # fmt: skip
+        exp.source.end_epoch()
+        stats = self.curriculum.end_epoch(plan, reduce=sum_across_processes)
         self.scheduler.step()
         if exp.world > 1:  # evaluate and save rank 0's BatchNorm statistics on every rank
             for buffer in self.student.buffers():
                 dist.broadcast(buffer, 0)
         val = evaluate(self.student, exp.val_loader, exp.device, exp.dtype, "validate")
-        uses_target = config.curriculum in curriculum.TARGETED
-        return {
-            "epoch": self.epoch,
-            "train_loss": train_loss,
-            "val_acc": val["acc1"],
-            "val_acc5": val["acc5"],
-            "val_loss": val["loss"],
-            "lr": lr,
-            **self.curriculum.epoch_stats(chosen, target if uses_target else None),
-            "seconds": time.perf_counter() - start,
-        }
+        return {"epoch": self.epoch, "train_loss": train_loss, "val_acc": val["acc1"], "val_acc5": val["acc5"],
+                "val_loss": val["loss"], "lr": lr, **stats, "seconds": time.perf_counter() - start}  # fmt: skip
 
     def model_payload(self) -> dict:
         """What rebuilds the model without the original flags (models.model_from_checkpoint)."""
@@ -554,7 +324,7 @@ class TrainingRun:
             "best_val_acc": self.best_val_acc,
             "best_epoch": self.best_epoch,
             "curriculum": self.curriculum.state_dict(),
-            "teacher_cache": self.experiment.teacher_cache_parts() if self.experiment.teacher else None,
+            "teacher_cache": self.experiment.source.parts,
             "temperature": self.temperature,
             "rows_logged": self.log.count if self.log else 0,
         }
@@ -571,8 +341,7 @@ class TrainingRun:
                 f"the data of {self.folder} changed since the run started ({checkpoint['data']}); "
                 "resume with the original data, or start a new run."
             )
-        teacher = self.experiment.teacher_cache_parts() if self.experiment.teacher else None
-        if checkpoint["teacher_cache"] != teacher:
+        if checkpoint["teacher_cache"] != self.experiment.source.parts:
             raise UserError(
                 f"the teacher of {self.folder} changed since the run started; resume with the original one."
             )

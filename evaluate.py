@@ -23,17 +23,18 @@ import models
 from bookkeeping import (
     check_writable_file,
     check_writable_folder,
-    field,
     load_checkpoint,
-    parse_config,
     read_config,
     read_metrics,
     save_json,
 )
+from cli import field, parse_config
 from data import load_data
-from engine import amp_dtype, count_parameters, evaluate, load_teacher, make_loader, pick_device
+from devices import amp_dtype, make_loader, pick_device
+from engine import count_parameters, evaluate
 from errors import UserError, run_cli
 from report import write_report
+from teacher import load_teacher
 
 # config entries that do not change what is trained: runs differing only in these are seeds of one row
 NOT_THE_CONFIGURATION = ("seed", "out", "overwrite", "resume", "policy")
@@ -117,15 +118,13 @@ def describe(config: dict) -> str:
 def teacher_row(config: Config, first_run: dict, data, loader, device, dtype) -> dict:
     """Evaluate the teacher named by the flags, or else by the first run's config."""
     source = first_run["config"] if first_run else {}
-    teacher_config = dataclasses.make_dataclass("TeacherConfig", ["teacher", "teacher_checkpoint", "teacher_weights"])(
-        config.teacher or source.get("teacher", "resnet152.tv_in1k"),
-        config.teacher_checkpoint or (None if config.teacher else source.get("teacher_checkpoint")),
-        config.teacher_weights or (None if config.teacher else source.get("teacher_weights")),
-    )
-    teacher = load_teacher(teacher_config, data).to(device)
+    name = config.teacher or source.get("teacher", "resnet152.tv_in1k")
+    teacher_checkpoint = config.teacher_checkpoint or (None if config.teacher else source.get("teacher_checkpoint"))
+    weights = config.teacher_weights or (None if config.teacher else source.get("teacher_weights"))
+    teacher = load_teacher(data, name, teacher_checkpoint, weights).to(device)
     scores = evaluate(teacher, loader, device, dtype, "test teacher")
-    if teacher_config.teacher_checkpoint:
-        checkpoint = load_checkpoint(teacher_config.teacher_checkpoint)
+    if teacher_checkpoint:
+        checkpoint = load_checkpoint(teacher_checkpoint)
         trained_on = len(checkpoint["class_names"])
         if checkpoint["class_names"] == data.class_names:
             label = f"Teacher ({checkpoint['model']}, trained on this data)"
@@ -133,7 +132,7 @@ def teacher_row(config: Config, first_run: dict, data, loader, device, dtype) ->
             sliced = f"pretrained on {trained_on} classes, sliced to these {len(data.class_names)}"
             label = f"Teacher ({checkpoint['model']}, {sliced})"
     else:
-        label = f"Teacher ({teacher_config.teacher}, ImageNet weights)"
+        label = f"Teacher ({name}, ImageNet weights)"
     return {"model": label, "top1": scores["acc1"], "top5": scores["acc5"], "params": count_parameters(teacher)}
 
 

@@ -1,6 +1,6 @@
 """Teacher and student construction (timm), the KD loss and the per-sample difficulty score.
 
-The loss and difficulty functions are the contracts of shared/DESIGN.md; they take and return tensors only.
+The loss and difficulty functions are the contracts of docs/formulas.md; they take and return tensors only.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def plogq(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def difficulty_components(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The three terms of the difficulty score, each in [0, 1] (shared/DESIGN.md):
+    """The three terms of the difficulty score, each in [0, 1] (docs/formulas.md):
     `conf = 1 - max p_t`, `entropy = H(p_t) / log K`, `kl = min(KL(p_t || p_s) / 5, 1)`.
     Everything comes from log-softmax in float64, so logits of +-1e4 stay finite and exact.
     """

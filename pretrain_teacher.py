@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import train_student
-from bookkeeping import config_dict, parse_config
+from cli import config_dict, parse_config
 from data import load_data
 from errors import run_cli
 

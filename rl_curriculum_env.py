@@ -2,7 +2,7 @@
 
 The agent picks the epoch's target difficulty (and optionally nudges the KD temperature); the environment trains one
 epoch of KD on the samples the curriculum strategy selects around that target, validates, and returns the reward of
-shared/DESIGN.md. An episode is one training run of `num_epochs` epochs.
+docs/formulas.md. An episode is one training run of `num_epochs` epochs.
 
 Observation (float32, every entry in [-1, 1]):
 
@@ -27,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+import seeds
 from bookkeeping import MetricsLog
 from engine import Experiment, TrainingRun
 
@@ -38,7 +39,7 @@ TEMPERATURE_STEP = 0.5
 def reward_components(
     val_acc: float, prev_val_acc: float, train_loss: float, prev_train_loss: float, epoch: int, num_epochs: int
 ) -> dict[str, float]:
-    """The four terms of the curriculum reward; accuracies in percent, `epoch` 1-based (shared/DESIGN.md)."""
+    """The four terms of the curriculum reward; accuracies in percent, `epoch` 1-based (docs/formulas.md)."""
     loss_rise = max(train_loss - prev_train_loss, 0.0) if prev_train_loss < math.inf else 0.0
     return {
         "reward_acc": 2.0 * (val_acc - prev_val_acc) if prev_val_acc > 0 else 0.0,
@@ -51,7 +52,7 @@ def reward_components(
 def curriculum_reward(
     val_acc: float, prev_val_acc: float, train_loss: float, prev_train_loss: float, epoch: int, num_epochs: int
 ) -> float:
-    """`R = R_acc + R_loss + R_early + R_abs` (shared/DESIGN.md)."""
+    """`R = R_acc + R_loss + R_early + R_abs` (docs/formulas.md)."""
     return sum(reward_components(val_acc, prev_val_acc, train_loss, prev_train_loss, epoch, num_epochs).values())
 
 
@@ -124,11 +125,11 @@ class CurriculumEnv(gym.Env):
         one by (config seed, episode)."""
         super().reset(seed=seed)
         self.episode += 1
-        self.run_seed = seed if seed is not None else self.experiment.config.seed + self.episode - 1
+        self.run_seed = seed if seed is not None else seeds.derive(self.experiment.config.seed, "episode",
+                                                                   episode=self.episode)  # fmt: skip
         self.run = self.new_run()
         self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, self.experiment.config.target
-        if self.run.curriculum.due(self.run.epoch):
-            self.run.rescore()  # the first observation already describes the difficulty of the data
+        self.run.refresh_scores()  # the first observation already describes the difficulty of the data
         self.agent_clock = time.perf_counter()
         return self.observation(), {}
 
@@ -152,7 +153,7 @@ class CurriculumEnv(gym.Env):
             episode=self.episode, reward=reward, **components, temperature=run.temperature, agent_seconds=agent_seconds
         )
         row["seconds"] = row.pop("seconds")  # keep the wall-clock column last
-        self.history.append(row)  # the caller records it (run.end_epoch) once its own state is up to date
+        self.history.append(row)  # the caller records it (record_step) once its own state is up to date
         self.last_target = target
         observation = self.observation(row)
         self.prev_val_acc, self.prev_train_loss = row["val_acc"], row["train_loss"]
@@ -162,6 +163,21 @@ class CurriculumEnv(gym.Env):
             self.episodes_done, self.completed_run = self.episodes_done + 1, run
         self.agent_clock = time.perf_counter()
         return observation, float(reward), terminated, False, info
+
+    # -- the episode's run, for the agent's loop
+
+    @property
+    def epoch(self) -> int:
+        """Epochs done in the current episode."""
+        return self.run.epoch
+
+    def record_step(self, extra_state: dict | None = None) -> None:
+        """Log the last step's row and checkpoint the run, with `extra_state` (the agent's) in its last.pt."""
+        self.run.end_epoch(self.history[-1], extra_state)
+
+    def finish(self) -> dict:
+        """Test the last finished episode's student (TrainingRun.finish)."""
+        return self.completed_run.finish()
 
     def state_dict(self) -> dict:
         return {"episode": self.episode, "episodes_done": self.episodes_done, "prev_val_acc": self.prev_val_acc,

@@ -15,10 +15,14 @@ from pathlib import Path
 
 import timm
 
-from bookkeeping import check_writable_folder, field, is_main_process, open_run_folder, results_line, start_run
-from curriculum_dataloader import PACINGS, SCORED, STRATEGIES, TARGET_SCALES
-from engine import MAX_SEED, Experiment, TrainingRun, augment_seed, end_distributed
+from bookkeeping import check_writable_folder, is_main_process, open_run_folder, results_line, start_run
+from cli import field
+from curriculum_dataloader import PACINGS, STRATEGIES, TARGET_SCALES
+from devices import end_distributed
+from engine import Experiment, TrainingRun
 from errors import UserError, run_cli
+from seeds import MAX_SEED, augment_seed
+from teacher import fills_cache
 
 
 @dataclass
@@ -111,7 +115,7 @@ def check_config(config) -> None:
         path = getattr(config, flag)
         if path and not Path(path).is_file():
             raise UserError(f"--{flag.replace('_', '-')} {path} does not exist; check the path.")
-    if config.curriculum in SCORED or config.teacher_logits != "online":  # runs that write the teacher-logit cache
+    if fills_cache(config):
         check_writable_folder(config.cache_dir, "--cache-dir")
 
 

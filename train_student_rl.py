@@ -28,10 +28,10 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 
+import seeds
 from bookkeeping import (
     MetricsLog,
     atomic_write,
-    field,
     is_main_process,
     load_checkpoint,
     open_run_folder,
@@ -40,9 +40,11 @@ from bookkeeping import (
     save_json,
     start_run,
 )
+from cli import field
 from curriculum_dataloader import TARGETED
 from data import DataSplits, SampleView
-from engine import Experiment, broadcast_from_main, end_distributed
+from devices import broadcast_from_main, end_distributed
+from engine import Experiment
 from errors import UserError, run_cli
 from rl_curriculum_env import CurriculumEnv
 from train_student import Config, check_config
@@ -58,7 +60,7 @@ class RLConfig(Config):
     label_weight: float = field(0.0, "weight of the label CE (the reference's RL row: 0, teacher only)")
     curriculum: str = field("adaptive", "strategy the agent's target steers", choices=TARGETED)
     fraction: float = field(0.6, "fraction of the training set per epoch (the reference's RL run: 0.6)")
-    # the agent (defaults tuned on tests/test_agent_learns.py's surrogate: see the README)
+    # the agent (defaults tuned on tests/test_agent_learns.py's surrogate: see docs/rl-agent.md)
     action: str = field(
         "discrete", "discrete: one of --bins targets; box: a continuous target", choices=("discrete", "box"),
         group="agent (PPO)",
@@ -190,28 +192,21 @@ def load_agent_state(agent: PPO, state: dict) -> None:
     agent.reward_scale = copy.deepcopy(state["reward_scale"])
 
 
-def step_seed(*parts: int) -> int:
-    """The seed of one agent step from (seed, phase, episode, epoch): a resumed run draws what an uninterrupted one
-    would, and proxy and full runs never share draws."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
-
-
-def steer(agent: PPO, env: CurriculumEnv, episodes: int, learn: bool, phase: int, resume: dict | None = None) -> None:
-    """Train `episodes` runs of the environment's experiment, one epoch per agent step, learning unless `learn` is
-    off (replay: the policy's most likely action). After every epoch the run folder's last.pt holds the student, the
-    environment's counters and the agent, so a kill loses at most the epoch in progress."""
-    main, seed = is_main_process(), env.experiment.config.seed
-    if resume is None:
-        observation, episode_start = env.reset(seed=seed)[0], True
-    else:
-        env.load_state(resume["env"], resume)
-        observation, episode_start = resume["observation"], resume["episode_start"]
-    while env.episodes_done < episodes:
-        if env.run.epoch >= env.num_epochs:  # resumed right after an episode ended
+def drive(agent: PPO, env, episodes: int, learn: bool, seed_of, start: tuple, after_step=None) -> None:
+    """The agent's loop, the one the script and its tests run: per step `choose`, one env step and, when learning,
+    the transition into the rollout buffer and `update` once it is full; until `episodes` more episodes have ended.
+    `start`: (observation, episode_start, done) to go on from (done: reset first); `seed_of()`: the next step's
+    seed; `after_step(observation, episode_start)` checkpoints a step. With several processes the agent acts on rank
+    0 and the other ranks train their shard with its action."""
+    main = is_main_process()
+    observation, episode_start, done = start
+    ended = 0
+    while ended < episodes:
+        if done:
             observation, episode_start = env.reset()[0], True
-        step = step_seed(seed, phase, env.episode, env.run.epoch)
-        if main:  # the agent lives on rank 0; the other ranks train their shard with its action
-            env_action, action, value, log_prob = choose(agent, observation, learn, step)
+        seed = seed_of()
+        if main:
+            env_action, action, value, log_prob = choose(agent, observation, learn, seed)
         env_action = broadcast_from_main(env_action if main else None)
         next_observation, reward, done, _, _ = env.step(env_action)
         if learn and main:
@@ -219,11 +214,31 @@ def steer(agent: PPO, env: CurriculumEnv, episodes: int, learn: bool, phase: int
                                      log_prob)  # fmt: skip
             agent.num_timesteps += 1
             if agent.rollout_buffer.full:
-                update(agent, next_observation, done, step)
+                update(agent, next_observation, done, seed)
         observation, episode_start = next_observation, done
-        rl_state = {"env": env.state_dict(), "observation": observation, "episode_start": episode_start,
-                    "agent": agent_state(agent)}  # fmt: skip
-        env.run.end_epoch(env.history[-1], rl_state)
+        ended += int(done)
+        if after_step is not None:
+            after_step(observation, episode_start)
+
+
+def steer(agent: PPO, env: CurriculumEnv, episodes: int, learn: bool, purpose: str, resume: dict | None = None) -> None:
+    """Train `episodes` runs of the environment's experiment, one epoch per agent step, learning unless `learn` is
+    off (replay: the policy's most likely action); the steps are seeded by `purpose` (agent-proxy, agent-full),
+    episode and epoch. After every epoch the run folder's last.pt holds the student, the environment's counters and
+    the agent, so a kill loses at most the epoch in progress."""
+    seed = env.experiment.config.seed
+    if resume is None:
+        start = env.reset(seed=seed)[0], True, False
+    else:
+        env.load_state(resume["env"], resume)
+        start = resume["observation"], resume["episode_start"], env.epoch >= env.num_epochs
+
+    def checkpoint(observation, episode_start) -> None:
+        env.record_step({"env": env.state_dict(), "observation": observation, "episode_start": episode_start,
+                         "agent": agent_state(agent)})  # fmt: skip
+
+    seed_of = lambda: seeds.derive(seed, purpose, episode=env.episode, epoch=env.epoch)  # noqa: E731
+    drive(agent, env, episodes - env.episodes_done, learn, seed_of, start, after_step=checkpoint)
 
 
 class SubsetSource:
@@ -246,7 +261,7 @@ def data_subset(data: DataSplits, share: float, seed: int) -> DataSplits:
 
     def pick(view, salt: int) -> np.ndarray:
         count = max(1, round(share * len(view)))
-        return np.sort(np.random.default_rng([seed, salt]).choice(len(view), count, replace=False))
+        return np.sort(seeds.generator(seed, "subset", index=salt).choice(len(view), count, replace=False))
 
     def part(view, indices: np.ndarray) -> SampleView:
         return SampleView(SubsetSource(view.source, indices), view.transform, view.seed)
@@ -286,7 +301,7 @@ def pretrain(agent: PPO, experiment: Experiment, config: RLConfig, folder: Path)
                         MetricsLog(proxy_folder))  # fmt: skip
     if resume is not None:
         load_agent_state(agent, resume["agent"])
-    steer(agent, env, config.pretrain_episodes, learn=True, phase=0, resume=resume)
+    steer(agent, env, config.pretrain_episodes, learn=True, purpose="agent-proxy", resume=resume)
 
 
 def run_seconds(path: Path) -> float:
@@ -347,10 +362,10 @@ def main(argv=None) -> None:
     elif config.resume and checkpoint is None:  # killed before the full run's first epoch was saved
         env.log.truncate(0)
     learn = not config.policy and config.full_run == "learn"
-    steer(agent, env, config.episodes, learn, phase=1, resume=checkpoint)
+    steer(agent, env, config.episodes, learn, purpose="agent-full", resume=checkpoint)
     if not config.policy and is_main_process():
         atomic_write(folder / "agent.zip", agent.save)
-    results = env.completed_run.finish()
+    results = env.finish()
     if is_main_process():
         results.update(total_cost(folder, config.episodes))
         save_json(folder / "results.json", results)

@@ -56,7 +56,7 @@ if [[ $quick == 1 ]]; then
 fi
 : "${epochs:=$BENCH_EPOCHS}"
 checkpoint=$(pretrained_teacher "$pretrain_data" "${teacher_flags[@]}" --device "$device" --seed 0 "${cache[@]}")
-# --target-scale absolute: the README's comparison was measured with targets on the difficulty scale (the reference's);
+# --target-scale absolute: docs/curriculum.md's comparison was measured with targets on the difficulty scale (the reference's);
 # pass -- --target-scale quantile to compare the rank bands that train_student.py now defaults to
 common=(--data "$data" --epochs "$epochs" --device "$device" --workers "$BENCH_WORKERS" --batch-size "$BENCH_BATCH" --student resnet10t
         --teacher-checkpoint "$checkpoint" --label-weight 0 --fraction 0.6 --target-scale absolute --teacher-logits replay

@@ -17,7 +17,7 @@
 # Extra flags after -- go to every train_student.py call (e.g. -- --amp --workers 8).
 # The KD rows of one seed train on the same augmented views (the augmentation is seeded by seed, epoch and sample), so
 # the first of them stores the teacher's logits on each view and the others replay them (--teacher-logits replay,
-# exact to fp16; see the README). `-- --teacher-logits online` runs the teacher in every row instead.
+# exact to fp16; see docs/performance.md). `-- --teacher-logits online` runs the teacher in every row instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}

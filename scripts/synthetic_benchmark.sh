@@ -14,7 +14,7 @@ BENCH_EPOCHS=15
 BENCH_BATCH=32
 # The RL row's proxy runs (train_student_rl.py --pretrain-*): 10 proxy runs of 10 epochs on a tenth of the data
 # (100 agent steps) keep the demo within its time; the default 30 (300 steps, what tests/test_agent_learns.py shows
-# is enough to learn) costs about 3 minutes more here, and is what the agent comparison in the README measures.
+# is enough to learn) costs about 3 minutes more here, and is what the agent comparison in docs/rl-agent.md measures.
 BENCH_RL=(--pretrain-episodes 10)
 # the --quick smoke test: the same design, tiny (4 of 8 classes)
 QUICK_STUDENT_DATA=synthetic:classes=4,train=96,val=32,test=32

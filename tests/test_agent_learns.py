@@ -1,11 +1,13 @@
-"""The agent can learn: with the default RLConfig, driven only through make_agent / choose / update (shared/DESIGN.md,
-"The agent's interface"), it finds the best target of a surrogate curriculum within 300 steps.
+"""The agent can learn: with the default RLConfig, driven only through make_agent / choose / update (docs/rl-agent.md,
+"Driving the agent from your own loop") in the script's own loop (train_student_rl.drive), it finds the best target of
+a surrogate curriculum within 300 steps.
 
 The surrogate has CurriculumEnv's observation and action spaces and pays the real reward (curriculum_reward) of a
 simulated training run whose accuracy gain per epoch falls by 5 points per unit of distance between the epoch's target
 and BEST, plus noise of 1.5 points (3 reward units). `python tests/test_agent_learns.py` prints the figure per seed.
 """
 
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import seeds  # noqa: E402
 import train_student_rl as rl  # noqa: E402
 from rl_curriculum_env import OBSERVATION_SIZE, curriculum_reward, squash  # noqa: E402
 
@@ -70,25 +73,16 @@ def probability_near_best(agent, env: SurrogateCurriculum, observations: list) -
 
 
 def train_on_surrogate(seed: int) -> tuple[float, float]:
-    """(probability near BEST before, after) STEPS agent steps, the loop of train_student_rl.steer."""
+    """(probability near BEST before, after) STEPS agent steps of train_student_rl.drive, the script's loop."""
     config = rl.RLConfig(seed=seed)
     probe = SurrogateCurriculum(spaces.Discrete(config.bins), config.bins)
     env = SurrogateCurriculum(spaces.Discrete(config.bins), config.bins)
     agent = rl.make_agent(config, env)
     episode = [probe.reset(seed=10_000 + seed)[0]] + [probe.step(i % 3)[0] for i in range(EPOCHS - 1)]
     before = probability_near_best(agent, env, episode)
-    observation, episode_start = env.reset(seed=seed)[0], True
-    for step in range(STEPS):
-        env_action, action, value, log_prob = rl.choose(agent, observation, True, seed * 100_003 + step)
-        next_observation, reward, done, _, _ = env.step(env_action)
-        agent.rollout_buffer.add(observation[None], action, np.array([reward]), np.array([episode_start]), value,
-                                 log_prob)  # fmt: skip
-        agent.num_timesteps += 1
-        if agent.rollout_buffer.full:
-            rl.update(agent, next_observation, done, seed * 100_003 + step)
-        observation, episode_start = next_observation, done
-        if done:
-            observation, episode_start = env.reset()[0], True
+    steps = itertools.count()
+    seed_of = lambda: seeds.derive(seed, "epoch", epoch=next(steps))  # noqa: E731
+    rl.drive(agent, env, STEPS // EPOCHS, True, seed_of, (env.reset(seed=seed)[0], True, False))
     return before, probability_near_best(agent, env, episode)
 
 

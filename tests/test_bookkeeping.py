@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import pytest
 
 import bookkeeping
+import cli
 import evaluate
 from conftest import ROOT
 from errors import UserError
 
 PROJECT = {path.stem for path in ROOT.glob("*.py")}
-ML_MODULES = {"models", "curriculum_dataloader", "data", "engine", "rl_curriculum_env"}
+ML_MODULES = {"models", "curriculum_dataloader", "data", "engine", "rl_curriculum_env", "teacher", "devices", "seeds"}
 
 
 def project_imports(module: str) -> set[str]:
@@ -31,8 +32,14 @@ def project_imports(module: str) -> set[str]:
     return names & PROJECT
 
 
-def test_bookkeeping_imports_no_ml_module():
-    assert project_imports("bookkeeping") == {"errors"}
+def test_bookkeeping_and_cli_import_no_ml_module():
+    assert project_imports("bookkeeping") == {"cli", "errors"}
+    assert project_imports("cli") == {"errors"}
+
+
+def test_leaf_modules_import_nothing_of_the_project_but_errors():
+    assert project_imports("seeds") == set()
+    assert project_imports("devices") == {"errors"}
 
 
 def test_no_import_circles_not_even_inside_functions():
@@ -59,22 +66,22 @@ def test_report_reads_runs_without_the_training_stack():
 
 @dataclass
 class Flags:
-    no_teacher: bool = bookkeeping.field(False, "leave the teacher row out")
-    amp: bool = bookkeeping.field(False, "mixed precision")
-    epochs: int = bookkeeping.field(3, "epochs")
+    no_teacher: bool = cli.field(False, "leave the teacher row out")
+    amp: bool = cli.field(False, "mixed precision")
+    epochs: int = cli.field(3, "epochs")
 
 
 def test_a_no_flag_means_true_and_others_keep_their_negation():
-    assert bookkeeping.parse_config(Flags, ["--no-teacher"]).no_teacher is True
-    assert bookkeeping.parse_config(Flags, []).no_teacher is False
-    assert bookkeeping.parse_config(Flags, ["--amp"]).amp is True
-    assert bookkeeping.parse_config(Flags, ["--amp", "--no-amp"]).amp is False
-    assert bookkeeping.parse_config(evaluate.Config, ["run", "--no-teacher"]).no_teacher is True
+    assert cli.parse_config(Flags, ["--no-teacher"]).no_teacher is True
+    assert cli.parse_config(Flags, []).no_teacher is False
+    assert cli.parse_config(Flags, ["--amp"]).amp is True
+    assert cli.parse_config(Flags, ["--amp", "--no-amp"]).amp is False
+    assert cli.parse_config(evaluate.Config, ["run", "--no-teacher"]).no_teacher is True
 
 
 def test_argparse_errors_are_one_line_naming_help():
     with pytest.raises(UserError, match=r"argument --epochs: invalid int value: 'x'; see --help"):
-        bookkeeping.parse_config(Flags, ["--epochs", "x"])
+        cli.parse_config(Flags, ["--epochs", "x"])
 
 
 def test_full_disk_is_a_user_error_and_leaves_no_temporary(tmp_path):

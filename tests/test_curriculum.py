@@ -13,6 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 import curriculum_dataloader as cd
 import models
+import teacher
 
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 score_arrays = arrays(np.float64, st.integers(0, 60), elements=unit) | arrays(
@@ -264,17 +265,19 @@ def test_cached_logits_computes_once(tmp_path):
         return values.clone()
 
     parts = {"teacher": "resnet18", "weights": "w.pth", "data": "synthetic", "transform": "eval-32"}
-    first, was_cached = cd.cached_logits(tmp_path, parts, compute, shape=(6, 4))
+    first, was_cached = teacher.cached_logits(tmp_path, parts, compute, shape=(6, 4))
     assert (len(calls), was_cached) == (1, False)
     torch.testing.assert_close(first, fresh.half().float(), rtol=0, atol=0)  # rounded through fp16 as documented
     assert first.dtype == torch.float32
 
     reordered = dict(reversed(list(parts.items())))  # key order free
-    second, was_cached = cd.cached_logits(tmp_path, reordered, compute, (6, 4))
+    second, was_cached = teacher.cached_logits(tmp_path, reordered, compute, (6, 4))
     assert (len(calls), was_cached) == (1, True)
     torch.testing.assert_close(second, first, rtol=0, atol=0)
 
-    other, was_cached = cd.cached_logits(tmp_path, {**parts, "teacher": "resnet50"}, lambda: compute(fresh + 1), (6, 4))
+    other, was_cached = teacher.cached_logits(
+        tmp_path, {**parts, "teacher": "resnet50"}, lambda: compute(fresh + 1), (6, 4)
+    )
     assert (len(calls), was_cached) == (2, False)
     assert not torch.equal(other, first)
 
@@ -292,16 +295,16 @@ def test_cached_logits_computes_once(tmp_path):
 )
 def test_cached_logits_recomputes_and_replaces_an_invalid_file(tmp_path, bad):
     parts = {"teacher": "t"}
-    cd.cached_logits(tmp_path, parts, lambda: torch.ones(2, 2), shape=(2, 2))
+    teacher.cached_logits(tmp_path, parts, lambda: torch.ones(2, 2), shape=(2, 2))
     (cache_file,) = tmp_path.glob("teacher-logits-*.pt")
     if isinstance(bad, bytes):
         cache_file.write_bytes(bad)
     else:
         torch.save(bad, cache_file)
-    logits, was_cached = cd.cached_logits(tmp_path, parts, lambda: torch.full((2, 2), 2.0), shape=(2, 2))
+    logits, was_cached = teacher.cached_logits(tmp_path, parts, lambda: torch.full((2, 2), 2.0), shape=(2, 2))
     assert not was_cached
     torch.testing.assert_close(logits, torch.full((2, 2), 2.0))
-    again, was_cached = cd.cached_logits(tmp_path, parts, lambda: pytest.fail("recomputed twice"), shape=(2, 2))
+    again, was_cached = teacher.cached_logits(tmp_path, parts, lambda: pytest.fail("recomputed twice"), shape=(2, 2))
     assert was_cached and torch.equal(again, logits)  # the bad file was replaced by the good one
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([cache_file.name, cache_file.stem + ".json"])
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import bookkeeping
+import cli
 import curriculum_dataloader as cd
 import engine
 import train_student
@@ -15,7 +16,7 @@ from conftest import run_script, train_args
 def make_experiment(cache_dir, teacher, **overrides):
     argv = train_args("unused", "--teacher-checkpoint", teacher, "--label-weight", "0", "--curriculum", "adaptive",
                       "--cache-dir", cache_dir)[1:]  # fmt: skip
-    config = bookkeeping.parse_config(train_student.Config, argv)
+    config = cli.parse_config(train_student.Config, argv)
     for name, value in overrides.items():
         setattr(config, name, value)
     return engine.Experiment(config)
@@ -31,18 +32,18 @@ def count_forwards(experiment) -> list:
 def test_teacher_logits_are_computed_once_then_read_from_the_cache(tmp_path, tiny_teacher):
     first = make_experiment(tmp_path, tiny_teacher)
     calls = count_forwards(first)
-    logits = first.teacher_train_logits()
+    logits = first.source.scoring_logits()
     assert len(calls) > 0 and logits.shape == (len(first.data.train), 4)
-    assert first.teacher_train_logits() is logits  # memoised within the run
+    assert first.source.scoring_logits() is logits  # memoised within the run
 
     second = make_experiment(tmp_path, tiny_teacher)
     calls = count_forwards(second)
-    assert np.array_equal(second.teacher_train_logits().numpy(), logits.numpy())
+    assert np.array_equal(second.source.scoring_logits().numpy(), logits.numpy())
     assert calls == []  # the second run never ran the teacher
 
     resized = make_experiment(tmp_path, tiny_teacher, image_size=40)
     calls = count_forwards(resized)
-    resized.teacher_train_logits()
+    resized.source.scoring_logits()
     assert len(calls) > 0  # another transform is another key
 
 

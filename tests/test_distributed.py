@@ -2,7 +2,6 @@
 across ranks, and agree with a single process of the same global batch."""
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -13,15 +12,10 @@ from conftest import run_script, train_args
 pytestmark = pytest.mark.slow  # every test here trains (see pyproject.toml)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def torchrun(argv: list, processes: int = 2):
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", processes, "--master_addr", "127.0.0.1",
-                "--master_port", free_port()]  # fmt: skip
+    # --standalone: the launcher binds its own free port and keeps it, where a port found free beforehand could be
+    # taken by another job before the launcher binds it
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", processes]
     return run_script(*launcher, *argv, env={"OMP_NUM_THREADS": "1"})
 
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 import bench
-import bookkeeping
+import cli
 import compare_curricula
 import evaluate
 import pretrain_teacher
@@ -66,8 +66,8 @@ def test_rl_help_lists_only_flags_that_apply_and_refuses_the_others(capsys):
     assert "agent (PPO):" in help_text.splitlines()
     for flag in RL_NOT_FLAGS:
         with pytest.raises(UserError, match=f"^{flag} does not apply to [^:]+: (the agent|only easy_to_hard)"):
-            bookkeeping.parse_config(train_student_rl.RLConfig, [flag, "0.5"])
-    config = bookkeeping.parse_config(train_student_rl.RLConfig, [])
+            cli.parse_config(train_student_rl.RLConfig, [flag, "0.5"])
+    config = cli.parse_config(train_student_rl.RLConfig, [])
     assert (config.target, config.pacing) == (0.5, "root")  # not flags, still the config's values
     train_flags = flags_listed(script_help(train_student, capsys))
     assert set(RL_NOT_FLAGS) <= train_flags  # train_student.py keeps them
@@ -76,7 +76,7 @@ def test_rl_help_lists_only_flags_that_apply_and_refuses_the_others(capsys):
 def test_pretrain_teacher_refuses_the_run_folder_flags():
     for flag in ("--out", "--overwrite", "--resume"):
         with pytest.raises(UserError, match=f"^{flag} does not apply"):
-            bookkeeping.parse_config(pretrain_teacher.TeacherConfig, [flag, "x"])
+            cli.parse_config(pretrain_teacher.TeacherConfig, [flag, "x"])
 
 
 @pytest.mark.parametrize(
@@ -86,12 +86,12 @@ def test_pretrain_teacher_refuses_the_run_folder_flags():
 )  # fmt: skip
 def test_abbreviations_are_refused(config_class, argv, abbreviation):
     with pytest.raises(UserError, match=f"unrecognized arguments: {abbreviation} "):
-        bookkeeping.parse_config(config_class, argv)
+        cli.parse_config(config_class, argv)
 
 
 def test_switches_list_their_on_form_and_still_take_the_off_form(capsys):
     help_text = script_help(train_student, capsys)
     assert "--amp " in help_text and "--no-amp" not in help_text  # off by default: the switch alone
-    assert bookkeeping.parse_config(train_student.Config, ["--amp", "--no-amp"]).amp is False
+    assert cli.parse_config(train_student.Config, ["--amp", "--no-amp"]).amp is False
     rl_help = script_help(train_student_rl, capsys)
     assert "--normalize-reward, --no-normalize-reward" in rl_help and "(default: on)" in rl_help

@@ -6,13 +6,14 @@ import pytest
 import torch
 
 import bookkeeping
+import cli
 import data
-import engine
 import models
 import pretrain_teacher
 import train_student
 from conftest import TINY, train_args
 from errors import UserError
+from teacher import load_teacher
 
 # TINY's 4 classes are ImageNet indices 0, 250, 500, 750; these 2 are 0 and 500: a subset, in another order of labels
 SUBSET = "synthetic:classes=2,train=16,val=8,test=8,size=32,seed=0"
@@ -31,14 +32,14 @@ def test_a_class_looks_the_same_in_every_synthetic_set_that_names_it():
 @pytest.mark.slow
 def test_wider_synthetic_teacher_is_sliced_by_wordnet_id(tiny_teacher):
     subset = data.load_data(SUBSET)
-    config = bookkeeping.parse_config(train_student.Config, ["--teacher-checkpoint", str(tiny_teacher)])
-    teacher = engine.load_teacher(config, subset)
+    config = cli.parse_config(train_student.Config, ["--teacher-checkpoint", str(tiny_teacher)])
+    teacher = load_teacher(subset, config.teacher, config.teacher_checkpoint)
     assert isinstance(teacher, models.SlicedTeacher)
     full = models.model_from_checkpoint(bookkeeping.load_checkpoint(tiny_teacher)).eval()
     images = torch.stack([subset.test[i][0] for i in range(4)])
     with torch.no_grad():
         torch.testing.assert_close(teacher(images), full(images)[:, [0, 2]])
-    same = engine.load_teacher(config, data.load_data(TINY))  # the teacher's own classes: nothing to slice
+    same = load_teacher(data.load_data(TINY), config.teacher, config.teacher_checkpoint)  # its own classes: no slicing
     assert not isinstance(same, models.SlicedTeacher)
 
 

@@ -30,17 +30,31 @@ def comparable(folder) -> list[dict]:
     return [{key: value for key, value in row.items() if key not in WALL_CLOCK} for row in rows]
 
 
+def logged_rows(metrics) -> int:
+    return len(bookkeeping.read_metrics(metrics)) if metrics.exists() else 0
+
+
 def kill_part_way(argv: list, folder, rows_first: int, total: int, log: str = "metrics.csv") -> int:
-    """Start a run, SIGKILL it at a random moment after `rows_first` epochs are logged in `log` (a path in the run
-    folder); returns the rows it left."""
+    """Start a run, SIGKILL it at a random moment within the epoch after `rows_first` epochs are logged in `log` (a
+    path in the run folder); returns the rows it left.
+
+    The moment is a random fraction of the run's own epoch time (measured between its first logged rows), not a fixed
+    number of seconds: on a fast machine a fixed wait outlasts the remaining epochs, on a loaded one it never leaves
+    the epoch just logged."""
+    assert rows_first >= 2 and total >= rows_first + 2, "a kill inside the next epoch needs two more epochs to come"
     process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     metrics = folder / log
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and len(bookkeeping.read_metrics(metrics)) >= rows_first:
-            break
-        time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 0.6))  # somewhere inside a later epoch, or while it writes its files
+    seen = {}  # rows logged -> when first seen
+    hung = time.monotonic() + 900  # a guard against a hung run, not a measure of speed
+    while (rows := logged_rows(metrics)) < rows_first:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < hung, f"no {rows_first} epochs logged in 15 minutes"
+        seen.setdefault(rows, time.monotonic())
+        time.sleep(0.01)
+    seen.setdefault(rows, time.monotonic())
+    timed = [count for count in sorted(seen) if count >= 1]  # not the start-up before the first row
+    epoch_seconds = (seen[timed[-1]] - seen[timed[0]]) / (timed[-1] - timed[0]) if len(timed) > 1 else 0.0
+    time.sleep(random.uniform(0.0, epoch_seconds))  # inside the next epoch, or while it writes its files
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
@@ -143,18 +157,19 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_file(tmp_path):
         "    payload['step'] += 1\n"
         f"    bookkeeping.save_checkpoint(r'{path}', payload)\n"
     )
-    seen = set()
     for _ in range(3):
         process = subprocess.Popen([sys.executable, "-c", writer], cwd=ROOT)
-        while not path.exists():
-            time.sleep(0.05)
-        time.sleep(random.uniform(0.2, 1.5))
+        # wait for the second save, however long saves take here: from then on the writer is always mid-write
+        while not path.exists() or bookkeeping.load_checkpoint(path)["step"] < 2:
+            assert process.poll() is None, "the writer stopped"
+            time.sleep(0.01)
+        time.sleep(random.uniform(0.0, 0.5))
         process.kill()
         process.wait()
         checkpoint = bookkeeping.load_checkpoint(path)
         assert checkpoint["state_dict"]["w"].shape == (4_000_000,)
-        seen.add(checkpoint["step"])
-    assert max(seen) > 1  # the writer got past its first save, so kills could land mid-write
+        assert checkpoint["step"] >= 2  # never an older file than one already in place
+        path.unlink()
 
 
 def fails_cleanly(capsys, main, argv) -> str:
@@ -210,9 +225,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoints(capsys, tmp_path, m
     """The loss turns NaN in epoch 2, batch 2: the run exits 2 naming both, with epoch 1's checkpoints intact."""
     real_loss, calls = models.kd_loss, []
 
-    def loss_that_turns_nan(*args):
+    def loss_that_turns_nan(*args, **kwargs):
         calls.append(1)
-        loss = real_loss(*args)
+        loss = real_loss(*args, **kwargs)
         return loss * float("nan") if len(calls) == 3 + 2 else loss  # 3 batches of 32 per epoch
 
     monkeypatch.setattr(models, "kd_loss", loss_that_turns_nan)

@@ -10,6 +10,7 @@ from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from stable_baselines3.common.env_checker import check_env
 
 import bookkeeping
+import cli
 import engine
 import train_student_rl
 from conftest import run_script, train_args
@@ -57,7 +58,7 @@ TINY_RL = "synthetic:classes=4,train=48,val=16,test=16,size=32,seed=0"
 def make_env(tmp_path, teacher, **env_options):
     argv = train_args("unused", "--teacher-checkpoint", teacher, "--cache-dir", tmp_path / "cache",
                       "--student", "resnet10t", "--batch-size", "16", data=TINY_RL, epochs=2)[1:]  # fmt: skip
-    config = bookkeeping.parse_config(train_student_rl.RLConfig, argv)
+    config = cli.parse_config(train_student_rl.RLConfig, argv)
     return CurriculumEnv(engine.Experiment(config), **env_options)
 
 

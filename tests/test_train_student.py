@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import bookkeeping
-import engine
 import evaluate
 import models
+import teacher
 import train_student
 from conftest import TINY, run_script, train_args
 from errors import UserError
@@ -67,7 +67,7 @@ def test_evaluate_table_has_every_row(kd_run, tiny_teacher, tmp_path):
 
 def test_labels_only_builds_no_teacher(tmp_path, monkeypatch):
     """With --label-weight 1 the teacher is never constructed (a poisoned builder would fail)."""
-    monkeypatch.setattr(engine, "load_teacher", lambda *a: pytest.fail("teacher built for a labels-only run"))
+    monkeypatch.setattr(teacher, "load_teacher", lambda *a: pytest.fail("teacher built for a labels-only run"))
     train_student.main(train_args(tmp_path / "run", "--label-weight", 1, "--student", "resnet10t")[1:])
     assert (tmp_path / "run" / "results.json").is_file()
 

@@ -11,8 +11,8 @@ import torch
 import models
 from bookkeeping import load_checkpoint
 from conftest import ROOT, TINY, run_script, train_args
-from curriculum_dataloader import EpochViews, TeacherViewStore
 from data import load_data
+from teacher import EpochViews, TeacherViewStore
 
 CPU = torch.device("cpu")
 

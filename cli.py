@@ -1,0 +1,114 @@
+"""The command line of every script, from its config dataclass: one `--flag` per field with its help line, grouped
+in --help, and flags a script does not take refused in one line. A leaf module: argparse and dataclasses only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from errors import UserError
+
+
+def build_parser(config_class, description: str = "", explicit_only: bool = False) -> argparse.ArgumentParser:
+    """argparse from a config dataclass: one `--flag` per field, its help from the field's metadata, under the
+    heading of its group (a field whose metadata names a `group` starts it; the fields after it follow). A field the
+    class lists in NOT_APPLICABLE is no flag of its script: left out of --help and refused if given. With
+    `explicit_only` the parsed namespace holds only the flags actually given (for --resume checks)."""
+    usage = "%(prog)s [options]" + "".join(
+        f" [{f.name.upper()} ...]" for f in dataclasses.fields(config_class) if "nargs" in f.metadata
+    )
+    parser = OneLineParser(description=description, usage=usage, formatter_class=HelpFormatter, allow_abbrev=False)
+    module = vars(sys.modules[config_class.__module__])
+    not_applicable = getattr(config_class, "NOT_APPLICABLE", {})
+    groups, group, switches = field_groups(config_class), parser, []
+    for field in dataclasses.fields(config_class):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name in not_applicable:
+            parser.add_argument(flag, nargs="?", action=NotApplicable, const=not_applicable[field.name],
+                                default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # fmt: skip
+            continue
+        if field.name in groups:
+            group = parser.add_argument_group(groups[field.name])
+        kind = field.type if isinstance(field.type, type) else eval(field.type, module)
+        options = {"help": field.metadata.get("help", "") + default_note(field.default, kind)}
+        options["default"] = argparse.SUPPRESS if explicit_only else field.default
+        if "nargs" in field.metadata:  # a positional list, e.g. evaluate.py's run folders
+            parser.add_argument(field.name, nargs=field.metadata["nargs"], help=options["help"])
+            continue
+        if kind is bool and field.name.startswith("no_"):  # --no-teacher: a switch, never --no-no-teacher
+            assert field.default is False, f"{field.name}: a no_ switch is off by default"
+            group.add_argument(flag, action="store_true", **options)
+            continue
+        if kind is bool and field.default is False:  # a switch: --amp; --no-amp is accepted but not listed
+            group.add_argument(flag, action="store_true", **options)
+            switches.append(flag)
+            group.add_argument("--no-" + flag[2:], dest=field.name, action="store_false", default=options["default"],
+                               help=argparse.SUPPRESS)  # fmt: skip
+            continue
+        if kind is bool:  # on by default: --normalize-reward, --no-normalize-reward
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            continue
+        scalar = next((t for t in (int, float, str) if t is kind or t in getattr(kind, "__args__", ())), str)
+        if "choices" in field.metadata:
+            options["choices"] = field.metadata["choices"]
+        else:
+            options["metavar"] = {int: "N", float: "X"}.get(scalar, field.name.split("_")[-1].upper())
+        group.add_argument(flag, type=scalar, **options)
+    if switches:  # their off forms are accepted but not listed: said once here
+        parser.epilog = f"Each switch also takes its off form: {switches[0]} and --no-{switches[0][2:]}."
+    return parser
+
+
+def field_groups(config_class) -> dict[str, str]:
+    """`{field name: group}` for the fields that start a --help group, in this class or one it extends (a subclass
+    that redefines a field keeps its parent's place and group)."""
+    starts = {}
+    for cls in reversed(config_class.__mro__):
+        if dataclasses.is_dataclass(cls):
+            starts.update({f.name: f.metadata["group"] for f in dataclasses.fields(cls) if "group" in f.metadata})
+    return starts
+
+
+def default_note(default, kind) -> str:
+    """` (default: X)` where the default says something: not for None or "", and a switch only when it is on."""
+    if kind is bool:
+        return " (default: on)" if default is True else ""
+    if default is None or default == "" or default is dataclasses.MISSING:
+        return ""
+    return f" (default: {default})"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring's examples as written, and the help column wide enough for most flags."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=30)
+
+
+class NotApplicable(argparse.Action):
+    """A field that is no flag of this script (e.g. a pacing flag of the RL script): one line saying why."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UserError(f"{option_string} does not apply to {parser.prog}: {self.const}.")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A flag argparse cannot read is a UserError: one line and exit code 2, not the whole usage text."""
+
+    def error(self, message: str):
+        raise UserError(f"{message}; see --help.")
+
+
+def parse_config(config_class, argv=None, description: str = ""):
+    return config_class(**vars(build_parser(config_class, description).parse_args(argv)))
+
+
+def field(default, help: str, **metadata):
+    """A config field with its --help line; `group="..."` starts a --help group at this field."""
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def config_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,95 @@
+"""Where training runs: the device, mixed precision, several processes (torchrun, DDP) and the data loaders.
+
+A leaf module: it imports nothing of the project, so the teacher, the epoch loop and the scripts can all use it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from errors import UserError
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The device and its precision
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for a GPU but torch sees none; use --device cpu.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name} is not a torch device; use auto, cpu, cuda or cuda:N.") from None
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 where the hardware has it (no loss scaling needed), else fp16 with a GradScaler."""
+    if not enabled:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Several processes (torchrun): DDP for the student, sharded evaluation, rank 0 writes
+
+
+def init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) of this process; starts the process group when torchrun launched several.
+    NCCL between GPUs (one per process, by LOCAL_RANK), gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
+
+
+def end_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_from_main(value):
+    """rank 0's value on every rank (the RL agent's action)."""
+    if not dist.is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def make_loader(view, batch_size: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
+    """Evaluation loaders take this process's strided shard of the view (all of it in a single process);
+    predict_logits puts each output row back at its sample index. Training passes its own sampler."""
+    if sampler is None and dist.is_initialized():
+        view = Subset(view, range(dist.get_rank(), len(view), dist.get_world_size()))
+    batching = {"batch_sampler": sampler} if sampler is not None else {"batch_size": batch_size}
+    return DataLoader(
+        view,
+        **batching,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
