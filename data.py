@@ -100,6 +100,20 @@ class HubImages:
             ) from None
 
 
+class Relabelled:
+    """A source with other labels (injected label noise) and the same images: a synthetic image is drawn from its
+    true class, so the noise must not reach the source that generates it."""
+
+    def __init__(self, source, labels: np.ndarray):
+        self.source, self.labels = source, labels
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def image(self, i: int) -> Image.Image:
+        return self.source.image(i)
+
+
 class SyntheticImages:
     """Procedural images generated on the fly, deterministic from (seed, split, index).
 
@@ -208,6 +222,7 @@ class DataSplits:
     image_size: int
     identity: str  # what the data is, for cache keys and resume checks
     hardness: np.ndarray | None = None  # synthetic only: the generator's per-sample hardness of the train split
+    flipped: np.ndarray | None = None  # --label-noise: which training labels were replaced (bool per sample)
 
 
 def noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
@@ -376,8 +391,27 @@ def folder_fingerprint(sources: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_data(data: str, image_size: int | None = None, seed: int = 0, min_scale: float | None = None) -> DataSplits:
-    """Build the four views of `--data`: `synthetic[:options]`, a hub name like `timm/mini-imagenet`, or a folder."""
+def add_label_noise(sources: dict, num_classes: int, label_noise: float, noise_seed: int) -> np.ndarray | None:
+    """Replace `label_noise` of the training labels (noisy_labels) in place of the train source; the flipped mask, or
+    None without noise. Validation and test keep their labels."""
+    if not label_noise:
+        return None
+    clean = sources["train"].labels
+    sources["train"] = Relabelled(sources["train"], noisy_labels(clean, num_classes, label_noise, noise_seed))
+    return sources["train"].labels != clean
+
+
+def load_data(
+    data: str,
+    image_size: int | None = None,
+    seed: int = 0,
+    min_scale: float | None = None,
+    *,
+    label_noise: float = 0.0,
+    noise_seed: int = 0,
+) -> DataSplits:
+    """Build the four views of `--data`: `synthetic[:options]`, a hub name like `timm/mini-imagenet`, or a folder.
+    `label_noise`: the fraction of training labels replaced by another class, chosen from `noise_seed`."""
     hardness = None
     if data == "synthetic" or data.startswith("synthetic:"):
         options = parse_synthetic(data)
@@ -413,6 +447,9 @@ def load_data(data: str, image_size: int | None = None, seed: int = 0, min_scale
         native_size, default_min_scale = 224, 0.08
     size = image_size or native_size
     min_scale = default_min_scale if min_scale is None else min_scale
+    flipped = add_label_noise(sources, len(class_names), label_noise, noise_seed)
+    if label_noise:  # other labels are other data: resume checks and caches keyed by it must tell them apart
+        identity = json.dumps({**json.loads(identity), "label_noise": label_noise, "noise_seed": noise_seed})
     return DataSplits(
         train=SampleView(sources["train"], train_transform(size, min_scale), seed),
         score=SampleView(sources["train"], eval_transform(size)),
@@ -422,4 +459,5 @@ def load_data(data: str, image_size: int | None = None, seed: int = 0, min_scale
         image_size=size,
         identity=identity,
         hardness=hardness,
+        flipped=flipped,
     )

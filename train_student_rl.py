@@ -274,6 +274,7 @@ def data_subset(data: DataSplits, share: float, seed: int) -> DataSplits:
         val=part(data.val, val),
         identity=json.dumps({"subset_of": data.identity, "share": share, "seed": seed}, sort_keys=True),
         hardness=data.hardness[train] if data.hardness is not None else None,
+        flipped=data.flipped[train] if data.flipped is not None else None,
     )
 
 
