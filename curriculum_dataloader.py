@@ -32,6 +32,7 @@ TARGET_SCALES = ("quantile", "absolute")  # how a target addresses the scores: b
 BUCKETS = 5  # difficulty quantile buckets of hard_mining and mixed
 SOFT_WIDTH = 0.15  # soft: std of the Gaussian weight around the target, in difficulty units
 SOFT_FLOOR = 0.05  # soft: weight every sample keeps, however far from the target
+LOSSES = ("student", "teacher")  # the label losses (CE against the training label) the reducible loss subtracts
 PRIORITY_FLOOR = 0.1  # prioritised: share every sample keeps, in units of the mean clipped reducible loss
 
 
@@ -156,10 +157,8 @@ def label_losses(
 ) -> dict[str, torch.Tensor]:
     """Each sample's cross-entropy against its training label (noisy under --label-noise), the student's and the
     teacher's: the two terms of the reducible loss."""
-    return {
-        "student": F.cross_entropy(student_logits.double(), labels, reduction="none").float(),
-        "teacher": F.cross_entropy(teacher_logits.double(), labels, reduction="none").float(),
-    }
+    logits = {"student": student_logits, "teacher": teacher_logits}
+    return {name: F.cross_entropy(logits[name].double(), labels, reduction="none").float() for name in LOSSES}
 
 
 def select_samples(
@@ -241,7 +240,7 @@ class TrainPassScores:
         """`labels`: the training labels, given when the strategy also needs each sample's label losses."""
         self.components = {name: torch.zeros(num_samples, device=device) for name in models.DIFFICULTY_WEIGHTS}
         self.labels = None if labels is None else torch.as_tensor(labels, device=device)
-        self.losses = {name: torch.zeros(num_samples, device=device) for name in ("student", "teacher")}
+        self.losses = {} if labels is None else {name: torch.zeros(num_samples, device=device) for name in LOSSES}
         self.trained = torch.zeros(num_samples, device=device)
 
     def record(self, indices: torch.Tensor, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> None:
