@@ -5,7 +5,9 @@ baseline strategy (the same seeds) with a 95% Student-t interval, as a markdown 
 
 A strategy is a run folder name without its `-s<seed>` suffix. Each run contributes the test accuracy of its
 best-validation checkpoint (`results.json`: selection on validation, the test split only reported) and its training
-budget (samples seen, in epochs of the full training set). scripts/compare_curricula.sh launches the runs.
+budget (samples seen, in epochs of the full training set, the RL agent's proxy runs included), and each paired
+difference comes with the smallest difference its seeds could detect (80% power, two-sided paired t-test at the
+interval's level). scripts/compare_curricula.sh launches the runs.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookkeeping import read_metrics, save_json
+from bookkeeping import save_json
 from cli import field, parse_config
 from data import load_data
 from errors import UserError, run_cli
-from evaluate import training_budget
+from evaluate import run_budget
 
 
 @dataclass
@@ -60,19 +62,54 @@ def t_quantile(p: float, dof: int) -> float:
     return (low + high) / 2
 
 
+def normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def paired_t_power(difference: float, sd: float, n: int, level: float = 0.05, steps: int = 2000) -> float:
+    """Power of the two-sided paired t-test at `level` with `n` pairs when the true mean difference is `difference`
+    and the differences' std is `sd`: P(|T'| > t_c) for the noncentral t T' = (Z + ncp) / S, ncp = difference
+    sqrt(n) / sd, S = sqrt(chi2_{n-1} / (n - 1)). Exact up to quadrature: Simpson's rule over S's density."""
+    dof, critical = n - 1, t_quantile(1 - level / 2, n - 1)
+    ncp = difference * math.sqrt(n) / sd
+    log_norm = math.log(2) + dof / 2 * math.log(dof / 2) - math.lgamma(dof / 2)
+    density = lambda s: s ** (dof - 1) * math.exp(log_norm - dof * s * s / 2)  # noqa: E731  (0 ** 0 = 1 at dof 1)
+    rejects = lambda s: normal_cdf(ncp - critical * s) + normal_cdf(-ncp - critical * s)  # noqa: E731
+    top = 1 + 12 / math.sqrt(dof)  # S concentrates near 1; its density beyond this is below 1e-30
+    h = top / steps
+    terms = ((1 if k in (0, steps) else 4 if k % 2 else 2) * density(k * h) * rejects(k * h) for k in range(steps + 1))
+    return sum(terms) * h / 3
+
+
+def minimum_detectable_difference(sd: float, n: int, power: float = 0.8, level: float = 0.05) -> float | None:
+    """The smallest true paired difference that `n` seeds detect with probability `power` at `level` (two-sided
+    paired t-test), taking the observed std of the differences as the true one. None below two seeds or at sd 0."""
+    if n < 2 or not sd > 0:
+        return None
+    low, high = 0.0, sd
+    while paired_t_power(high, sd, n, level) < power:
+        high *= 2
+    for _ in range(50):
+        middle = (low + high) / 2
+        low, high = (middle, high) if paired_t_power(middle, sd, n, level) < power else (low, middle)
+    return (low + high) / 2
+
+
 def paired_difference(values: dict, baseline: dict, confidence: float = 0.95) -> dict:
     """Mean of `values[s] - baseline[s]` over the seeds both have, with a two-sided Student-t interval (n - 1 dof):
-    `mean +- t_{(1+c)/2, n-1} * sd / sqrt(n)`. With one common seed there is no interval (None)."""
+    `mean +- t_{(1+c)/2, n-1} * sd / sqrt(n)`, and the minimum detectable difference of those seeds (80% power, at
+    level 1 - c). With one common seed there is no interval (None)."""
     seeds = sorted(set(values) & set(baseline))
     if not seeds:
         raise UserError("no seed is shared with the baseline; run both strategies with the same --seeds.")
     differences = [values[s] - baseline[s] for s in seeds]
     mean = statistics.fmean(differences)
     if len(differences) < 2:
-        return {"mean": mean, "low": None, "high": None, "n": 1, "seeds": seeds}
-    half = t_quantile((1 + confidence) / 2, len(differences) - 1) * statistics.stdev(differences)
-    half /= math.sqrt(len(differences))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(differences), "seeds": seeds}
+        return {"mean": mean, "low": None, "high": None, "n": 1, "seeds": seeds, "detectable": None}
+    sd, n = statistics.stdev(differences), len(differences)
+    half = t_quantile((1 + confidence) / 2, n - 1) * sd / math.sqrt(n)
+    detectable = minimum_detectable_difference(sd, n, level=1 - confidence)
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "seeds": seeds, "detectable": detectable}
 
 
 def compare(groups: dict, baseline: str, confidence: float = 0.95) -> list[dict]:
@@ -113,7 +150,7 @@ def read_groups(folders: list[str]) -> dict:
         group = groups.setdefault(re.sub(r"-s\d+$", "", folder.name), {"acc": {}, "budget": {}})
         seed = config["seed"]
         group["acc"][seed] = json.loads((folder / "results.json").read_text())["test_acc"]
-        group["budget"][seed] = training_budget(read_metrics(folder / "metrics.csv"), train_sizes[config["data"]])
+        group["budget"][seed] = run_budget(folder, train_sizes[config["data"]])
     return groups
 
 
@@ -121,20 +158,23 @@ def markdown_table(rows: list[dict], baseline: str, confidence: float) -> str:
     level = f"{confidence:.0%}"
     lines = [
         f"| Strategy | n | Test top-1, mean ± std | Budget (epochs of all data) | Paired difference to {baseline} "
-        f"[{level} interval] |",
-        "|---|---|---|---|---|",
+        f"[{level} interval] | Detectable (80% power) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         spread = f" ± {row['std']:.2f}" if row["std"] is not None else ""
         versus = row["vs_baseline"]
+        detectable = "—"
         if versus is None:
             difference = "(baseline)"
         elif versus["low"] is None:
             difference = f"{versus['mean']:+.2f} (one seed: no interval)"
         else:
             difference = f"{versus['mean']:+.2f} [{versus['low']:+.2f}, {versus['high']:+.2f}]"
+            detectable = f"{versus['detectable']:.2f}" if versus["detectable"] is not None else "—"
         lines.append(
-            f"| {row['strategy']} | {row['n']} | {row['mean']:.2f}{spread}% | {row['budget']:.2f} | {difference} |"
+            f"| {row['strategy']} | {row['n']} | {row['mean']:.2f}{spread}% | {row['budget']:.2f} | {difference} "
+            f"| {detectable} |"
         )
     return "\n".join(lines)
 

@@ -122,6 +122,22 @@ class HubImages:
         return self.raw[int(i)]["image"]["bytes"]
 
 
+class Relabelled:
+    """A source with other labels (injected label noise) and the same images: a synthetic image is drawn from its
+    true class, so the noise must not reach the source that generates it."""
+
+    def __init__(self, source, labels: np.ndarray):
+        self.source, self.labels = source, labels
+        if hasattr(source, "encoded"):  # JPEG bytes, which the fast data path decodes itself (views.CropView)
+            self.encoded = source.encoded
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def image(self, i: int) -> Image.Image:
+        return self.source.image(i)
+
+
 class SyntheticImages:
     """Procedural images generated on the fly, deterministic from (seed, split, index).
 
@@ -233,6 +249,19 @@ class DataSplits:
     image_size: int
     identity: str  # what the data is, for cache keys and resume checks
     hardness: np.ndarray | None = None  # synthetic only: the generator's per-sample hardness of the train split
+    flipped: np.ndarray | None = None  # --label-noise: which training labels were replaced (bool per sample)
+
+
+def noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
+    """Symmetric label noise (as in Zhang et al. 2017, "Understanding deep learning requires rethinking
+    generalization"): exactly `round(fraction * N)` samples, chosen from `seed`, each get another class drawn
+    uniformly from the K - 1 others. Only training labels come here; validation and test stay clean."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    flipped = rng.choice(len(labels), size=round(fraction * len(labels)), replace=False)
+    noisy = labels.copy()
+    noisy[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+    return noisy
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -389,8 +418,27 @@ def folder_fingerprint(sources: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_data(data: str, image_size: int | None = None, seed: int = 0, min_scale: float | None = None) -> DataSplits:
-    """Build the four views of `--data`: `synthetic[:options]`, a hub name like `timm/mini-imagenet`, or a folder."""
+def add_label_noise(sources: dict, num_classes: int, label_noise: float, noise_seed: int) -> np.ndarray | None:
+    """Replace `label_noise` of the training labels (noisy_labels) in place of the train source; the flipped mask, or
+    None without noise. Validation and test keep their labels."""
+    if not label_noise:
+        return None
+    clean = sources["train"].labels
+    sources["train"] = Relabelled(sources["train"], noisy_labels(clean, num_classes, label_noise, noise_seed))
+    return sources["train"].labels != clean
+
+
+def load_data(
+    data: str,
+    image_size: int | None = None,
+    seed: int = 0,
+    min_scale: float | None = None,
+    *,
+    label_noise: float = 0.0,
+    noise_seed: int = 0,
+) -> DataSplits:
+    """Build the four views of `--data`: `synthetic[:options]`, a hub name like `timm/mini-imagenet`, or a folder.
+    `label_noise`: the fraction of training labels replaced by another class, chosen from `noise_seed`."""
     hardness = None
     if data == "synthetic" or data.startswith("synthetic:"):
         options = parse_synthetic(data)
@@ -426,6 +474,9 @@ def load_data(data: str, image_size: int | None = None, seed: int = 0, min_scale
         native_size, default_min_scale = 224, 0.08
     size = image_size or native_size
     min_scale = default_min_scale if min_scale is None else min_scale
+    # The noise stays out of `identity`: what is keyed by it (the teacher's logits, the stored views) depends on the
+    # images alone, and a run's config records --label-noise and --seed, which fix the noise for its resume checks.
+    flipped = add_label_noise(sources, len(class_names), label_noise, noise_seed)
     return DataSplits(
         train=SampleView(sources["train"], train_transform(size, min_scale), seed),
         score=SampleView(sources["train"], eval_transform(size)),
@@ -435,4 +486,5 @@ def load_data(data: str, image_size: int | None = None, seed: int = 0, min_scale
         image_size=size,
         identity=identity,
         hardness=hardness,
+        flipped=flipped,
     )

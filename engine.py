@@ -52,11 +52,12 @@ class StepSettings:
 
 
 def train_one_epoch(
-    model, loader, source: LogitSource, settings: StepSettings, *, epoch: int = 0, on_logits=None, seen=None
+    model, loader, source: LogitSource, settings: StepSettings, *, epoch=0, on_logits=None, seen=None, weights=None
 ) -> float:
     """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
     all processes). `on_logits(indices, teacher_logits, student_logits)` sees every batch (train-pass scoring);
-    `seen[index] += 1` counts what was trained. Nothing in the loop waits for the device: losses stay there and are
+    `seen[index] += 1` counts what was trained; `weights[index]` multiplies that sample's loss (a prioritised
+    sampler's importance weights). Nothing in the loop waits for the device: losses stay there and are
     checked for NaN once, after the epoch.
     """
     device, optimizer, scaler = settings.device, settings.optimizer, settings.scaler
@@ -76,7 +77,7 @@ def train_one_epoch(
                 student_logits = model(images)
             loss = models.kd_loss(
                 student_logits, teacher_logits, labels, label_weight=settings.label_weight,
-                temperature=settings.temperature,
+                temperature=settings.temperature, sample_weights=None if weights is None else weights[indices],
             )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -188,7 +189,9 @@ class Experiment:
         self.dtype = amp_dtype(self.device, config.amp)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         if data is None:
-            data = load_data(config.data, config.image_size, seeds.augment_seed(config), config.min_scale)
+            noise_seed = seeds.derive(config.seed, "label-noise")  # paired runs at a seed share the noise
+            data = load_data(config.data, config.image_size, seeds.augment_seed(config), config.min_scale,
+                             label_noise=config.label_noise, noise_seed=noise_seed)  # fmt: skip
         self.data = views.fast_splits(data, config.loader, config.cache_dir, config.workers)
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
@@ -251,6 +254,8 @@ class TrainingRun:
             rescore_every=config.rescore_every,
             score_source=config.score_source,
             target_scale=config.target_scale,
+            labels=experiment.data.train.labels,
+            flipped=experiment.data.flipped,
         )
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
@@ -293,7 +298,7 @@ class TrainingRun:
         lr = self.optimizer.param_groups[0]["lr"]
         exp.source.start_epoch(self.epoch)
         train_loss = train_one_epoch(self.model, exp.train_loader, exp.source, self.step_settings(), epoch=self.epoch,
-                                     on_logits=plan.on_logits, seen=plan.seen)  # fmt: skip
+                                     on_logits=plan.on_logits, seen=plan.seen, weights=plan.weights)  # fmt: skip
         exp.source.end_epoch()
         stats = self.curriculum.end_epoch(plan, reduce=sum_across_processes)
         self.scheduler.step()

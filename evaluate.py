@@ -142,13 +142,20 @@ def training_budget(metrics: list[dict], train_size: int) -> float:
     return sum(int(row["selected"]) / train_size if row.get("selected") else 1.0 for row in metrics)
 
 
+def run_budget(folder: Path, train_size: int) -> float:
+    """A run's training budget with its RL agent's proxy runs (`proxy/metrics.csv`) counted in: a curriculum is
+    compared with the others at equal total compute."""
+    logs = [path for path in (folder / "metrics.csv", folder / "proxy" / "metrics.csv") if path.is_file()]
+    return sum(training_budget(read_metrics(path), train_size) for path in logs)
+
+
 def student_row(run: dict, data_cache: dict, config: Config, device, dtype) -> dict:
     best = load_checkpoint(run["best"])
     data_name = config.data or run["config"]["data"]
     loader = test_loader(data_name, best["image_size"], data_cache, config, device)
-    metrics_file = Path(run["name"]) / "metrics.csv"
     train_size = len(data_cache[(data_name, best["image_size"])][0].train)
-    budget = training_budget(read_metrics(metrics_file), train_size) if metrics_file.is_file() else None
+    folder = Path(run["name"])
+    budget = run_budget(folder, train_size) if (folder / "metrics.csv").is_file() else None
     model = models.model_from_checkpoint(best).to(device)
     scores = evaluate(model, loader, device, dtype, f"test {run['name']}")
     row = {

@@ -112,19 +112,21 @@ def kd_loss(
     labels: torch.Tensor,
     label_weight: float,
     temperature: float,
+    sample_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hinton et al. (2015) distillation loss, batch mean:
     `label_weight * CE(s, y) + (1 - label_weight) * T^2 * KL(softmax(t/T) || softmax(s/T))`.
-    The T^2 keeps the soft term's gradient scale independent of T.
+    The T^2 keeps the soft term's gradient scale independent of T. With `sample_weights` (the importance weights of
+    a prioritised sampler) each sample's loss is multiplied by its weight before the mean.
     """
     student_logits = student_logits.float()
-    loss = label_weight * F.cross_entropy(student_logits, labels) if label_weight > 0 else 0.0
+    loss = label_weight * F.cross_entropy(student_logits, labels, reduction="none") if label_weight > 0 else 0.0
     if label_weight < 1:
         log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
         log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-        kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        kl = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(-1)
         loss = loss + (1 - label_weight) * temperature**2 * kl
-    return loss
+    return (loss * sample_weights).mean() if sample_weights is not None else loss.mean()
 
 
 def plogq(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ standard library only.
 | `order` | the order of an epoch's selected samples (EpochSampler) | seed, epoch |
 | `selection` | the random draws of a curriculum strategy | seed, epoch |
 | `subset` | a proxy run's share of the images (index 0: training, 1: validation) | seed, index |
+| `label-noise` | which training labels --label-noise replaces, and by which class | seed |
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
 SEED_STRIDE = 100_003  # a prime above any step count: (seed, epoch) pairs never share a derived seed
 AGENT_PHASES = {"agent-proxy": 0, "agent-full": 1}  # proxy and full runs never share the agent's draws
-PURPOSES = ("epoch", "episode", *AGENT_PHASES, "augment", "order", "selection", "subset")
+PURPOSES = ("epoch", "episode", *AGENT_PHASES, "augment", "order", "selection", "subset", "label-noise")
 
 
 def derive(seed: int, purpose: str, *, episode: int = 0, epoch: int = 0, index: int = 0) -> int | list[int]:
@@ -48,6 +49,8 @@ def derive(seed: int, purpose: str, *, episode: int = 0, epoch: int = 0, index: 
         return [seed, epoch]
     if purpose == "subset":
         return [seed, index]
+    if purpose == "label-noise":  # one draw per seed: every run at a seed, whatever its strategy, sees the same noise
+        return zlib.crc32(f"label-noise/{seed}".encode())
     raise ValueError(f"unknown seed purpose {purpose!r}; one of {PURPOSES}")
 
 

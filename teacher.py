@@ -247,12 +247,14 @@ class EpochViews:
         return rounded.float()
 
     def save(self, reduce=lambda tensor: tensor) -> int:
-        """Store the views this epoch computed (`reduce`: the sum across processes). Returns how many were new."""
-        new_rows = reduce(self.new_rows).cpu().numpy() > 0
-        new = reduce(self.new).cpu().numpy()
-        rows = np.flatnonzero(new_rows & ~self.stored)
+        """Store the views this epoch computed (`reduce`: the sum across processes). Returns how many were new. A
+        view drawn more than once (prioritised) may lie in several processes' shards: the sum is divided by their
+        count (the same view, so the same logits)."""
+        counts = reduce(self.new_rows).cpu().numpy()
+        new = reduce(self.new).cpu().numpy()  # every process takes part in both sums, whether it writes or not
+        rows = np.flatnonzero((counts > 0) & ~self.stored)
         if len(rows) and self.store.write:
-            self.store.store(self.epoch, rows, new[rows].astype(np.float16))
+            self.store.store(self.epoch, rows, (new[rows] / counts[rows, None]).astype(np.float16))
         return len(rows)
 
 

@@ -34,6 +34,10 @@ class Config:
     )
     image_size: int | None = field(None, "input size; default 224 for real data, the synthetic set's own size")
     min_scale: float | None = field(None, "RandomResizedCrop minimum area; default 0.08 (real data), 0.5 (synthetic)")
+    label_noise: float = field(
+        0.0, "fraction of the training labels replaced by another class (chosen from --seed; validation and test "
+        "stay clean)"
+    )  # fmt: skip
     workers: int = field(4, "DataLoader worker processes")
     loader: str = field(
         "auto", "uint8: fixed views decoded once into a store in --cache-dir, training views finished on the device "
@@ -112,6 +116,7 @@ def check_config(config) -> None:
         (config.rescore_every >= 1 and config.workers >= 0, "--rescore-every must be >= 1 and --workers >= 0"),
         (config.image_size is None or config.image_size >= 16, "--image-size must be at least 16"),
         (config.min_scale is None or 0 < config.min_scale <= 1, "--min-scale must lie in (0, 1]"),
+        (0 <= config.label_noise < 1, "--label-noise must lie in [0, 1) (a fraction of the training labels)"),
     ]
     for ok, message in rules:
         if not ok:

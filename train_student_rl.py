@@ -250,6 +250,8 @@ class SubsetSource:
     def __init__(self, source, indices: np.ndarray):
         self.source, self.indices = source, indices
         self.labels = source.labels[indices]
+        if hasattr(source, "encoded"):  # JPEG bytes, which the fast data path decodes itself (views.CropView)
+            self.encoded = lambda i: source.encoded(int(indices[i]))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -277,6 +279,7 @@ def data_subset(data: DataSplits, share: float, seed: int) -> DataSplits:
         val=part(data.val, val),
         identity=json.dumps({"subset_of": data.identity, "share": share, "seed": seed}, sort_keys=True),
         hardness=data.hardness[train] if data.hardness is not None else None,
+        flipped=data.flipped[train] if data.flipped is not None else None,
     )
 
 

@@ -326,6 +326,8 @@ def uses_uint8(data: DataSplits, loader: str) -> bool:
     if isinstance(data.train.transform, CropToUint8):  # already on it (a proxy run's share of such data)
         return True
     source = data.train.source
+    while not isinstance(source, HubImages | ImageFiles) and hasattr(source, "source"):  # relabelled, a subset
+        source = source.source
     if isinstance(source, HubImages):
         return True
     return isinstance(source, ImageFiles) and all(p.suffix.lower() in JPEG_SUFFIXES for p in source.paths)

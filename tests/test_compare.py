@@ -45,15 +45,45 @@ def test_compare_rows_and_table():
     assert rows[0]["vs_baseline"] is None and rows[0]["std"] == pytest.approx(1.0)
     assert rows[1]["mean"] == pytest.approx(82.0) and rows[1]["std"] == pytest.approx(2.0)
     table = compare.markdown_table(rows, "random_subset", 0.95)
-    assert "| adaptive | 3 | 82.00 ± 2.00% | 6.00 | +2.00 [-0.48, +4.48] |" in table
-    assert "| random_subset | 3 | 80.00 ± 1.00% | 6.00 | (baseline) |" in table
+    # differences 1, 2, 3: sd 1, so 3 seeds detect 3.26 points (test_minimum_detectable_difference)
+    assert "| adaptive | 3 | 82.00 ± 2.00% | 6.00 | +2.00 [-0.48, +4.48] | 3.26 |" in table
+    assert "| random_subset | 3 | 80.00 ± 1.00% | 6.00 | (baseline) | — |" in table
     with pytest.raises(UserError, match="baseline"):
         compare.compare(groups, "soft")
+
+
+def test_paired_t_power_by_hand():
+    # at no true difference the test rejects with probability `level`, whatever n and sd
+    for n, sd in [(2, 1.0), (5, 0.3), (12, 4.0)]:
+        assert compare.paired_t_power(0.0, sd, n) == pytest.approx(0.05, abs=1e-6)
+        assert compare.paired_t_power(0.0, sd, n, level=0.2) == pytest.approx(0.2, abs=1e-6)
+    # n = 3, difference 2, sd 1.3: noncentral t with 2 dof, ncp 2.6647; scipy.stats.nct gives 0.327967
+    assert compare.paired_t_power(2.0, 1.3, 3) == pytest.approx(0.327967, abs=1e-6)
+    assert compare.paired_t_power(1.0, 1.3, 10) == pytest.approx(0.583035, abs=1e-6)  # scipy.stats.nct: 0.583035
+
+
+def test_minimum_detectable_difference():
+    # scipy.stats.nct solved for power 0.8: 3.2640 sd at 3 seeds, 1.6820 sd at 5, 0.9960 sd at 10
+    for n, expected in [(3, 3.2640), (5, 1.6820), (10, 0.9960)]:
+        assert compare.minimum_detectable_difference(1.0, n) == pytest.approx(expected, abs=1e-3)
+        assert compare.minimum_detectable_difference(2.5, n) == pytest.approx(2.5 * expected, abs=3e-3)  # scales
+    # many seeds: near the normal approximation (z_0.975 + z_0.8) sd / sqrt(n) = 2.8016 / sqrt(n)
+    assert compare.minimum_detectable_difference(1.0, 400) == pytest.approx(2.8016 / 20, rel=5e-3)  # t, not z: 0.14042
+    assert (
+        compare.minimum_detectable_difference(1.0, 1) is None and compare.minimum_detectable_difference(0.0, 5) is None
+    )
 
 
 def test_training_budget_counts_selected_samples():
     assert evaluate.training_budget([{"selected": "60"}, {"selected": "30"}], 100) == pytest.approx(0.9)
     assert evaluate.training_budget([{"epoch": "1"}, {"epoch": "2"}, {"epoch": "3"}], 100) == 3.0
+
+
+def test_run_budget_counts_the_agents_proxy_runs(tmp_path):
+    (tmp_path / "proxy").mkdir()
+    (tmp_path / "metrics.csv").write_text("epoch,selected\n1,60\n2,60\n")  # 1.2 epochs of 100 samples
+    (tmp_path / "proxy" / "metrics.csv").write_text("epoch,selected\n1,6\n2,6\n1,6\n2,6\n")  # 0.24 more
+    assert evaluate.run_budget(tmp_path, 100) == pytest.approx(1.44)
 
 
 def write_run(folder, seed, acc, selected):

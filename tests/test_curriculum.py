@@ -1,6 +1,7 @@
 """Tests of curriculum_dataloader.py: selection rules, pacing, strategies, the epoch sampler, the logit cache and the
 per-run curriculum state."""
 
+import dataclasses
 import itertools
 import math
 
@@ -128,8 +129,10 @@ def test_subset_strategies_select_fraction_of_distinct_indices(strategy, fractio
 
 def test_strategies_cover_the_list():
     assert set(cd.STRATEGIES) == {
-        "none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft"
+        "none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft",
+        "reducible", "prioritised",
     }  # fmt: skip
+    assert set(cd.REFERENCED) <= cd.SCORED  # their label losses come with the scores
 
 
 def test_adaptive_is_select_around(scores):
@@ -399,3 +402,114 @@ def test_quantile_targets_address_distinct_bands_of_narrow_scores():
     np.testing.assert_array_equal(absolute.select(1, 0.6), absolute.select(1, 1.0))
     stats = quantile.epoch_stats(quantile.select(1, 1.0), 1.0)
     assert stats["target"] == 1.0 and stats["target_difficulty"] == pytest.approx(np.quantile(scores, 0.8))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# reducible and prioritised through the Curriculum, on hand-worked logits
+#
+# Two classes, labels [0, 0, 1, 1]. Logits (log 3, 0) give p = (3/4, 1/4): CE log(4/3) on class 0, log 4 on class 1;
+# logits (0, 0) give CE log 2. The teacher is right on samples 0, 1, 3 and calls sample 2's label wrong (noise).
+#   teacher CE: log(4/3), log(4/3), log 4,  log(4/3)
+#   student CE: log(4/3), log 2,    log 2,  log 4
+#   reducible:  0,        log(3/2), -log 2, log 3
+LABELS = np.array([0, 0, 1, 1])
+LOG3 = math.log(3)
+TEACHER = torch.tensor([[LOG3, 0.0], [LOG3, 0.0], [LOG3, 0.0], [0.0, LOG3]])
+STUDENT = torch.tensor([[LOG3, 0.0], [0.0, 0.0], [0.0, 0.0], [LOG3, 0.0]])
+REDUCIBLE = np.array([0.0, math.log(1.5), -math.log(2), math.log(3)])
+
+
+def referenced_curriculum(strategy, fraction=0.5, **options):
+    return cd.Curriculum(strategy, 4, seed=0, fraction=fraction, pacing_kind="linear", start_fraction=0.2,
+                         full_data_epoch=4, labels=LABELS, **options)  # fmt: skip
+
+
+def score_pass(stale):
+    return TEACHER, STUDENT if stale is None else STUDENT[stale]
+
+
+def test_reducible_keeps_the_highest_reducible_loss_and_skips_the_label_the_teacher_rejects():
+    curriculum = referenced_curriculum("reducible", flipped=np.array([False, False, True, False]))
+    plan = curriculum.plan_epoch(1, 0.5, score_pass, torch.device("cpu"))
+    np.testing.assert_allclose(curriculum.losses["teacher"], np.log([4 / 3, 4 / 3, 4, 4 / 3]), rtol=1e-6)
+    np.testing.assert_allclose(curriculum.losses["student"], np.log([4 / 3, 2, 2, 4]), rtol=1e-6)
+    # the student's loss alone ranks sample 2 (log 2) above sample 0; the reducible loss puts it last
+    np.testing.assert_array_equal(plan.indices, [1, 3])
+    assert plan.weights is None and plan.target is None
+    stats = curriculum.end_epoch(dataclasses.replace(plan, seen=torch.tensor([0, 1, 0, 1])))
+    assert stats["reducible_selected"] == pytest.approx(math.log(4.5) / 2, rel=1e-6)
+    assert stats["reducible_all"] == pytest.approx(REDUCIBLE.mean(), rel=1e-6)
+    assert stats["noisy_selected"] == 0.0 and stats["selected"] == 2
+
+
+def prioritised_probabilities() -> np.ndarray:
+    """clip(reducible, 0) + 0.1 x its mean m = log(4.5) / 4: shares (0.1 m, log 1.5 + 0.1 m, 0.1 m, log 3 + 0.1 m),
+    which sum to 4.4 m."""
+    m = math.log(4.5) / 4
+    return np.array([0.1 * m, math.log(1.5) + 0.1 * m, 0.1 * m, math.log(3) + 0.1 * m]) / (4.4 * m)
+
+
+def test_prioritised_draws_with_replacement_and_weights_each_draw_by_one_over_n_p():
+    curriculum = referenced_curriculum("prioritised", fraction=1.0)
+    plan = curriculum.plan_epoch(1, 0.5, score_pass, torch.device("cpu"))
+    p = prioritised_probabilities()
+    assert cd.PRIORITY_FLOOR == 0.1 and p[0] == pytest.approx(1 / 44)  # 0.1 m / 4.4 m
+    expected = np.random.default_rng([0, 1]).choice(4, size=4, replace=True, p=p)  # seeds: "selection", epoch 1
+    np.testing.assert_array_equal(plan.indices, np.sort(expected))
+    assert len(np.unique(plan.indices)) < 4  # with these shares 4 draws repeat a sample
+    for i in plan.indices:
+        assert plan.weights[i].item() == pytest.approx(1 / (4 * p[i]), rel=1e-6)
+    assert plan.weights[0].item() == pytest.approx(11.0) or 0 not in plan.indices
+    # unbiased: the expected weighted loss of one draw, sum_i p_i w_i l_i, is the mean loss over all samples
+    losses = np.array([0.3, 1.2, 2.0, 0.7])
+    assert np.sum(p * (1 / (4 * p)) * losses) == pytest.approx(losses.mean())
+    seen = torch.as_tensor(np.bincount(plan.indices, minlength=4))  # what the training steps count
+    stats = curriculum.end_epoch(dataclasses.replace(plan, seen=seen))
+    assert stats["selected"] == 4 and stats["distinct_selected"] == len(np.unique(plan.indices))
+    np.testing.assert_array_equal(curriculum.coverage, seen.numpy())  # a sample drawn twice is counted twice
+
+
+def test_prioritised_weighted_mean_loss_is_unbiased_over_epochs():
+    """Over 4000 seeded epochs, the mean of the importance-weighted draw losses matches the mean loss over all
+    samples (a fixed seed: the same numbers every run)."""
+    curriculum = referenced_curriculum("prioritised", fraction=1.0)
+    curriculum.update_scores(TEACHER, STUDENT, epoch=0)
+    losses = np.array([0.3, 1.2, 2.0, 0.7])
+    estimates = []
+    for epoch in range(1, 4001):
+        indices, weights = curriculum.draw(epoch, 0.5)
+        estimates.append(np.mean(weights[indices] * losses[indices]))
+    assert np.mean(estimates) == pytest.approx(losses.mean(), rel=0.03)
+
+
+def test_epoch_sampler_yields_a_sample_drawn_twice_twice():
+    sampler = cd.EpochSampler(4, seed=0, batch_size=3)
+    sampler.set_epoch(1, np.array([1, 3, 3, 3]))
+    drawn = sorted(index for batch in sampler for index, _ in batch)
+    assert drawn == [1, 3, 3, 3] and len(sampler) == 2
+
+
+def test_train_pass_records_label_losses_and_rescoring_refreshes_the_stale_rows():
+    curriculum = referenced_curriculum("reducible", score_source="train-pass")
+    plan = curriculum.plan_epoch(1, 0.5, score_pass, torch.device("cpu"))  # a full pass first: no scores yet
+    np.testing.assert_array_equal(plan.indices, [1, 3])
+    learnt = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 0.0], [0.0, 10.0]])  # the student has learnt 1 and 3
+    plan.recorder.record(torch.tensor([3, 1]), TEACHER[[3, 1]], learnt[[3, 1]])
+    plan.seen[[1, 3]] = 1
+    curriculum.end_epoch(plan)
+    expected = cd.label_losses(TEACHER, learnt, torch.as_tensor(LABELS))
+    np.testing.assert_allclose(curriculum.losses["student"][[1, 3]], expected["student"][[1, 3]].numpy())
+    np.testing.assert_allclose(curriculum.losses["student"][[0, 2]], np.log([4 / 3, 2]), rtol=1e-6)  # untouched
+    # reducible now: 0, log(1 + e^-10) - log(4/3) = -0.288 for 1 and 3 (a tie: the lower index), -log 2: picks 0, 1.
+    # No rescoring is due (rescore_every 5), so the train-pass losses alone decide
+    np.testing.assert_array_equal(curriculum.select(2, 0.5), [0, 1])
+    restored = referenced_curriculum("reducible", score_source="train-pass")
+    restored.load_state_dict(curriculum.state_dict())
+    np.testing.assert_array_equal(restored.select(2, 0.5), [0, 1])
+    for name in ("student", "teacher"):
+        np.testing.assert_array_equal(restored.losses[name], curriculum.losses[name])
+
+
+def test_referenced_strategies_need_the_labels():
+    with pytest.raises(ValueError, match="needs the training labels"):
+        make_curriculum("reducible")

@@ -84,6 +84,28 @@ def test_other_strategies_run(tmp_path, tiny_teacher, cache_dir, strategy):
     assert np.load(out / "coverage.npy").sum() == sum(int(row["selected"]) for row in rows)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("strategy", "score_source"), [("reducible", "pass"), ("prioritised", "train-pass")])
+def test_teacher_referenced_strategies_run_on_noisy_labels(tmp_path, tiny_teacher, cache_dir, strategy, score_source):
+    out = tmp_path / strategy
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--curriculum", strategy,
+             "--fraction", "0.5", "--label-noise", "0.25", "--score-source", score_source, "--rescore-every", "2",
+             "--cache-dir", cache_dir, "--student", "resnet10t"]  # fmt: skip
+    run_script(*train_args(out, *flags, epochs=3))
+    assert json.loads((out / "config.json").read_text())["label_noise"] == 0.25
+    rows = bookkeeping.read_metrics(out / "metrics.csv")
+    assert [int(row["selected"]) for row in rows] == [48, 48, 48]  # round(0.5 * 96) draws an epoch
+    for row in rows:
+        assert 0 <= float(row["noisy_selected"]) <= 1
+        assert float(row["reducible_selected"]) >= float(row["reducible_all"]) or strategy == "prioritised"
+        if strategy == "prioritised":
+            assert 1 <= int(row["distinct_selected"]) <= 48
+    coverage = np.load(out / "coverage.npy")
+    assert coverage.sum() == 3 * 48  # every draw trained on, repeats included
+    if strategy == "reducible":
+        assert coverage.max() <= 3
+
+
 @pytest.fixture(scope="module")
 def trained_pair(tmp_path_factory):
     """A teacher and a student trained long enough (on 400 synthetic images) for difficulty to mean something."""
@@ -132,7 +154,8 @@ def test_train_pass_scores_equal_the_difficulty_of_the_batch_logits():
     recorder = cd.TrainPassScores(6, torch.device("cpu"))
     teacher, student = torch.randn(3, 4), torch.randn(3, 4)
     recorder.record(torch.tensor([4, 0, 2]), teacher, student)
-    indices, components = recorder.collect()
+    indices, components, losses = recorder.collect()
+    assert losses is None  # no labels given: the strategy reads no label losses
     assert indices.tolist() == [0, 2, 4]
     expected = models.difficulty_components(teacher, student)
     for name in ("conf", "entropy", "kl"):

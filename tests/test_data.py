@@ -249,3 +249,38 @@ def test_unreachable_hub_is_one_fast_error_naming_the_offline_ways(tmp_path):
     assert int(attempts) == 1, "the hub was tried more than once"
     assert "hf download timm/mini-imagenet --repo-type dataset --local-dir DIR" in message
     assert "--data DIR" in message and "--data synthetic" in message
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Label noise
+
+
+def test_label_noise_is_reproducible_per_seed_and_touches_only_training_labels(synthetic):
+    noisy = data.load_data(SYNTHETIC, label_noise=0.25, noise_seed=5)
+    again = data.load_data(SYNTHETIC, label_noise=0.25, noise_seed=5)
+    other = data.load_data(SYNTHETIC, label_noise=0.25, noise_seed=6)
+    clean = synthetic.train.labels
+    np.testing.assert_array_equal(noisy.train.labels, again.train.labels)
+    assert not np.array_equal(noisy.train.labels, other.train.labels)
+    np.testing.assert_array_equal(noisy.train.labels, data.noisy_labels(clean, 4, 0.25, 5))
+    np.testing.assert_array_equal(noisy.flipped, noisy.train.labels != clean)
+    assert noisy.flipped.sum() == 10  # exactly round(0.25 * 40), each to another class
+    np.testing.assert_array_equal(noisy.score.labels, noisy.train.labels)  # the scoring view shares them
+    assert noisy.score[7][1] == noisy.train[(7, 2)][1] == noisy.train.labels[7]
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(getattr(noisy, split).labels, getattr(synthetic, split).labels)
+    flipped = int(np.flatnonzero(noisy.flipped)[0])  # a relabelled sample keeps its image (drawn from its true class)
+    torch.testing.assert_close(noisy.score[flipped][0], synthetic.score[flipped][0], rtol=0, atol=0)
+    assert synthetic.identity == noisy.identity == other.identity  # same images: caches of views and logits shared
+    assert synthetic.flipped is None and data.load_data(SYNTHETIC, label_noise=0.0).identity == synthetic.identity
+
+
+def test_label_noise_on_an_image_folder(tmp_path):
+    root = write_image_folder(tmp_path)
+    clean = data.load_data(str(root), image_size=32)
+    noisy = data.load_data(str(root), image_size=32, label_noise=0.5, noise_seed=1)
+    assert noisy.flipped.sum() == round(0.5 * len(clean.train))
+    np.testing.assert_array_equal(noisy.train.labels[~noisy.flipped], clean.train.labels[~noisy.flipped])
+    np.testing.assert_array_equal(noisy.val.labels, clean.val.labels)
+    np.testing.assert_array_equal(noisy.test.labels, clean.test.labels)
+    assert noisy.identity == clean.identity

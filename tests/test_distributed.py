@@ -65,3 +65,28 @@ def test_two_processes_fill_the_teacher_view_store_as_one_does(tmp_path, tiny_te
     stored_two, stored_one = np.load(two), np.load(one)
     assert (stored_two[:, -1] == 1).all()  # every view of the epoch, from both ranks' shards
     np.testing.assert_allclose(stored_two.astype(np.float32), stored_one.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+def test_prioritised_draws_repeat_across_ranks_and_are_trained_and_stored_as_by_one(tmp_path, tiny_teacher):
+    """prioritised draws with replacement, so one view can lie in both ranks' shards: every draw is trained once
+    (coverage counts repeats), the train-pass scores average rather than add the ranks' rows, and the teacher-view
+    store holds the view's logits, not their sum across ranks."""
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "resnet10t",
+             "--curriculum", "prioritised", "--fraction", "1", "--score-source", "train-pass",
+             "--teacher-logits", "replay"]  # fmt: skip
+    torchrun(train_args(tmp_path / "two", *flags, "--cache-dir", tmp_path / "cache-two", "--batch-size", 16))
+    run_script(*train_args(tmp_path / "one", *flags, "--cache-dir", tmp_path / "cache-one"))
+    coverage = np.load(tmp_path / "two" / "coverage.npy")
+    assert coverage.sum() == 96 and coverage.max() > 1  # 96 draws of 96 samples with replacement repeat some
+    np.testing.assert_array_equal(coverage, np.load(tmp_path / "one" / "coverage.npy"))  # the same seeded draws
+    (two,) = (tmp_path / "cache-two").glob("teacher-views-*/epoch-0001.npy")
+    (one,) = (tmp_path / "cache-one").glob("teacher-views-*/epoch-0001.npy")
+    stored_two, stored_one = np.load(two), np.load(one)
+    np.testing.assert_array_equal(stored_two[:, -1], stored_one[:, -1])
+    np.testing.assert_allclose(stored_two.astype(np.float32), stored_one.astype(np.float32), rtol=1e-3, atol=1e-3)
+    difficulty_two, difficulty_one = (
+        np.load(tmp_path / "two" / "difficulty.npy"),
+        np.load(tmp_path / "one" / "difficulty.npy"),
+    )
+    # BatchNorm's smaller per-rank batch moves the scores by up to 0.04; a sum of two ranks' rows would move them ~0.5
+    np.testing.assert_allclose(difficulty_two, difficulty_one, rtol=0, atol=0.1)

@@ -97,6 +97,16 @@ def test_kd_loss_labels_only_needs_no_teacher():
     assert kd([[0.0, 0.0]], None, [1], 1.0, 4.0) == pytest.approx(LN2, rel=1e-6)
 
 
+def test_kd_loss_sample_weights():
+    # the two samples of test_kd_loss_is_batch_mean, weighted 3 and 1: (3 x (0.6 ln 2 + 0.4 x 2.0930) + 0.6 ln 2) / 2
+    student, teacher = torch.zeros(2, 2), torch.tensor([[4 * LN3, 0.0], [0.0, 0.0]])
+    got = models.kd_loss(student, teacher, torch.tensor([0, 1]), 0.6, 4.0, sample_weights=torch.tensor([3.0, 1.0]))
+    expected = (3 * (0.6 * LN2 + 0.4 * TWO_CLASS_KL[4.0]) + 0.6 * LN2) / 2
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    ones = models.kd_loss(student, teacher, torch.tensor([0, 1]), 0.6, 4.0, sample_weights=torch.ones(2))
+    assert ones.item() == pytest.approx(models.kd_loss(student, teacher, torch.tensor([0, 1]), 0.6, 4.0).item())
+
+
 def test_kd_loss_is_batch_mean():
     # Sample 1: the two-class case at T = 4; sample 2: s = [0, 0], t = [0, 0], label 1 -> CE = ln 2, KL = 0.
     # Mean over the batch: (0.6 ln 2 + 0.4 * 2.0930 + 0.6 ln 2) / 2.

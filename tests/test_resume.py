@@ -63,7 +63,7 @@ def kill_part_way(argv: list, folder, rows_first: int, total: int, log: str = "m
     return left
 
 
-@pytest.mark.parametrize("curriculum", ["none", "adaptive"])
+@pytest.mark.parametrize("curriculum", ["none", "adaptive", "prioritised"])
 def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_teacher, cache_dir, curriculum):
     flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "resnet10t",
              "--curriculum", curriculum, "--rescore-every", "2", "--cache-dir", cache_dir]  # fmt: skip

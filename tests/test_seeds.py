@@ -18,6 +18,11 @@ def test_augment_seed_is_the_crc_of_seed_epoch_index():
     assert seeds.derive(7, "augment", epoch=3, index=11) == 2_904_588_153  # zlib.crc32(b"7/3/11")
 
 
+def test_label_noise_seed_is_the_crc_of_the_seed_alone():
+    assert seeds.derive(3, "label-noise") == 3_821_740_147  # zlib.crc32(b"label-noise/3")
+    assert seeds.derive(3, "label-noise", epoch=5, episode=2) == seeds.derive(3, "label-noise")  # one draw per seed
+
+
 def test_generators_draw_from_the_entropy_of_their_purpose():
     expected = {"order": [4, 2, 7], "selection": [4, 2], "subset": [4, 1]}
     for purpose, entropy in expected.items():

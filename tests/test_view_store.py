@@ -85,6 +85,19 @@ def test_damaged_files_and_non_finite_rows_are_recomputed_not_trusted(tmp_path, 
     assert not list(store.folder.glob(".*.tmp"))
 
 
+def test_a_view_drawn_in_two_processes_is_stored_once_not_summed(tmp_path):
+    """prioritised draws with replacement: both processes may train on one view; save() sums their rows across
+    processes (here a stand-in sum: the other process holds the same rows) and must store the logits, not twice them."""
+    store = TeacherViewStore(tmp_path, {"teacher": "t"}, shape=(3, 2))
+    views = EpochViews(store, 1, CPU)
+    logits = torch.tensor([[1.5, -2.0]])
+    views.record(torch.tensor([1]), logits)
+    assert views.save(reduce=lambda tensor: 2 * tensor) == 1
+    stored, which = store.read(1)
+    assert which.tolist() == [False, True, False]
+    np.testing.assert_array_equal(stored[1], logits[0].half().numpy())
+
+
 def test_another_key_is_another_store(tmp_path):
     one = TeacherViewStore(tmp_path, {"augment_seed": 0}, shape=(3, 2))
     other = TeacherViewStore(tmp_path, {"augment_seed": 1}, shape=(3, 2))
