@@ -7,8 +7,9 @@
 
 The agent (stable-baselines3 PPO) acts in rl_curriculum_env.CurriculumEnv, where one step is one training epoch, so
 one training run gives it only `epochs` steps: too few to learn from (the reference learnt online during its one run).
-It first learns over --pretrain-episodes cheap proxy runs (--pretrain-epochs epochs on --pretrain-subset of the images,
-cached teacher logits), then steers the full run: replaying its most likely target (--full-run replay) or sampling
+It first learns over --pretrain-episodes cheap proxy runs (--pretrain-epochs epochs on --pretrain-subset of the
+training images, validated on --pretrain-val-subset of the validation images, cached teacher logits), then steers the
+full run: replaying its most likely target (--full-run replay) or sampling
 and learning on (--full-run learn). Rewards are divided by a running std kept in the agent (inside update()).
 `--agent bandit` replaces PPO by a Thompson-sampling bandit over --bins targets (bandit.py) that learns during the
 run itself, one pull per epoch: no proxy runs, so it costs one training run.
@@ -72,8 +73,8 @@ class RLConfig(Config):
         "during the run (no proxy runs, one run's cost)", choices=("ppo", "bandit"), group="agent",
     )  # fmt: skip
     bins: int | None = field(
-        None, "number of evenly spaced targets over [0, 1] with --action discrete (default: 11 for ppo, 5 for bandit, "
-        "the reference's count: a run's few epochs try each of 5 bins about 3 times)",
+        None, "number of evenly spaced targets over [0, 1] with --action discrete (default: 11 for ppo; 5, the "
+        "reference's count, for bandit, which must try each bin a few times within one run)",
     )  # fmt: skip
     bandit_prior_sd: float = field(5.0, "--agent bandit: prior sd of a bin's mean reward (the reward's units)")
     bandit_discount: float = field(1.0, "--agent bandit: each past reward's weight shrinks by this per epoch (1: none)")

@@ -10,6 +10,7 @@ import bookkeeping
 import cli
 import data
 import engine
+import evaluate
 import seeds
 import train_student_rl
 from bandit import ThompsonBandit
@@ -35,6 +36,15 @@ def test_each_agent_has_its_own_bins_and_proxy_runs_by_default():
     assert (bandit.bins, bandit.pretrain_episodes) == (5, 0)
     assert parse("--agent", "bandit", "--bins", "3").bins == 3
     assert parse("--bins", "5", "--pretrain-episodes", "4").pretrain_episodes == 4
+
+
+def test_evaluate_names_the_bandits_rows():
+    rl = {"student": "resnet10t", "label_weight": 0.0, "script": "train_student_rl.py"}
+    assert evaluate.describe({**rl, "agent": "bandit"}) == (
+        "Student (resnet10t, KD + curriculum chosen by the bandit, teacher only)"
+    )
+    assert "chosen by the RL agent" in evaluate.describe({**rl, "agent": "ppo"})  # and a run from before --agent:
+    assert "chosen by the RL agent" in evaluate.describe(rl)
 
 
 @pytest.mark.parametrize(
