@@ -106,7 +106,7 @@ def describe(config: dict) -> str:
     else:
         loss = f"{weight:.0%} labels, {1 - weight:.0%} teacher"
     if config.get("script") == "train_student_rl.py":
-        kind = "KD + curriculum chosen by the RL agent"
+        kind = "KD + curriculum chosen by the " + ("bandit" if config.get("agent") == "bandit" else "RL agent")
     elif config.get("curriculum", "none") != "none":
         kind = f"KD + {config['curriculum']} curriculum"
     else:

@@ -171,9 +171,13 @@ class CurriculumEnv(gym.Env):
         """Epochs done in the current episode."""
         return self.run.epoch
 
-    def record_step(self, extra_state: dict | None = None) -> None:
-        """Log the last step's row and checkpoint the run, with `extra_state` (the agent's) in its last.pt."""
-        self.run.end_epoch(self.history[-1], extra_state)
+    def record_step(self, extra_state: dict | None = None, columns: dict | None = None) -> None:
+        """Log the last step's row, with the agent's `columns` added, and checkpoint the run, with `extra_state` (the
+        agent's) in its last.pt."""
+        row = self.history[-1]
+        row.update(columns or {})
+        row["seconds"] = row.pop("seconds")  # the wall-clock column stays last
+        self.run.end_epoch(row, extra_state)
 
     def finish(self) -> dict:
         """Test the last finished episode's student (TrainingRun.finish)."""

@@ -11,6 +11,7 @@ standard library only.
 | `epoch` | torch / numpy / random before an epoch's training steps | seed, epoch |
 | `episode` | the training run of an RL episode that reset() starts without a seed | seed, episode |
 | `agent-proxy`, `agent-full` | the agent's action sampling and PPO update at one step | seed, episode, epoch |
+| `bandit` | the Thompson-sampling bandit's draw at one step (`--agent bandit`) | seed, episode, epoch |
 | `augment` | a training view's random crop, flip and jitter | augmentation seed, epoch, index |
 | `order` | the order of an epoch's selected samples (EpochSampler) | seed, epoch |
 | `selection` | the random draws of a curriculum strategy | seed, epoch |
@@ -28,7 +29,7 @@ import torch
 
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits
 SEED_STRIDE = 100_003  # a prime above any step count: (seed, epoch) pairs never share a derived seed
-AGENT_PHASES = {"agent-proxy": 0, "agent-full": 1}  # proxy and full runs never share the agent's draws
+AGENT_PHASES = {"agent-proxy": 0, "agent-full": 1, "bandit": 2}  # proxy, full run and bandit: streams apart
 PURPOSES = ("epoch", "episode", *AGENT_PHASES, "augment", "order", "selection", "subset", "label-noise")
 
 

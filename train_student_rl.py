@@ -3,12 +3,16 @@
     python train_student_rl.py --out runs/rl                      # the reference row on timm/mini-imagenet
     python train_student_rl.py --data synthetic --teacher-checkpoint runs/table/teacher/best.pt --epochs 8
     python train_student_rl.py --policy runs/rl/agent.zip --out runs/rl-replay    # replay a trained agent
+    python train_student_rl.py --agent bandit --out runs/rl-bandit   # a bandit learning during the run: no proxies
 
 The agent (stable-baselines3 PPO) acts in rl_curriculum_env.CurriculumEnv, where one step is one training epoch, so
 one training run gives it only `epochs` steps: too few to learn from (the reference learnt online during its one run).
-It first learns over --pretrain-episodes cheap proxy runs (--pretrain-epochs epochs on --pretrain-subset of the images,
-cached teacher logits), then steers the full run: replaying its most likely target (--full-run replay) or sampling
+It first learns over --pretrain-episodes cheap proxy runs (--pretrain-epochs epochs on --pretrain-subset of the
+training images, validated on --pretrain-val-subset of the validation images, cached teacher logits), then steers the
+full run: replaying its most likely target (--full-run replay) or sampling
 and learning on (--full-run learn). Rewards are divided by a running std kept in the agent (inside update()).
+`--agent bandit` replaces PPO by a Thompson-sampling bandit over --bins targets (bandit.py) that learns during the
+run itself, one pull per epoch: no proxy runs, so it costs one training run.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 
 import seeds
+from bandit import ThompsonBandit
 from bookkeeping import (
     MetricsLog,
     atomic_write,
@@ -50,6 +55,9 @@ from rl_curriculum_env import CurriculumEnv
 from signals import exit_if_stop_requested
 from train_student import Config, check_config
 
+Agent = PPO | ThompsonBandit
+PPO_BINS, BANDIT_BINS, PPO_PRETRAIN_EPISODES = 11, 5, 30  # the agents' own defaults (RLConfig.__post_init__)
+
 
 @dataclass
 class RLConfig(Config):
@@ -61,12 +69,21 @@ class RLConfig(Config):
     label_weight: float = field(0.0, "weight of the label CE (the reference's RL row: 0, teacher only)")
     curriculum: str = field("adaptive", "strategy the agent's target steers", choices=TARGETED)
     fraction: float = field(0.6, "fraction of the training set per epoch (the reference's RL run: 0.6)")
-    # the agent (defaults tuned on tests/test_agent_learns.py's surrogate: see docs/rl-agent.md)
+    agent: str = field(
+        "ppo", "ppo: learns over proxy runs first (below); bandit: Thompson sampling over --bins targets, learning "
+        "during the run (no proxy runs, one run's cost)", choices=("ppo", "bandit"), group="agent",
+    )  # fmt: skip
+    bins: int | None = field(
+        None, "number of evenly spaced targets over [0, 1] with --action discrete (default: 11 for ppo; 5, the "
+        "reference's count, for bandit, which must try each bin a few times within one run)",
+    )  # fmt: skip
+    bandit_prior_sd: float = field(5.0, "--agent bandit: prior sd of a bin's mean reward (the reward's units)")
+    bandit_discount: float = field(1.0, "--agent bandit: each past reward's weight shrinks by this per epoch (1: none)")
+    # the PPO agent (defaults tuned on tests/test_agent_learns.py's surrogate: see docs/rl-agent.md)
     action: str = field(
         "discrete", "discrete: one of --bins targets; box: a continuous target", choices=("discrete", "box"),
         group="agent (PPO)",
     )  # fmt: skip
-    bins: int = field(11, "number of evenly spaced targets over [0, 1] with --action discrete (the reference: 5)")
     control_temperature: bool = field(False, "the agent also moves the KD temperature by +-0.5 within [2, 8]")
     agent_steps: int = field(5, "epochs per PPO rollout: the agent updates every this many epochs")
     agent_epochs: int = field(10, "PPO optimisation passes over each rollout")
@@ -76,18 +93,30 @@ class RLConfig(Config):
     ent_coef: float = field(0.03, "PPO entropy bonus (keeps the agent trying targets until one pays)")
     log_std_init: float = field(0.0, "--action box: initial log std of the Gaussian policy over the action in [-1, 1]")
     normalize_reward: bool = field(True, "divide rewards by a running std kept in the agent (PPO wants unit scale)")
-    pretrain_episodes: int = field(
-        30, "proxy training runs the agent learns over before the full run (0: none)",
-        group="proxy runs (the agent's experience before the full run)",
+    pretrain_episodes: int | None = field(
+        None, "proxy training runs the agent learns over before the full run (default: 30 for ppo; the bandit runs "
+        "none)", group="proxy runs (the PPO agent's experience before the full run)",
     )  # fmt: skip
     pretrain_epochs: int = field(10, "epochs of each proxy run (the observation counts progress as a fraction)")
-    pretrain_subset: float = field(0.1, "fraction of the training and validation images a proxy run uses")
+    pretrain_subset: float = field(0.1, "fraction of the training images a proxy run trains on")
+    pretrain_val_subset: float = field(
+        1.0, "fraction of the validation images a proxy run validates on (only forward passes; its accuracy is the "
+        "reward, so a small share cannot rank targets: docs/rl-agent.md)",
+    )  # fmt: skip
     full_run: str = field(
         "replay", "replay: the pretrained policy's most likely target every epoch; learn: keep sampling and learning",
         choices=("replay", "learn"),
     )  # fmt: skip
     episodes: int = field(1, "full training runs the agent steers (the last one's student is the result)")
     policy: str | None = field(None, "replay this agent.zip deterministically on a fresh run (no proxies, no learning)")
+
+    def __post_init__(self):
+        """The agent's own defaults of --bins and --pretrain-episodes, decided once here (config.json holds them)."""
+        bandit = self.agent == "bandit"
+        if self.bins is None:
+            self.bins = BANDIT_BINS if bandit else PPO_BINS
+        if self.pretrain_episodes is None:
+            self.pretrain_episodes = 0 if bandit else PPO_PRETRAIN_EPISODES
 
 
 BUFFER_FIELDS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
@@ -117,6 +146,10 @@ def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
     return agent
 
 
+def make_bandit(config: RLConfig) -> ThompsonBandit:
+    return ThompsonBandit(config.bins, prior_sd=config.bandit_prior_sd, discount=config.bandit_discount)
+
+
 def load_agent(path: str, env: CurriculumEnv) -> PPO:
     if not Path(path).is_file():
         raise UserError(f"--policy {path} does not exist; pass the agent.zip of a train_student_rl.py run.")
@@ -134,9 +167,13 @@ def load_agent(path: str, env: CurriculumEnv) -> PPO:
     return agent
 
 
-def choose(agent: PPO, observation: np.ndarray, learn: bool, seed: int):
+def choose(agent: Agent, observation: np.ndarray, learn: bool, seed: int):
     """The policy's action for one epoch: sampled while learning (with its value and log-probability for PPO),
-    the mode when replaying. Seeded per step, so a resumed run samples what the uninterrupted one would."""
+    the mode when replaying. Seeded per step, so a resumed run samples what the uninterrupted one would. The bandit
+    ignores the observation: its action is the bin of its largest posterior draw."""
+    if isinstance(agent, ThompsonBandit):
+        arm = agent.draw(seed)
+        return arm, arm, None, None
     torch.manual_seed(seed)
     if not learn:
         return agent.predict(observation, deterministic=True)[0], None, None, None
@@ -167,8 +204,36 @@ def update(agent: PPO, next_observation: np.ndarray, done: bool, seed: int) -> N
     agent.rollout_buffer.reset()
 
 
-def agent_state(agent: PPO) -> dict:
-    """Everything that makes the agent continue exactly: weights, optimiser, timestep count and the partial rollout."""
+def learn_from(agent: Agent, transition: tuple, next_observation: np.ndarray, done: bool, seed: int) -> None:
+    """One step's lesson: the bandit adds the reward to its bin's posterior; PPO stores the transition
+    (observation, action, reward, episode_start, value, log_prob) and runs `update` once its rollout is full."""
+    observation, action, reward, episode_start, value, log_prob = transition
+    if isinstance(agent, ThompsonBandit):
+        agent.update(int(action), reward)
+        return
+    agent.rollout_buffer.add(observation[None], action, np.array([reward]), np.array([episode_start]), value, log_prob)
+    agent.num_timesteps += 1
+    if agent.rollout_buffer.full:
+        update(agent, next_observation, done, seed)
+
+
+def agent_columns(agent: Agent, env: CurriculumEnv) -> dict:
+    """Metrics columns of the agent's belief after a step: for the bandit, how often it would now pull each target
+    (`bandit_p<target>`) and its most likely target; none for PPO."""
+    if not isinstance(agent, ThompsonBandit):
+        return {}
+    probabilities = agent.probabilities()
+    best = int(np.argmax(probabilities))
+    columns = {"bandit_best_target": float(env.targets[best]), "bandit_best_probability": float(probabilities[best])}
+    columns.update({f"bandit_p{target:g}": float(p) for target, p in zip(env.targets, probabilities, strict=True)})
+    return columns
+
+
+def agent_state(agent: Agent) -> dict:
+    """Everything that makes the agent continue exactly: PPO's weights, optimiser, timestep count and partial rollout;
+    the bandit's sums per bin."""
+    if isinstance(agent, ThompsonBandit):
+        return agent.state_dict()
     buffer = agent.rollout_buffer
     return {
         "policy": agent.policy.state_dict(),
@@ -182,7 +247,10 @@ def agent_state(agent: PPO) -> dict:
     }
 
 
-def load_agent_state(agent: PPO, state: dict) -> None:
+def load_agent_state(agent: Agent, state: dict) -> None:
+    if isinstance(agent, ThompsonBandit):
+        agent.load_state_dict(state)
+        return
     agent.policy.load_state_dict(state["policy"])
     agent.policy.optimizer.load_state_dict(state["optimizer"])
     agent.num_timesteps, agent._n_updates = state["num_timesteps"], state["n_updates"]
@@ -193,12 +261,12 @@ def load_agent_state(agent: PPO, state: dict) -> None:
     agent.reward_scale = copy.deepcopy(state["reward_scale"])
 
 
-def drive(agent: PPO, env, episodes: int, learn: bool, seed_of, start: tuple, after_step=None) -> None:
+def drive(agent: Agent, env, episodes: int, learn: bool, seed_of, start: tuple, after_step=None) -> None:
     """The agent's loop, the one the script and its tests run: per step `choose`, one env step and, when learning,
-    the transition into the rollout buffer and `update` once it is full; until `episodes` more episodes have ended.
-    `start`: (observation, episode_start, done) to go on from (done: reset first); `seed_of()`: the next step's
-    seed; `after_step(observation, episode_start)` checkpoints a step. With several processes the agent acts on rank
-    0 and the other ranks train their shard with its action."""
+    `learn_from` (PPO: the transition into the rollout buffer, `update` once it is full); until `episodes` more
+    episodes have ended. `start`: (observation, episode_start, done) to go on from (done: reset first);
+    `seed_of()`: the next step's seed; `after_step(observation, episode_start)` checkpoints a step. With several
+    processes the agent acts on rank 0 and the other ranks train their shard with its action."""
     main = is_main_process()
     observation, episode_start, done = start
     ended = 0
@@ -211,22 +279,21 @@ def drive(agent: PPO, env, episodes: int, learn: bool, seed_of, start: tuple, af
         env_action = broadcast_from_main(env_action if main else None)
         next_observation, reward, done, _, _ = env.step(env_action)
         if learn and main:
-            agent.rollout_buffer.add(observation[None], action, np.array([reward]), np.array([episode_start]), value,
-                                     log_prob)  # fmt: skip
-            agent.num_timesteps += 1
-            if agent.rollout_buffer.full:
-                update(agent, next_observation, done, seed)
+            learn_from(agent, (observation, action, reward, episode_start, value, log_prob), next_observation, done,
+                       seed)  # fmt: skip
         observation, episode_start = next_observation, done
         ended += int(done)
         if after_step is not None:
             after_step(observation, episode_start)
 
 
-def steer(agent: PPO, env: CurriculumEnv, episodes: int, learn: bool, purpose: str, resume: dict | None = None) -> None:
+def steer(
+    agent: Agent, env: CurriculumEnv, episodes: int, learn: bool, purpose: str, resume: dict | None = None
+) -> None:
     """Train `episodes` runs of the environment's experiment, one epoch per agent step, learning unless `learn` is
-    off (replay: the policy's most likely action); the steps are seeded by `purpose` (agent-proxy, agent-full),
-    episode and epoch. After every epoch the run folder's last.pt holds the student, the environment's counters and
-    the agent, so a kill loses at most the epoch in progress."""
+    off (replay: the policy's most likely action); the steps are seeded by `purpose` (agent-proxy, agent-full,
+    bandit), episode and epoch. After every epoch the run folder's last.pt holds the student, the environment's
+    counters and the agent, so a kill loses at most the epoch in progress."""
     seed = env.experiment.config.seed
     if resume is None:
         start = env.reset(seed=seed)[0], True, False
@@ -236,7 +303,7 @@ def steer(agent: PPO, env: CurriculumEnv, episodes: int, learn: bool, purpose: s
 
     def checkpoint(observation, episode_start) -> None:
         env.record_step({"env": env.state_dict(), "observation": observation, "episode_start": episode_start,
-                         "agent": agent_state(agent)})  # fmt: skip
+                         "agent": agent_state(agent)}, agent_columns(agent, env))  # fmt: skip
         exit_if_stop_requested(env.experiment.config.out, f"{'proxy ' if purpose == 'agent-proxy' else ''}run "
                                f"{env.episode}, epoch {env.epoch}/{env.num_epochs}")  # fmt: skip
 
@@ -260,31 +327,36 @@ class SubsetSource:
         return self.source.image(int(self.indices[i]))
 
 
-def data_subset(data: DataSplits, share: float, seed: int) -> DataSplits:
-    """A seeded `share` of the training images (both views) and of the validation images; a data identity of its own,
-    so its teacher logits are cached apart from the full set's."""
+def data_subset(data: DataSplits, share: float, seed: int, val_share: float | None = None) -> DataSplits:
+    """A seeded `share` of the training images (both views) and `val_share` (default: `share`) of the validation
+    images; a data identity of its own, so its teacher logits are cached apart from the full set's."""
+    val_share = share if val_share is None else val_share
 
-    def pick(view, salt: int) -> np.ndarray:
-        count = max(1, round(share * len(view)))
+    def pick(view, fraction: float, salt: int) -> np.ndarray:
+        count = max(1, round(fraction * len(view)))
         return np.sort(seeds.generator(seed, "subset", index=salt).choice(len(view), count, replace=False))
 
     def part(view, indices: np.ndarray) -> SampleView:
         return SampleView(SubsetSource(view.source, indices), view.transform, view.seed)
 
-    train, val = pick(data.train, 0), pick(data.val, 1)
+    train, val = pick(data.train, share, 0), pick(data.val, val_share, 1)
+    identity = {"subset_of": data.identity, "share": share, "seed": seed}
+    if val_share != share:  # only then: a run of an older version (one share for both) keeps its identity
+        identity["val_share"] = val_share
     return dataclasses.replace(
         data,
         train=part(data.train, train),
         score=part(data.score, train),
         val=part(data.val, val),
-        identity=json.dumps({"subset_of": data.identity, "share": share, "seed": seed}, sort_keys=True),
+        identity=json.dumps(identity, sort_keys=True),
         hardness=data.hardness[train] if data.hardness is not None else None,
         flipped=data.flipped[train] if data.flipped is not None else None,
     )
 
 
 def proxy_experiment(config: RLConfig, experiment: Experiment) -> Experiment:
-    """The proxy runs: --pretrain-epochs epochs on --pretrain-subset of the images, KD from the cached teacher logits
+    """The proxy runs: --pretrain-epochs epochs on --pretrain-subset of the training images (validated on
+    --pretrain-val-subset of the validation images), KD from the cached teacher logits
     (no teacher forward pass while training), rescored as often per unit of progress as the full run."""
     proxy_config = dataclasses.replace(
         config,
@@ -292,7 +364,8 @@ def proxy_experiment(config: RLConfig, experiment: Experiment) -> Experiment:
         teacher_logits="cached",
         rescore_every=max(1, round(config.rescore_every * config.pretrain_epochs / config.epochs)),
     )
-    return Experiment(proxy_config, data_subset(experiment.data, config.pretrain_subset, config.seed))
+    data = data_subset(experiment.data, config.pretrain_subset, config.seed, config.pretrain_val_subset)
+    return Experiment(proxy_config, data)
 
 
 def pretrain(agent: PPO, experiment: Experiment, config: RLConfig, folder: Path) -> None:
@@ -334,11 +407,17 @@ def check_rl_config(config: RLConfig) -> None:
         (config.ent_coef >= 0, "--ent-coef must be >= 0"),
         (config.pretrain_episodes >= 0 and config.pretrain_epochs >= 1,
          "--pretrain-episodes must be >= 0 and --pretrain-epochs >= 1"),
-        (0 < config.pretrain_subset <= 1, "--pretrain-subset must lie in (0, 1]"),
+        (0 < config.pretrain_subset <= 1 and 0 < config.pretrain_val_subset <= 1,
+         "--pretrain-subset and --pretrain-val-subset must lie in (0, 1]"),
+        (config.bandit_prior_sd > 0 and 0 < config.bandit_discount <= 1,
+         "--bandit-prior-sd must be > 0 and --bandit-discount lie in (0, 1]"),
     ]  # fmt: skip
     for ok, message in rules:
         if not ok:
             raise UserError(message + ".")
+    if config.agent == "bandit":
+        check_bandit_config(config)
+        return
     if config.policy and not Path(config.policy).is_file():
         raise UserError(f"--policy {config.policy} does not exist; pass the agent.zip of a train_student_rl.py run.")
     if config.policy and not zipfile.is_zipfile(config.policy):
@@ -350,8 +429,28 @@ def check_rl_config(config: RLConfig) -> None:
         )
 
 
+def check_bandit_config(config: RLConfig) -> None:
+    """The bandit learns during the run, over one of --bins targets: the PPO agent's other options are refused."""
+    conflicts = [
+        (config.pretrain_episodes > 0, "--pretrain-episodes (it runs no proxy runs: it learns during the run)"),
+        (config.policy is not None, "--policy (it replays a PPO agent.zip)"),
+        (config.action != "discrete", "--action box (the bandit picks one of --bins targets)"),
+        (config.control_temperature, "--control-temperature (the bandit picks only the target)"),
+    ]
+    for conflict, flag in conflicts:
+        if conflict:
+            raise UserError(f"--agent bandit does not take {flag}; drop it, or use --agent ppo.")
+
+
 def default_out(config: RLConfig) -> str:
     return f"runs/rl-{config.student}-lw{config.label_weight:g}-s{config.seed}"
+
+
+def build_agent(config: RLConfig, env: CurriculumEnv) -> Agent:
+    """The bandit, the --policy agent to replay, or a fresh PPO agent."""
+    if config.agent == "bandit":
+        return make_bandit(config)
+    return load_agent(config.policy, env) if config.policy else make_agent(config, env)
 
 
 def main(argv=None) -> None:
@@ -359,7 +458,7 @@ def main(argv=None) -> None:
     experiment = Experiment(config)
     log = MetricsLog(Path(config.out))  # writes nothing before its first row
     env = CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, log)
-    agent = load_agent(config.policy, env) if config.policy else make_agent(config, env)
+    agent = build_agent(config, env)
     folder = open_run_folder(config, "train_student_rl.py")  # only now: a --policy of another space is refused first
     if not config.policy and config.pretrain_episodes and checkpoint is None:
         pretrain(agent, experiment, config, folder)
@@ -367,9 +466,10 @@ def main(argv=None) -> None:
         load_agent_state(agent, checkpoint["agent"])
     elif config.resume and checkpoint is None:  # killed before the full run's first epoch was saved
         env.log.truncate(0)
-    learn = not config.policy and config.full_run == "learn"
-    steer(agent, env, config.episodes, learn, purpose="agent-full", resume=checkpoint)
-    if not config.policy and is_main_process():
+    bandit = isinstance(agent, ThompsonBandit)
+    learn = bandit or (not config.policy and config.full_run == "learn")
+    steer(agent, env, config.episodes, learn, purpose="bandit" if bandit else "agent-full", resume=checkpoint)
+    if not config.policy and not bandit and is_main_process():
         atomic_write(folder / "agent.zip", agent.save)
     results = env.finish()
     if is_main_process():
