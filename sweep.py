@@ -69,7 +69,22 @@ BENCH_WORKERS = "0"
 TEACHER_FLAGS = ["--label-weight", "1", "--batch-size", "128", "--workers", BENCH_WORKERS]
 
 TABLE_ROWS = ["labels", "kd", "kd-teacher-only", "rl", "random-subset", "kd-teacher-only-equal-compute"]
-STRATEGIES = ["none", "random_subset", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "soft"]
+STRATEGIES = [
+    "none",
+    "random_subset",
+    "adaptive",
+    "easy_to_hard",
+    "hard_to_easy",
+    "hard_mining",
+    "mixed",
+    "soft",
+    "reducible",
+    "prioritised",
+]
+# rows of the comparison that are not a fixed strategy of train_student.py: plain KD on all the data for 60% of the
+# epochs (the 60% strategies' budget), and the two agents (train_student_rl.py), whose targets are rank quantiles
+OTHER_ROWS = ["equal-compute", "rl-bandit", "rl-ppo"]
+NOISY_LABEL_WEIGHT = "0.6"  # --label-noise: labels only matter to KD that uses them (the reference's "60% labels")
 # where the pretrained synthetic teacher's best.pt goes in a run's command once it exists (it is trained first)
 TEACHER_CHECKPOINT = "<pretrained teacher>"
 # flags whose values say where and how fast a run computes, not what: a sweep continued with other values is the same
@@ -87,9 +102,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", help="sweep folder (default runs/demo, runs/table or runs/compare)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the sweep's own)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    parser.add_argument("--seeds", help="seeds, comma-separated (default: table 0, compare 0,1,2)")
+    parser.add_argument("--seeds", help="seeds, comma-separated (default: table 0, compare 0,1,2,3,4)")
     parser.add_argument("--targets", default="0.2,0.4,0.6", help="compare: adaptive's targets (default: 0.2,0.4,0.6)")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="compare: the strategies (default: all)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES + OTHER_ROWS),
+                        help="compare: the strategies and rows (default: all)")  # fmt: skip
+    parser.add_argument("--label-noise", type=float, default=0.0,
+                        help=f"compare: the noisy variant, this share of training labels replaced, with --label-weight "
+                        f"{NOISY_LABEL_WEIGHT} (default 0: clean)")  # fmt: skip
     parser.add_argument("--cache-dir", help="teacher-logit cache and pretrained synthetic teacher (shared by runs)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny synthetic data, 1-2 epochs")
     parser.add_argument("--overwrite", action="store_true", help="replace the runs and table in --out")
@@ -315,16 +334,25 @@ def plan_table(args) -> Plan:
     return Plan(out, teacher_command, runs, gather, ["table.md", "table.json"], table="table.md")
 
 
+def replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
+    """`argv` with the value after `flag` replaced."""
+    position = argv.index(flag) + 1
+    return [*argv[:position], value, *argv[position + 1 :]]
+
+
 def plan_comparison(args) -> Plan:
     """Every curriculum strategy at fraction 0.6, teacher-only KD, the same seeds (scripts/compare_curricula.sh)."""
     data = args.data or "synthetic"
     if not data.startswith("synthetic"):
         raise UserError("only --data synthetic[:OPTIONS] is wired up for the comparison; see docs/sweeps.md.")
-    out, seeds = Path(args.out or "runs/compare"), seeds_of(args.seeds or "0,1,2")
+    out, seeds = Path(args.out or "runs/compare"), seeds_of(args.seeds or "0,1,2,3,4")
     strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
-    unknown = sorted(set(strategies) - set(STRATEGIES))
+    unknown = sorted(set(strategies) - set(STRATEGIES + OTHER_ROWS))
     if unknown or "random_subset" not in strategies:
-        raise UserError(f"--strategies: pick from {', '.join(STRATEGIES)}, with random_subset (the baseline).")
+        raise UserError(f"--strategies: pick from {', '.join(STRATEGIES + OTHER_ROWS)}, with random_subset (the "
+                        "baseline).")  # fmt: skip
+    if not 0 <= args.label_noise < 1:
+        raise UserError(f"--label-noise {args.label_noise}: give a share of the training labels in [0, 1), e.g. 0.3.")
     cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
     pretrain, teacher_flags, data = (
         BENCH_PRETRAIN_DATA,
@@ -340,19 +368,30 @@ def plan_comparison(args) -> Plan:
               "--batch-size", BENCH_BATCH, "--student", "resnet10t", "--teacher-checkpoint", TEACHER_CHECKPOINT,
               "--label-weight", "0", "--fraction", "0.6", "--target-scale", "absolute", "--teacher-logits", "replay",
               *cache]  # fmt: skip
-    flags = {}
+    if args.label_noise:
+        common = [*replace_flag(common, "--label-weight", NOISY_LABEL_WEIGHT), "--label-noise", str(args.label_noise)]
+    agent = replace_flag(common, "--target-scale", "quantile")
+    commands = {}  # row -> (script, its flags)
     for strategy in strategies:
         if strategy == "adaptive":
             for target in (t.strip() for t in args.targets.split(",") if t.strip()):
-                flags[f"adaptive-t{target}"] = ["--curriculum", "adaptive", "--target", target]
+                commands[f"adaptive-t{target}"] = "train_student.py", [*common, "--curriculum", "adaptive", "--target",
+                                                                        target]  # fmt: skip
+        elif strategy == "equal-compute":
+            commands[strategy] = "train_student.py", [*replace_flag(common, "--epochs", str(round(0.6 * epochs))),
+                                                      "--curriculum", "none"]  # fmt: skip
+        elif strategy == "rl-bandit":
+            commands[strategy] = "train_student_rl.py", [*agent, "--agent", "bandit"]
+        elif strategy == "rl-ppo":
+            commands[strategy] = "train_student_rl.py", [*agent, *(QUICK_RL if args.quick else BENCH_RL)]
         else:
-            flags[strategy] = ["--curriculum", strategy]
+            commands[strategy] = "train_student.py", [*common, "--curriculum", strategy]
     runs = {}
     for seed in seeds:  # seed by seed: a cut-off sequential comparison still holds every strategy's first seeds
-        for strategy, own in flags.items():
+        for strategy, (script, flags) in commands.items():
             name = f"{strategy}-s{seed}"
-            runs[name] = ["train_student.py", *common, "--seed", seed, "--out", str(out / name),
-                          *(["--overwrite"] if args.overwrite else []), *own, *args.extra]  # fmt: skip
+            runs[name] = [script, *flags, "--seed", seed, "--out", str(out / name),
+                          *(["--overwrite"] if args.overwrite else []), *args.extra]  # fmt: skip
     gather = [
         "compare_curricula.py",
         *(str(out / name) for name in runs),
