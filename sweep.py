@@ -18,26 +18,17 @@ docs/sweeps.md.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import json
 import os
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
-
-import submitit
 
 import bookkeeping
 import cli
 from errors import UserError, run_cli
-
-ROOT = Path(__file__).resolve().parent
+from launch import WHERE_FLAGS, Progress, Step, prepare_driver, run_steps
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The synthetic benchmark where distillation matters (`--data synthetic`)
@@ -87,9 +78,6 @@ OTHER_ROWS = ["equal-compute", "rl-bandit", "rl-ppo"]
 NOISY_LABEL_WEIGHT = "0.6"  # --label-noise: labels only matter to KD that uses them (the reference's "60% labels")
 # where the pretrained synthetic teacher's best.pt goes in a run's command once it exists (it is trained first)
 TEACHER_CHECKPOINT = "<pretrained teacher>"
-# flags whose values say where and how fast a run computes, not what: a sweep continued with other values is the same
-# sweep, and they are what a --resume may change (bookkeeping.RESUME_MAY_CHANGE)
-WHERE_FLAGS = ("--device", "--workers", "--cache-dir")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -132,100 +120,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The steps of a sweep: one command each
-
-
-@dataclasses.dataclass
-class Step(submitit.helpers.Checkpointable):
-    """One command of a sweep (the teacher, a run, the table), run as a subprocess with its output in `log`.
-
-    A run (`folder` set) that is not `fresh` continues from its folder: skipped if it finished, resumed with --resume
-    if it completed an epoch, else started. That is also what a Slurm job pre-empted or out of time does: submitit
-    calls checkpoint(), which requeues the same step, and the requeued job resumes from the run's last.pt."""
-
-    name: str
-    argv: list[str]  # script and flags: ["train_student.py", "--data", ...]
-    log: str
-    folder: str | None = None
-    fresh: bool = True
-    nproc: int = 1  # processes per run: >1 launches it with torchrun, one per GPU
-    cpus: tuple[int, ...] = ()  # local CPU runs: the cores it is pinned to (and its OMP_NUM_THREADS)
-    echo: bool = False  # also copy its output to this terminal (one run at a time)
-    keep_stdout: bool = True  # echo its stdout too (the teacher's stdout is only its checkpoint path)
-
-    def command(self) -> list[str] | None:
-        """The script and flags this step runs now; None for a run that already finished."""
-        if self.folder is None or self.fresh:
-            return self.argv
-        if (Path(self.folder) / "results.json").is_file():
-            return None
-        if bookkeeping.holds_run(self.folder):
-            return resume_argv(self.argv, self.folder)
-        return self.argv
-
-    def __call__(self) -> tuple[int, str]:
-        """(exit code, stdout) of the step's command."""
-        argv = self.command()
-        if argv is None:
-            return 0, ""
-        launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}"]
-        script = str(ROOT / argv[0])  # the user's relative paths stay relative to where the sweep was started
-        command = [sys.executable, *(launch if self.nproc > 1 else []), script, *argv[1:]]
-        env = dict(os.environ)
-        if self.cpus:
-            env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(len(self.cpus)))
-        Path(self.log).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            log.write(f"$ {shlex.join(command)}\n".encode())
-            log.flush()
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                       preexec_fn=lambda: prepare_child(self.cpus))  # fmt: skip
-            try:
-                lock = threading.Lock()
-                err = sys.stderr.buffer if self.echo else None
-                stderr = threading.Thread(target=copy_stream, args=(process.stderr, [log, err], lock))
-                stderr.start()
-                out = sys.stdout.buffer if self.echo and self.keep_stdout else None
-                stdout = copy_stream(process.stdout, [log, out], lock)
-                stderr.join()
-                process.wait()
-            finally:  # a step stopped (Ctrl-C, a cancelled job) stops its run: the next sweep resumes it
-                if process.poll() is None:
-                    process.terminate()
-                    process.wait()
-        return process.returncode, stdout.decode(errors="replace")
-
-    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
-        """Requeue on pre-emption or time-out: the same step, continued from its folder (--resume)."""
-        return submitit.helpers.DelayedSubmission(dataclasses.replace(self, fresh=False))
-
-
-def prepare_child(cpus: tuple[int, ...]) -> None:
-    """In the run's process before it starts: pin it to its cores, and have it end with the process that launched it
-    (a local job's worker that submitit kills with SIGKILL cannot pass a signal on)."""
-    if cpus:
-        os.sched_setaffinity(0, cpus)
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def copy_stream(source, sinks, lock: threading.Lock) -> bytes:
-    """Copy a child's pipe, line by line, to every sink (a file, the terminal); return what passed."""
-    kept = []
-    for line in iter(source.readline, b""):
-        kept.append(line)
-        with lock:
-            for sink in sinks:
-                if sink is not None:
-                    sink.write(line)
-                    sink.flush()
-    return b"".join(kept)
-
-
-def resume_argv(argv: list[str], folder: str) -> list[str]:
-    """`SCRIPT --resume FOLDER` plus the flags a resume may change: the run's other flags are in its config.json."""
-    where = [part for flag in WHERE_FLAGS if flag in argv for part in (flag, argv[argv.index(flag) + 1])]
-    return [argv[0], "--resume", folder, *where]
+# The plan: the sweep expanded into its commands, and what it computes (its sweep.json)
 
 
 def spec_of(argv: list[str], out: Path) -> list[str]:
@@ -437,170 +332,6 @@ def read_json(path: Path):
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Progress and launchers
-
-
-class Progress:
-    """One stderr line per state change of a step, the `== [k/n] name: command ==` header on stdout as each starts,
-    and the summary."""
-
-    def __init__(self, total: int):
-        self.total, self.states, self.logs = total, {}, {}
-
-    def say(self, name: str, state: str, detail: str) -> None:
-        self.states[name] = state
-        print(f"sweep: {state} {name} ({detail})", file=sys.stderr, flush=True)
-
-    def header(self, number: int, step: Step, note: str = "") -> None:
-        argv = step.command() or step.argv
-        torchrun = f"torchrun --standalone --nproc_per_node {step.nproc} " if step.nproc > 1 else ""
-        print(f"== [{number}/{self.total}] {step.name}: {torchrun or 'python '}{' '.join(argv)}{note} ==", flush=True)
-
-    def started(self, number: int, step: Step, where: str = "") -> None:
-        if number > 0:  # the gathering step has a header of its own
-            self.header(number, step, " (once, then cached)" if step.folder is None else "")
-        resumed = step.folder is not None and step.command() != step.argv
-        self.logs[step.name] = step.log
-        self.say(step.name, "resumed" if resumed else "started", f"{where}log {step.log}")
-
-    def ended(self, step: Step, code: int | None) -> None:
-        if code == 0:
-            self.say(step.name, "done", f"{step.folder}/results.json" if step.folder else f"log {step.log}")
-        else:
-            self.say(step.name, "failed", f"exit {code}; log {step.log}")
-
-    def summary(self) -> str:
-        counts = {state: [name for name, s in self.states.items() if s == state] for state in ("done", "failed")}
-        running = [name for name, s in self.states.items() if s in ("started", "resumed")]
-        waiting = [name for name, s in self.states.items() if s in ("queued", "submitted")]
-        failed = "".join(f"; failed {name} (log {self.logs.get(name)})" for name in counts["failed"])
-        queued = f", {len(waiting)} queued" if waiting else ""
-        done = f"sweep: {len(counts['done'])} done, {len(running)} running{queued}"
-        return f"{done}, {len(counts['failed'])} failed{failed}"
-
-
-def run_here(steps: dict[int, Step], progress: Progress) -> dict[str, tuple[int, str]]:
-    """One step after another in this process, its output copied to the terminal."""
-    results = {}
-    for number, step in steps.items():
-        progress.started(number, step)
-        results[step.name] = dataclasses.replace(step, echo=True)()
-        progress.ended(step, results[step.name][0])
-    return results
-
-
-def gpu_count(device: str) -> int:
-    if device == "cpu":
-        return 0
-    import torch  # here: only a local sweep on several GPUs needs it
-
-    return torch.cuda.device_count()
-
-
-def local_slots(parallel: int, device: str, gpus_per_job: int) -> list[dict]:
-    """What each of `parallel` concurrent runs is pinned to: its own GPUs, or else its share of the CPU cores."""
-    gpus = gpu_count(device)
-    if gpus:
-        if parallel * gpus_per_job > gpus:
-            raise UserError(
-                f"--parallel {parallel} x --gpus-per-job {gpus_per_job} needs more than the {gpus} GPUs here; "
-                "lower --parallel."
-            )
-        return [{"gpus": list(range(k * gpus_per_job, (k + 1) * gpus_per_job))} for k in range(parallel)]
-    cores = sorted(os.sched_getaffinity(0))
-    if parallel >= len(cores):
-        return [{"cpus": (cores[k % len(cores)],)} for k in range(parallel)]
-    share = len(cores) // parallel
-    return [{"cpus": tuple(cores[k * share : (k + 1) * share])} for k in range(parallel)]
-
-
-def run_local(steps: dict[int, Step], progress: Progress, args, folder: Path) -> dict[str, tuple[int, str]]:
-    """`--parallel N` steps at once through submitit's LocalExecutor, each pinned to a slot (local_slots)."""
-    executor = submitit.LocalExecutor(folder=folder)
-    free, queue, running, results = (
-        local_slots(args.parallel, args.device, args.gpus_per_job),
-        list(steps.items()),
-        {},
-        {},
-    )
-    try:
-        while queue or running:
-            while queue and free:
-                number, step = queue.pop(0)
-                slot = free.pop(0)
-                gpus = slot.get("gpus", [])
-                # without GPUs the executor's default CUDA_VISIBLE_DEVICES="" is right: the run is on its CPU cores
-                executor.update_parameters(timeout_min=60 * 24 * 365, gpus_per_node=len(gpus), visible_gpus=gpus)
-                step = dataclasses.replace(step, cpus=slot.get("cpus", ()), nproc=len(gpus) or 1)
-                running[executor.submit(step)] = (step, slot)
-                where = f"GPU {','.join(map(str, gpus))}; " if gpus else f"cores {','.join(map(str, slot['cpus']))}; "
-                progress.started(number, step, where)
-            time.sleep(0.5)
-            for job in [job for job in running if job.done()]:
-                step, slot = running.pop(job)
-                free.append(slot)
-                results[step.name] = outcome(job)
-                progress.ended(step, results[step.name][0])
-    except BaseException:
-        for job in running:
-            job.cancel(check=False)  # the runs stop with the sweep; the next sweep resumes them
-        raise
-    return results
-
-
-def outcome(job) -> tuple[int, str]:
-    """(exit code, stdout) of a finished job; a job that died outside its command counts as exit code -1."""
-    try:
-        return job.result()
-    except Exception as err:  # the job's own traceback is in submitit's log beside it
-        print(f"sweep: job {job.job_id} raised {type(err).__name__} (see {job.paths.stderr})", file=sys.stderr)
-        return -1, ""
-
-
-def slurm_executor(args, folder: Path) -> submitit.SlurmExecutor:
-    """A job array: one job per run, each with --gpus-per-job GPUs, requeued (3 times at most) on time-out or
-    pre-emption, when Step.checkpoint resubmits the run with --resume."""
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
-    options = {"partition": args.partition, "account": args.account}
-    executor.update_parameters(
-        time=args.time, gpus_per_node=args.gpus_per_job, ntasks_per_node=1, cpus_per_task=args.cpus_per_job,
-        job_name="sweep", array_parallelism=args.parallel or 256, **{k: v for k, v in options.items() if v},
-    )  # fmt: skip
-    return executor
-
-
-def run_slurm(steps: dict[int, Step], progress: Progress, args, folder: Path) -> dict[str, tuple[int, str]]:
-    """The steps as one Slurm job array; waits for them, reporting each job's state changes."""
-    executor = slurm_executor(args, folder)
-    with executor.batch():
-        jobs = {executor.submit(step): (number, step) for number, step in steps.items()}
-    for job, (_, step) in jobs.items():
-        progress.say(step.name, "submitted", f"slurm job {job.job_id}; log {step.log}")
-    results, seen = {}, {}
-    while len(results) < len(jobs):
-        time.sleep(30)  # submitit polls sacct for all jobs at once, at most this often
-        for job, (number, step) in jobs.items():
-            if step.name in results:
-                continue
-            state = job.state
-            if state == "RUNNING" and seen.get(step.name) != state:
-                progress.started(number, step, f"slurm job {job.job_id}; ")
-            seen[step.name] = state
-            if job.done():
-                results[step.name] = outcome(job)
-                progress.ended(step, results[step.name][0])
-    return results
-
-
-def launch(steps: dict[int, Step], progress: Progress, args, out: Path) -> dict[str, tuple[int, str]]:
-    if args.launcher == "slurm":
-        return run_slurm(steps, progress, args, out / ".submitit")
-    if args.parallel > 1 and len(steps) > 1:
-        return run_local(steps, progress, args, out / ".submitit")
-    return run_here(steps, progress)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
 # The sweep
 
 
@@ -625,7 +356,7 @@ def pretrain(plan: Plan, args, progress: Progress) -> str | None:
     if plan.teacher is None:
         return None
     step = Step("teacher", plan.teacher, str(plan.out / "logs" / "teacher.log"), keep_stdout=False)
-    code, stdout = launch({1: step}, progress, args, plan.out)["teacher"]
+    code, stdout = run_steps({1: step}, progress, args, plan.out)["teacher"]
     if code != 0:
         raise UserError(f"the teacher could not be pretrained (exit {code}); see {step.log}, then run the sweep again.")
     return stdout.strip().splitlines()[-1]
@@ -636,7 +367,7 @@ def gather(plan: Plan, args, progress: Progress) -> int:
     name = "table" if plan.table else "comparison"
     print(f"== the {name}: {' '.join(plan.gather)} ==", flush=True)
     step = Step(name, plan.gather, str(plan.out / "logs" / f"{name}.log"), echo=args.launcher == "local")
-    code, stdout = launch({0: step}, progress, args, plan.out)[name] if args.launcher == "slurm" else step()
+    code, stdout = run_steps({0: step}, progress, args, plan.out)[name] if args.launcher == "slurm" else step()
     if args.launcher == "slurm":
         sys.stdout.write(stdout)
     if code == 0 and plan.table:
@@ -646,10 +377,6 @@ def gather(plan: Plan, args, progress: Progress) -> int:
 
 def with_teacher(argv: list[str], checkpoint: str | None) -> list[str]:
     return [checkpoint if part == TEACHER_CHECKPOINT else part for part in argv]
-
-
-def interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # a killed sweep stops its local runs too (run_local), as Ctrl-C does
 
 
 def main(argv=None) -> None:
@@ -665,12 +392,7 @@ def main(argv=None) -> None:
     if args.overwrite:  # an old table would make a cut-off sweep look finished
         for name in plan.products:
             (plan.out / name).unlink(missing_ok=True)
-    # a worker of the local or Slurm executor imports this module to run its Step; the runs ignore it
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    signal.signal(signal.SIGTERM, interrupt)
-    # Ctrl-C, even for a sweep started in the background (which inherits SIGINT ignored, and would pass that on to the
-    # local jobs, whose cancel is a SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    prepare_driver()  # workers can import launch.py; SIGTERM and Ctrl-C stop the sweep and its local runs
     bookkeeping.save_json(plan.out / "sweep.json", plan.spec())
     progress = Progress(total=len(plan.runs) + (1 if plan.teacher else 0))
     try:
@@ -679,7 +401,7 @@ def main(argv=None) -> None:
         for step in steps.values():
             step.argv = with_teacher(step.argv, checkpoint)
         plan.gather = with_teacher(plan.gather, checkpoint)
-        results = launch(steps, progress, args, plan.out) if steps else {}
+        results = run_steps(steps, progress, args, plan.out) if steps else {}
     except KeyboardInterrupt:
         print(f"sweep: interrupted; {progress.summary()[7:]}; run the same command to continue it", file=sys.stderr)
         sys.exit(130)
@@ -700,6 +422,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    import sweep  # the jobs pickle sweep.Step by reference (a worker imports it), not this __main__ copy
-
-    run_cli(sweep.main)
+    run_cli(main)  # the jobs pickle launch.Step by reference, so nothing of this __main__ module crosses to a worker

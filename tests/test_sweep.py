@@ -1,6 +1,7 @@
-"""sweep.py: the table and the comparison expanded into runs, the sweep continued where it stopped, runs launched in
-parallel through submitit's local executor, a failed run reported with its log, and an --out that holds another sweep
-refused. The end-to-end sweeps are tiny comparisons (4 classes, 96 images, 1 epoch, one thread per run)."""
+"""sweep.py and launch.py: the table and the comparison expanded into runs, the sweep continued where it stopped, runs
+launched in parallel through submitit's local executor, a failed run reported with its log, and an --out that holds
+another sweep refused. The end-to-end sweeps are tiny comparisons (4 classes, 96 images, 1 epoch, one thread per
+run)."""
 
 import os
 import re
@@ -13,6 +14,7 @@ import pytest
 import submitit
 
 import bookkeeping
+import launch
 import sweep
 from conftest import ROOT
 from errors import UserError
@@ -40,12 +42,12 @@ def test_spec_ignores_where_a_run_computes_and_where_the_sweep_lies():
             "--out", "/s/out/kd", "--cache-dir", "/c", "--teacher-checkpoint", "/s/outside.pt"]  # fmt: skip
     assert sweep.spec_of(argv, out) == ["train_student.py", "--epochs", "3", "--out", "<out>/kd",
                                         "--teacher-checkpoint", "/s/outside.pt"]  # fmt: skip
-    assert sweep.resume_argv(argv, "/s/out/kd") == ["train_student.py", "--resume", "/s/out/kd", "--device", "cuda",
-                                                     "--workers", "8", "--cache-dir", "/c"]  # fmt: skip
+    assert launch.resume_argv(argv, "/s/out/kd") == ["train_student.py", "--resume", "/s/out/kd", "--device", "cuda",
+                                                      "--workers", "8", "--cache-dir", "/c"]  # fmt: skip
 
 
 def test_a_step_continues_from_its_folder_and_requeues_itself(tmp_path):
-    step = sweep.Step("kd", ["train_student.py", "--epochs", "2", "--out", str(tmp_path)], "log", str(tmp_path))
+    step = launch.Step("kd", ["train_student.py", "--epochs", "2", "--out", str(tmp_path)], "log", str(tmp_path))
     assert step.command() == step.argv  # fresh: the command as given
     requeued = step.checkpoint()  # what a pre-empted Slurm job submits again
     assert isinstance(requeued, submitit.helpers.DelayedSubmission) and requeued.function.fresh is False
@@ -54,6 +56,20 @@ def test_a_step_continues_from_its_folder_and_requeues_itself(tmp_path):
     assert requeued.function.command() == ["train_student.py", "--resume", str(tmp_path)]
     (tmp_path / "results.json").write_text("{}")
     assert requeued.function.command() is None  # finished: nothing to do
+
+
+def test_a_worker_loads_its_step_by_reference_to_launch(tmp_path):
+    """What a submitit job's worker does: unpickle the step in a fresh interpreter, elsewhere, with the repository on
+    PYTHONPATH only (as prepare_driver sets it). By reference: the pickle names launch.Step, not its code."""
+    step = launch.Step("kd", ["train_student.py", "--epochs", "2"], "log")
+    path = tmp_path / "job.pkl"
+    submitit.core.utils.cloudpickle_dump(submitit.helpers.DelayedSubmission(step), path)
+    assert b"launch" in path.read_bytes() and b"copy_stream" not in path.read_bytes()
+    code = "import pickle, sys; print(pickle.load(open(sys.argv[1], 'rb')).function.command())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code, str(path)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.stdout.strip() == "['train_student.py', '--epochs', '2']", result.stderr
 
 
 def test_a_second_sweep_into_one_out_is_refused(tmp_path):
@@ -67,13 +83,13 @@ def test_a_second_sweep_into_one_out_is_refused(tmp_path):
 
 
 def test_local_slots_pin_gpus_or_share_the_cores(monkeypatch):
-    monkeypatch.setattr(sweep, "gpu_count", lambda device: 4)
-    assert sweep.local_slots(2, "auto", 2) == [{"gpus": [0, 1]}, {"gpus": [2, 3]}]
+    monkeypatch.setattr(launch, "gpu_count", lambda device: 4)
+    assert launch.local_slots(2, "auto", 2) == [{"gpus": [0, 1]}, {"gpus": [2, 3]}]
     with pytest.raises(UserError, match="lower --parallel"):
-        sweep.local_slots(3, "auto", 2)
-    monkeypatch.setattr(sweep, "gpu_count", lambda device: 0)
-    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
-    assert sweep.local_slots(2, "auto", 1) == [{"cpus": (0, 1)}, {"cpus": (2, 3)}]
+        launch.local_slots(3, "auto", 2)
+    monkeypatch.setattr(launch, "gpu_count", lambda device: 0)
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    assert launch.local_slots(2, "auto", 1) == [{"cpus": (0, 1)}, {"cpus": (2, 3)}]
 
 
 def test_slurm_jobs_get_the_partition_time_and_gpus(tmp_path, monkeypatch):
@@ -85,7 +101,7 @@ def test_slurm_jobs_get_the_partition_time_and_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     args = sweep.parse_args(["compare", "--launcher", "slurm", "--partition", "gpu", "--account", "lab",
                              "--time", "90", "--gpus-per-job", "4", "--parallel", "8"])  # fmt: skip
-    parameters = sweep.slurm_executor(args, tmp_path).parameters
+    parameters = launch.slurm_executor(args, tmp_path).parameters
     assert {key: parameters[key] for key in ("partition", "account", "time", "gpus_per_node", "array_parallelism")} == {
         "partition": "gpu", "account": "lab", "time": 90, "gpus_per_node": 4, "array_parallelism": 8}  # fmt: skip
 
