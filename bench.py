@@ -32,10 +32,11 @@ import train_student_rl
 import views
 from cli import field, parse_config
 from curriculum_dataloader import TrainPassScores
-from data import load_data, synthetic_class_names
+from data import load_data
 from devices import pick_device, sum_across_processes
 from errors import run_cli
 from rl_curriculum_env import CurriculumEnv
+from synthetic import synthetic_class_names
 
 RESCORE_EVERY = 5  # train_student.py's default
 

@@ -21,7 +21,7 @@ from stable_baselines3 import PPO
 import bookkeeping
 import models
 from conftest import ROOT, train_args, write_image_folder
-from data import synthetic_class_names
+from synthetic import synthetic_class_names
 
 SERVER = r"""
 import json, os, runpy, sys, traceback

@@ -14,9 +14,10 @@ import data
 import prepare_data
 import views
 from conftest import TINY, run_script, train_args, write_image_folder
+from synthetic import synthetic_class_names
 
 CPU = torch.device("cpu")
-NAMES = data.synthetic_class_names(4)  # the tiny teacher's classes: it slices onto this set
+NAMES = synthetic_class_names(4)  # the tiny teacher's classes: it slices onto this set
 
 
 @pytest.fixture(scope="module")
