@@ -6,6 +6,7 @@ sample's difficulty, cached teacher logits and coverage. Class names are ImageNe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -138,6 +139,22 @@ class Relabelled:
         return self.source.image(i)
 
 
+class SubsetSource:
+    """Some images of a source (a proxy run's share of a split), indexed 0 .. len - 1."""
+
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, indices
+        self.labels = source.labels[indices]
+        if hasattr(source, "encoded"):  # JPEG bytes, which the fast data path decodes itself (views.CropView)
+            self.encoded = lambda i: source.encoded(int(indices[i]))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image(self, i: int):
+        return self.source.image(int(self.indices[i]))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Views: a source plus a transform; what DataLoaders see.
 
@@ -201,6 +218,33 @@ def noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed: in
     noisy = labels.copy()
     noisy[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
     return noisy
+
+
+def data_subset(data: DataSplits, share: float, seed: int, val_share: float | None = None) -> DataSplits:
+    """A seeded `share` of the training images (both views) and `val_share` (default: `share`) of the validation
+    images; a data identity of its own, so its teacher logits are cached apart from the full set's."""
+    val_share = share if val_share is None else val_share
+
+    def pick(view, fraction: float, salt: int) -> np.ndarray:
+        count = max(1, round(fraction * len(view)))
+        return np.sort(seeds.generator(seed, "subset", index=salt).choice(len(view), count, replace=False))
+
+    def part(view, indices: np.ndarray) -> SampleView:
+        return SampleView(SubsetSource(view.source, indices), view.transform, view.seed)
+
+    train, val = pick(data.train, share, 0), pick(data.val, val_share, 1)
+    identity = {"subset_of": data.identity, "share": share, "seed": seed}
+    if val_share != share:  # only then: a run of an older version (one share for both) keeps its identity
+        identity["val_share"] = val_share
+    return dataclasses.replace(
+        data,
+        train=part(data.train, train),
+        score=part(data.score, train),
+        val=part(data.val, val),
+        identity=json.dumps(identity, sort_keys=True),
+        hardness=data.hardness[train] if data.hardness is not None else None,
+        flipped=data.flipped[train] if data.flipped is not None else None,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
