@@ -31,7 +31,7 @@ import train_student
 import train_student_rl
 import views
 from cli import field, parse_config
-from curriculum_dataloader import TrainPassScores
+from curriculum import TrainPassScores
 from data import load_data
 from devices import pick_device, sum_across_processes
 from errors import run_cli

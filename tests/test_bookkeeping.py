@@ -17,7 +17,6 @@ from conftest import ROOT
 from errors import UserError
 
 PROJECT = {path.stem for path in ROOT.glob("*.py")}
-ML_MODULES = {"models", "curriculum_dataloader", "data", "engine", "rl_curriculum_env", "teacher", "devices", "seeds"}
 
 
 def project_imports(module: str) -> set[str]:

@@ -7,10 +7,10 @@ import pytest
 
 import bookkeeping
 import cli
-import curriculum_dataloader as cd
 import engine
 import train_student
 from conftest import run_script, train_args
+from curriculum import TrainPassScores
 
 
 def make_experiment(cache_dir, teacher, **overrides):
@@ -151,7 +151,7 @@ def test_train_pass_scores_equal_the_difficulty_of_the_batch_logits():
 
     import models
 
-    recorder = cd.TrainPassScores(6, torch.device("cpu"))
+    recorder = TrainPassScores(6, torch.device("cpu"))
     teacher, student = torch.randn(3, 4), torch.randn(3, 4)
     recorder.record(torch.tensor([4, 0, 2]), teacher, student)
     indices, components, losses = recorder.collect()
