@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import bookkeeping
 import engine
+import files
 import models
 import prepare_data
 import teacher
@@ -264,7 +264,7 @@ def main(argv=None) -> None:
         teacher = models.create_model(bench.teacher, bench.classes)
         checkpoint = {"model": bench.teacher, "class_names": synthetic_class_names(bench.classes),
                       "state_dict": teacher.state_dict()}  # fmt: skip
-        bookkeeping.save_checkpoint(tmp / "teacher.pt", checkpoint)
+        files.save_checkpoint(tmp / "teacher.pt", checkpoint)
         figures.update(measure(bench, tmp / "teacher.pt", tmp / "cache", device))
 
     base = figures["epoch_labels_s"]

@@ -2,7 +2,7 @@
 
 The device and several processes live in devices.py, the teacher and its logits in teacher.py, the curriculum in
 curriculum.py (its selection rules and sampler in curriculum_dataloader.py), the run's records (run folder,
-checkpoints, metrics log) in bookkeeping.py.
+metrics log) in bookkeeping.py, checkpoints and atomic writes in files.py.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import models
 import seeds
 import teacher as teachers
 import views
-from bookkeeping import MetricsLog, atomic_write, is_main_process, load_checkpoint, save_checkpoint, save_json
+from bookkeeping import MetricsLog, is_main_process
 from cli import config_dict
 from curriculum import Curriculum
 from curriculum_dataloader import EpochSampler
 from devices import amp_dtype, autocast, init_distributed, make_loader, pick_device, sum_across_processes
 from errors import UserError
+from files import atomic_write, load_checkpoint, save_checkpoint, save_json
 from teacher import LogitSource
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -33,23 +33,14 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 import seeds
 from bandit import ThompsonBandit
-from bookkeeping import (
-    MetricsLog,
-    atomic_write,
-    is_main_process,
-    load_checkpoint,
-    open_run_folder,
-    read_metrics,
-    results_line,
-    save_json,
-    start_run,
-)
+from bookkeeping import MetricsLog, is_main_process, open_run_folder, read_metrics, results_line, start_run
 from cli import field
 from curriculum_dataloader import TARGETED
 from data import data_subset
 from devices import broadcast_from_main, end_distributed
 from engine import Experiment
 from errors import UserError, run_cli
+from files import atomic_write, load_checkpoint, save_json
 from rl_curriculum_env import CurriculumEnv
 from signals import exit_if_stop_requested
 from train_student import Config, check_config

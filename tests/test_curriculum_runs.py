@@ -8,6 +8,7 @@ import pytest
 import bookkeeping
 import cli
 import engine
+import files
 import train_student
 from conftest import run_script, train_args
 from curriculum import TrainPassScores
@@ -122,7 +123,7 @@ def test_generated_hard_samples_score_harder(trained_pair, cache_dir):
     data, teacher, student = trained_pair
     experiment = make_experiment(cache_dir, teacher, data=data, student="resnet10t")
     run = engine.TrainingRun(experiment)
-    run.student.load_state_dict(bookkeeping.load_checkpoint(student)["state_dict"])
+    run.student.load_state_dict(files.load_checkpoint(student)["state_dict"])
     run.rescore()
     scores, hardness = run.curriculum.scores, experiment.data.hardness
     hard, easy = scores[hardness > 0.5].mean(), scores[hardness <= 0.5].mean()

@@ -11,6 +11,7 @@ import cli
 import data
 import engine
 import evaluate
+import files
 import seeds
 import train_student_rl
 from bandit import ThompsonBandit
@@ -118,7 +119,7 @@ def test_bandit_run_end_to_end_logs_what_it_chose(tmp_path, tiny_teacher, cache_
         assert [float(row[name]) for name in probability_columns] == probabilities.tolist()
         assert float(row["bandit_best_probability"]) == probabilities.max()
         assert float(row["bandit_best_target"]) == BANDIT_TARGETS[probabilities.argmax()]
-    saved = bookkeeping.load_checkpoint(out / "last.pt")["agent"]
+    saved = files.load_checkpoint(out / "last.pt")["agent"]
     assert saved == bandit.state_dict()
 
 
