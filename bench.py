@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import bookkeeping
 import engine
+import files
 import models
 import prepare_data
 import teacher
@@ -31,11 +31,12 @@ import train_student
 import train_student_rl
 import views
 from cli import field, parse_config
-from curriculum_dataloader import TrainPassScores
-from data import load_data, synthetic_class_names
+from curriculum import TrainPassScores
+from data import load_data
 from devices import pick_device, sum_across_processes
 from errors import run_cli
 from rl_curriculum_env import CurriculumEnv
+from synthetic import synthetic_class_names
 
 RESCORE_EVERY = 5  # train_student.py's default
 
@@ -263,7 +264,7 @@ def main(argv=None) -> None:
         teacher = models.create_model(bench.teacher, bench.classes)
         checkpoint = {"model": bench.teacher, "class_names": synthetic_class_names(bench.classes),
                       "state_dict": teacher.state_dict()}  # fmt: skip
-        bookkeeping.save_checkpoint(tmp / "teacher.pt", checkpoint)
+        files.save_checkpoint(tmp / "teacher.pt", checkpoint)
         figures.update(measure(bench, tmp / "teacher.pt", tmp / "cache", device))
 
     base = figures["epoch_labels_s"]

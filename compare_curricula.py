@@ -20,11 +20,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from bookkeeping import save_json
 from cli import field, parse_config
 from data import load_data
 from errors import UserError, run_cli
 from evaluate import run_budget
+from files import save_json
 
 
 @dataclass

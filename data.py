@@ -1,4 +1,4 @@
-"""Datasets and transforms: mini-imagenet from the hub, local folders, and a built-in synthetic set.
+"""Datasets and transforms: mini-imagenet from the hub, local folders, and the built-in synthetic set (synthetic.py).
 
 Every split is a `SampleView` that yields `(image_tensor, label, index)`; the index lets the curriculum look up a
 sample's difficulty, cached teacher logits and coverage. Class names are ImageNet WordNet ids (e.g. `n01532829`).
@@ -6,9 +6,9 @@ sample's difficulty, cached teacher logits and coverage. Class names are ImageNe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from torchvision import transforms
 import hub
 import seeds
 from errors import UserError
+from synthetic import SyntheticImages, parse_synthetic, synthetic_class_ids, synthetic_class_names
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -138,65 +139,20 @@ class Relabelled:
         return self.source.image(i)
 
 
-class SyntheticImages:
-    """Procedural images generated on the fly, deterministic from (seed, split, index).
+class SubsetSource:
+    """Some images of a source (a proxy run's share of a split), indexed 0 .. len - 1."""
 
-    Each class is a coloured sinusoidal grating whose orientation, frequency and colour are drawn from
-    (seed, the class's ImageNet-1k index), so a class looks the same in every synthetic set that names it: a set of
-    10 classes is a slice of a set of 100 (how the synthetic teacher's pretraining set contains the students' classes).
-    Every sample varies its class's prototype (orientation +-`jitter` rad, frequency, colour, phase), and has a
-    latent hardness h in [0, 1]: the image blends in a distractor class's grating (weight 0.55 h), adds Gaussian
-    noise (std 0.35 h) and, with probability h, a grey occluding square. Easy samples are near the prototype; hard
-    ones are genuinely ambiguous, so a trained teacher is confident on some and unsure on others, and a model that
-    saw few samples per class has not seen the range of each class.
-    """
-
-    def __init__(self, class_ids: list[int], size: int, count: int, seed: int, split: str, jitter: float = 0.0):
-        class_count = len(class_ids)
-        self.class_count, self.size, self.seed, self.jitter = class_count, size, seed, jitter
-        # sets of different class counts draw different samples: a pretraining set never holds the students' images
-        self.split_seed = zlib.crc32(f"{seed}/{split}/{class_count}".encode())
-        rng = np.random.default_rng(self.split_seed)
-        self.labels = rng.integers(0, class_count, size=count).astype(np.int64)
-        self.hardness = rng.random(count)
-        self.distractors = (self.labels + rng.integers(1, class_count, size=count)) % class_count
-        styles = [np.random.default_rng([seed, class_id]) for class_id in class_ids]  # shared by all splits and sets
-        self.colours = np.array([style.uniform(0.15, 1.0, size=3) for style in styles])
-        self.angles = np.array([style.uniform(0, np.pi) for style in styles])
-        self.frequencies = np.array([style.uniform(1.5, 4.0) for style in styles])
-        yy, xx = np.mgrid[0:size, 0:size] / size
-        self.grid = (xx, yy)
-        self._pixels: dict[int, np.ndarray] = {}  # generated images (3 KB at 32 px), reused by later epochs
+    def __init__(self, source, indices: np.ndarray):
+        self.source, self.indices = source, indices
+        self.labels = source.labels[indices]
+        if hasattr(source, "encoded"):  # JPEG bytes, which the fast data path decodes itself (views.CropView)
+            self.encoded = lambda i: source.encoded(int(indices[i]))
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.indices)
 
-    def _grating(self, c: int, rng: np.random.Generator) -> np.ndarray:
-        xx, yy = self.grid
-        angle = self.angles[c] + self.jitter * rng.uniform(-1, 1)
-        frequency = self.frequencies[c] * (1 + 0.5 * self.jitter * rng.uniform(-1, 1))
-        colour = np.clip(self.colours[c] + 0.5 * self.jitter * rng.uniform(-1, 1, size=3), 0, 1)
-        along = xx * np.cos(angle) + yy * np.sin(angle)
-        wave = 0.5 + 0.5 * np.sin(2 * np.pi * frequency * along + rng.uniform(0, 2 * np.pi))
-        return wave[..., None] * colour
-
-    def image(self, i: int) -> Image.Image:
-        if i not in self._pixels:  # generating costs more than a small model's step: once per process
-            self._pixels[i] = self._generate(i)
-        return Image.fromarray(self._pixels[i])
-
-    def _generate(self, i: int) -> np.ndarray:
-        rng = np.random.default_rng([self.split_seed, i])
-        h = self.hardness[i]
-        mix = 0.55 * h
-        pixels = (1 - mix) * self._grating(self.labels[i], rng)
-        pixels += mix * self._grating(self.distractors[i], rng)
-        pixels += rng.normal(0.0, 0.35 * h, size=pixels.shape)
-        if rng.random() < h:
-            side = max(1, int(self.size * 0.45 * h))
-            top, left = rng.integers(0, self.size - side + 1, size=2)
-            pixels[top : top + side, left : left + side] = 0.5
-        return (np.clip(pixels, 0, 1) * 255).astype(np.uint8)
+    def image(self, i: int):
+        return self.source.image(int(self.indices[i]))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -264,42 +220,35 @@ def noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed: in
     return noisy
 
 
+def data_subset(data: DataSplits, share: float, seed: int, val_share: float | None = None) -> DataSplits:
+    """A seeded `share` of the training images (both views) and `val_share` (default: `share`) of the validation
+    images; a data identity of its own, so its teacher logits are cached apart from the full set's."""
+    val_share = share if val_share is None else val_share
+
+    def pick(view, fraction: float, salt: int) -> np.ndarray:
+        count = max(1, round(fraction * len(view)))
+        return np.sort(seeds.generator(seed, "subset", index=salt).choice(len(view), count, replace=False))
+
+    def part(view, indices: np.ndarray) -> SampleView:
+        return SampleView(SubsetSource(view.source, indices), view.transform, view.seed)
+
+    train, val = pick(data.train, share, 0), pick(data.val, val_share, 1)
+    identity = {"subset_of": data.identity, "share": share, "seed": seed}
+    if val_share != share:  # only then: a run of an older version (one share for both) keeps its identity
+        identity["val_share"] = val_share
+    return dataclasses.replace(
+        data,
+        train=part(data.train, train),
+        score=part(data.score, train),
+        val=part(data.val, val),
+        identity=json.dumps(identity, sort_keys=True),
+        hardness=data.hardness[train] if data.hardness is not None else None,
+        flipped=data.flipped[train] if data.flipped is not None else None,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
-
-
-def parse_synthetic(spec: str) -> dict:
-    """`synthetic` or `synthetic:classes=10,train=2000,val=500,test=500,size=32,seed=0,jitter=0`."""
-    options = {"classes": 10, "train": 2000, "val": 500, "test": 500, "size": 32, "seed": 0, "jitter": 0.0}
-    _, _, rest = spec.partition(":")
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        number = value.replace(".", "", 1) if key == "jitter" else value  # jitter (radians) alone is a float
-        if key not in options or not number.isdigit():
-            raise UserError(
-                f"bad synthetic option {item!r} in --data {spec}; use e.g. "
-                "synthetic:classes=10,train=2000,val=500,test=500,size=32,seed=0,jitter=0.3."
-            )
-        options[key] = float(value) if key == "jitter" else int(value)
-    if not 2 <= options["classes"] <= 1000 or min(options["train"], options["val"], options["test"]) < 1:
-        raise UserError(f"--data {spec} needs 2..1000 classes and at least one image per split.")
-    if options["size"] < 8:
-        raise UserError(f"--data {spec} needs size >= 8 pixels.")
-    return options
-
-
-def synthetic_class_ids(count: int) -> list[int]:
-    """ImageNet-1k indices evenly spaced over the 1000 classes: 10 classes are every 100th, 100 every 10th, so a
-    set whose class count divides another's (10 of 20, 50, 100, ...) names a subset of its classes."""
-    return [i * (1000 // count) for i in range(count)]
-
-
-def synthetic_class_names(count: int) -> list[str]:
-    """Real ImageNet-1k WordNet ids, so an ImageNet teacher (or a wider synthetic one) can be sliced by id."""
-    from timm.data import ImageNetInfo
-
-    names = ImageNetInfo().label_names()
-    return [names[i] for i in synthetic_class_ids(count)]
 
 
 def find_image_folder_split(root: Path, split: str) -> Path | None:

@@ -1,7 +1,8 @@
 """Training that every script shares: the epoch loop, validation, and the `Experiment` / `TrainingRun` pair.
 
 The device and several processes live in devices.py, the teacher and its logits in teacher.py, the curriculum in
-curriculum_dataloader.py, the run's records (run folder, checkpoints, metrics log) in bookkeeping.py.
+curriculum.py (its selection rules and sampler in curriculum_dataloader.py), the run's records (run folder,
+metrics log) in bookkeeping.py, checkpoints and atomic writes in files.py.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-import curriculum_dataloader as curriculum
 import models
 import seeds
 import teacher as teachers
 import views
-from bookkeeping import MetricsLog, atomic_write, is_main_process, load_checkpoint, save_checkpoint, save_json
+from bookkeeping import MetricsLog, is_main_process
 from cli import config_dict
+from curriculum import Curriculum
+from curriculum_dataloader import EpochSampler
 from devices import amp_dtype, autocast, init_distributed, make_loader, pick_device, sum_across_processes
 from errors import UserError
+from files import atomic_write, load_checkpoint, save_checkpoint, save_json
 from teacher import LogitSource
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -203,9 +206,7 @@ class Experiment:
         self.val_loader = make_loader(self.data.val, eval_batch, config.workers, self.device)
         self.test_loader = make_loader(self.data.test, eval_batch, config.workers, self.device)
         self.score_loader = make_loader(self.data.score, eval_batch, config.workers, self.device)
-        self.sampler = curriculum.EpochSampler(
-            len(self.data.train), config.seed, config.batch_size, self.rank, self.world
-        )
+        self.sampler = EpochSampler(len(self.data.train), config.seed, config.batch_size, self.rank, self.world)
         self.train_loader = make_loader(self.data.train, config.batch_size, config.workers, self.device, self.sampler)
         predict = lambda model: predict_logits(model, self.score_loader, self.device, self.dtype, "teacher logits")  # noqa: E731
         self.source = teachers.choose_source(config, self.teacher, self.data, self.device, self.dtype, predict)
@@ -243,7 +244,7 @@ class TrainingRun:
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
         self.scaler = torch.amp.GradScaler(experiment.device.type, enabled=experiment.dtype == torch.float16)
-        self.curriculum = curriculum.Curriculum(
+        self.curriculum = Curriculum(
             config.curriculum,
             len(experiment.data.train),
             self.seed,

@@ -20,19 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import models
-from bookkeeping import (
-    check_writable_file,
-    check_writable_folder,
-    load_checkpoint,
-    read_config,
-    read_metrics,
-    save_json,
-)
+from bookkeeping import read_config, read_metrics
 from cli import field, parse_config
 from data import load_data
 from devices import amp_dtype, make_loader, pick_device
 from engine import count_parameters, evaluate
 from errors import UserError, run_cli
+from files import check_writable_file, check_writable_folder, load_checkpoint, save_json
 from report import write_report
 from teacher import load_teacher
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import bookkeeping
 import cli
+import files
 from errors import UserError, run_cli
 from launch import WHERE_FLAGS, Progress, Step, prepare_driver, run_steps
 
@@ -54,7 +55,7 @@ QUICK_STUDENT_DATA = "synthetic:classes=4,train=96,val=32,test=32"
 QUICK_PRETRAIN_DATA = "synthetic:classes=8,train=256,val=32,test=32"
 QUICK_TEACHER = ["--student", "resnet10t", "--epochs", "1"]
 QUICK_RL = ["--pretrain-episodes", "1", "--pretrain-epochs", "2", "--pretrain-subset", "0.5"]
-# No DataLoader workers: a synthetic image is generated once and kept by the process (data.SyntheticImages); a
+# No DataLoader workers: a synthetic image is generated once and kept by the process (synthetic.SyntheticImages); a
 # worker, forked afresh each epoch, would generate it again every epoch.
 BENCH_WORKERS = "0"
 TEACHER_FLAGS = ["--label-weight", "1", "--batch-size", "128", "--workers", BENCH_WORKERS]
@@ -371,7 +372,7 @@ def gather(plan: Plan, args, progress: Progress) -> int:
     if args.launcher == "slurm":
         sys.stdout.write(stdout)
     if code == 0 and plan.table:
-        bookkeeping.atomic_write(plan.out / plan.table, lambda handle: handle.write(stdout.encode()))
+        files.atomic_write(plan.out / plan.table, lambda handle: handle.write(stdout.encode()))
     return code
 
 
@@ -393,7 +394,7 @@ def main(argv=None) -> None:
         for name in plan.products:
             (plan.out / name).unlink(missing_ok=True)
     prepare_driver()  # workers can import launch.py; SIGTERM and Ctrl-C stop the sweep and its local runs
-    bookkeeping.save_json(plan.out / "sweep.json", plan.spec())
+    files.save_json(plan.out / "sweep.json", plan.spec())
     progress = Progress(total=len(plan.runs) + (1 if plan.teacher else 0))
     try:
         steps = plan_steps(plan, args, progress)

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 import models
-from bookkeeping import atomic_write, is_main_process, load_checkpoint, write_error
+from bookkeeping import is_main_process
 from curriculum_dataloader import SCORED, scores_from_train_pass
 from devices import autocast, sum_across_processes
 from errors import UserError
+from files import atomic_write, load_checkpoint, write_error
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Does a run need the teacher, and which one

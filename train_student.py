@@ -15,12 +15,13 @@ from pathlib import Path
 
 import timm
 
-from bookkeeping import check_writable_folder, is_main_process, open_run_folder, results_line, start_run
+from bookkeeping import is_main_process, open_run_folder, results_line, start_run
 from cli import field
 from curriculum_dataloader import PACINGS, STRATEGIES, TARGET_SCALES
 from devices import end_distributed
 from engine import Experiment, TrainingRun
 from errors import UserError, run_cli
+from files import check_writable_folder
 from seeds import MAX_SEED, augment_seed
 from signals import exit_if_stop_requested
 from teacher import fills_cache

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,23 +33,14 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 import seeds
 from bandit import ThompsonBandit
-from bookkeeping import (
-    MetricsLog,
-    atomic_write,
-    is_main_process,
-    load_checkpoint,
-    open_run_folder,
-    read_metrics,
-    results_line,
-    save_json,
-    start_run,
-)
+from bookkeeping import MetricsLog, is_main_process, open_run_folder, read_metrics, results_line, start_run
 from cli import field
 from curriculum_dataloader import TARGETED
-from data import DataSplits, SampleView
+from data import data_subset
 from devices import broadcast_from_main, end_distributed
 from engine import Experiment
 from errors import UserError, run_cli
+from files import atomic_write, load_checkpoint, save_json
 from rl_curriculum_env import CurriculumEnv
 from signals import exit_if_stop_requested
 from train_student import Config, check_config
@@ -309,49 +299,6 @@ def steer(
 
     seed_of = lambda: seeds.derive(seed, purpose, episode=env.episode, epoch=env.epoch)  # noqa: E731
     drive(agent, env, episodes - env.episodes_done, learn, seed_of, start, after_step=checkpoint)
-
-
-class SubsetSource:
-    """Some images of a source (a proxy run's share of a split), indexed 0 .. len - 1."""
-
-    def __init__(self, source, indices: np.ndarray):
-        self.source, self.indices = source, indices
-        self.labels = source.labels[indices]
-        if hasattr(source, "encoded"):  # JPEG bytes, which the fast data path decodes itself (views.CropView)
-            self.encoded = lambda i: source.encoded(int(indices[i]))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def image(self, i: int):
-        return self.source.image(int(self.indices[i]))
-
-
-def data_subset(data: DataSplits, share: float, seed: int, val_share: float | None = None) -> DataSplits:
-    """A seeded `share` of the training images (both views) and `val_share` (default: `share`) of the validation
-    images; a data identity of its own, so its teacher logits are cached apart from the full set's."""
-    val_share = share if val_share is None else val_share
-
-    def pick(view, fraction: float, salt: int) -> np.ndarray:
-        count = max(1, round(fraction * len(view)))
-        return np.sort(seeds.generator(seed, "subset", index=salt).choice(len(view), count, replace=False))
-
-    def part(view, indices: np.ndarray) -> SampleView:
-        return SampleView(SubsetSource(view.source, indices), view.transform, view.seed)
-
-    train, val = pick(data.train, share, 0), pick(data.val, val_share, 1)
-    identity = {"subset_of": data.identity, "share": share, "seed": seed}
-    if val_share != share:  # only then: a run of an older version (one share for both) keeps its identity
-        identity["val_share"] = val_share
-    return dataclasses.replace(
-        data,
-        train=part(data.train, train),
-        score=part(data.score, train),
-        val=part(data.val, val),
-        identity=json.dumps(identity, sort_keys=True),
-        hardness=data.hardness[train] if data.hardness is not None else None,
-        flipped=data.flipped[train] if data.flipped is not None else None,
-    )
 
 
 def proxy_experiment(config: RLConfig, experiment: Experiment) -> Experiment:

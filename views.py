@@ -32,9 +32,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 from tqdm import tqdm
 
-from bookkeeping import atomic_write
 from data import IMAGENET_MEAN, IMAGENET_STD, DataSplits, HubImages, ImageFiles, SampleView, pixel_part
 from errors import UserError
+from files import atomic_write
 from teacher import cache_key
 
 LOADERS = ("auto", "pil", "uint8")

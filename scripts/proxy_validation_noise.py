@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
 import train_student_rl  # noqa: E402
+from data import data_subset  # noqa: E402
 from engine import Experiment, TrainingRun, predict_logits  # noqa: E402
 
 
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     proxy = train_student_rl.proxy_experiment(config, full)
     targets = [float(t) for t in args.targets.split(",")]
     correct = {t: np.array([proxy_correctness(proxy, t, seed) for seed in range(args.seeds)]) for t in targets}
-    old_slice = train_student_rl.data_subset(full.data, config.pretrain_subset, config.seed).val.source.indices
+    old_slice = data_subset(full.data, config.pretrain_subset, config.seed).val.source.indices
     print(f"{len(targets)} targets x {args.seeds} seeds, {config.pretrain_epochs} epochs on "
           f"{len(proxy.data.train)} training images; final validation accuracy (%):")  # fmt: skip
     columns = ["validation images", *(f"target {t:g}" for t in targets), "sd of target means", "sd within a target",

@@ -21,7 +21,8 @@ from stable_baselines3 import PPO
 import bookkeeping
 import models
 from conftest import ROOT, train_args, write_image_folder
-from data import synthetic_class_names
+from files import load_checkpoint, save_checkpoint
+from synthetic import synthetic_class_names
 
 SERVER = r"""
 import json, os, runpy, sys, traceback
@@ -109,9 +110,7 @@ class ToyEnv(gym.Env):
 
 def tiny_checkpoint(path: Path, name: str, arch: str, classes: int) -> Path:
     state = models.create_model(arch, classes).state_dict()
-    bookkeeping.save_checkpoint(
-        path, {"model": name, "class_names": synthetic_class_names(classes), "state_dict": state}
-    )
+    save_checkpoint(path, {"model": name, "class_names": synthetic_class_names(classes), "state_dict": state})
     return path
 
 
@@ -153,8 +152,8 @@ def files(tmp_path_factory, server) -> Files:
     p["discrete_agent"] = root / "discrete.zip"
     PPO("MlpPolicy", ToyEnv(), n_steps=8, batch_size=8, device="cpu").save(p["discrete_agent"])
     changed = copy_run(made.earlier, root / "changed-data")
-    checkpoint = bookkeeping.load_checkpoint(changed / "last.pt")
-    bookkeeping.save_checkpoint(changed / "last.pt", {**checkpoint, "data": '{"synthetic": "something else"}'})
+    checkpoint = load_checkpoint(changed / "last.pt")
+    save_checkpoint(changed / "last.pt", {**checkpoint, "data": '{"synthetic": "something else"}'})
     p["changed_data"] = changed
     p["corrupt_config"] = copy_run(made.earlier, root / "corrupt-config")
     (p["corrupt_config"] / "config.json").write_text('{"script": "train_student.py", "data": ')

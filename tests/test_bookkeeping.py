@@ -13,11 +13,11 @@ import pytest
 import bookkeeping
 import cli
 import evaluate
+import files
 from conftest import ROOT
 from errors import UserError
 
 PROJECT = {path.stem for path in ROOT.glob("*.py")}
-ML_MODULES = {"models", "curriculum_dataloader", "data", "engine", "rl_curriculum_env", "teacher", "devices", "seeds"}
 
 
 def project_imports(module: str) -> set[str]:
@@ -33,7 +33,8 @@ def project_imports(module: str) -> set[str]:
 
 
 def test_bookkeeping_and_cli_import_no_ml_module():
-    assert project_imports("bookkeeping") == {"cli", "errors", "signals"}
+    assert project_imports("bookkeeping") == {"cli", "errors", "files", "signals"}
+    assert project_imports("files") == {"errors"}
     assert project_imports("cli") == {"errors"}
 
 
@@ -91,14 +92,14 @@ def test_full_disk_is_a_user_error_and_leaves_no_temporary(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(UserError, match="no space left"):
-        bookkeeping.atomic_write(tmp_path / "last.pt", write)
+        files.atomic_write(tmp_path / "last.pt", write)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     for name in (".last.pt.abc123.tmp", ".metrics.csv.x.tmp", "last.pt", "notes.tmp"):
         (tmp_path / name).write_bytes(b"")
-    bookkeeping.remove_stale_temporaries(tmp_path)
+    files.remove_stale_temporaries(tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]
 
 
@@ -115,19 +116,19 @@ def test_unwritable_places_are_refused(tmp_path):
     afile = tmp_path / "file"
     afile.write_text("x")
     with pytest.raises(UserError, match="is a file"):
-        bookkeeping.check_writable_folder(afile, "--out")
+        files.check_writable_folder(afile, "--out")
     with pytest.raises(UserError, match="under the file"):
-        bookkeeping.check_writable_folder(afile / "a" / "b", "--out")
+        files.check_writable_folder(afile / "a" / "b", "--out")
     with pytest.raises(UserError, match="is a folder"):
-        bookkeeping.check_writable_file(tmp_path, "--json")
-    assert bookkeeping.check_writable_folder(tmp_path / "new" / "run", "--out") == tmp_path / "new" / "run"
+        files.check_writable_file(tmp_path, "--json")
+    assert files.check_writable_folder(tmp_path / "new" / "run", "--out") == tmp_path / "new" / "run"
     assert not (tmp_path / "new").exists()  # checking creates nothing
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
     """mkstemp makes 0600 files; a run's files are readable as the umask says, like any file open() creates."""
-    code = "import sys, bookkeeping; bookkeeping.save_json(sys.argv[1], {'a': 1})"
+    code = "import sys, files; files.save_json(sys.argv[1], {'a': 1})"
     path = tmp_path / "results.json"
     subprocess.run([sys.executable, "-c", code, path], cwd=ROOT, check=True, preexec_fn=lambda: os.umask(umask))
     assert path.stat().st_mode & 0o777 == mode

@@ -15,6 +15,7 @@ from hypothesis.extra.numpy import arrays
 import curriculum_dataloader as cd
 import models
 import teacher
+from curriculum import Curriculum
 
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 score_arrays = arrays(np.float64, st.integers(0, 60), elements=unit) | arrays(
@@ -317,7 +318,7 @@ def test_cached_logits_recomputes_and_replaces_an_invalid_file(tmp_path, bad):
 
 
 def make_curriculum(strategy, num_samples=50, target_scale="absolute"):
-    return cd.Curriculum(
+    return Curriculum(
         strategy, num_samples, seed=0, fraction=0.4, pacing_kind="linear", start_fraction=0.2, full_data_epoch=4,
         target_scale=target_scale,
     )  # fmt: skip
@@ -420,7 +421,7 @@ REDUCIBLE = np.array([0.0, math.log(1.5), -math.log(2), math.log(3)])
 
 
 def referenced_curriculum(strategy, fraction=0.5, **options):
-    return cd.Curriculum(strategy, 4, seed=0, fraction=fraction, pacing_kind="linear", start_fraction=0.2,
+    return Curriculum(strategy, 4, seed=0, fraction=fraction, pacing_kind="linear", start_fraction=0.2,
                          full_data_epoch=4, labels=LABELS, **options)  # fmt: skip
 
 

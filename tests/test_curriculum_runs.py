@@ -7,10 +7,11 @@ import pytest
 
 import bookkeeping
 import cli
-import curriculum_dataloader as cd
 import engine
+import files
 import train_student
 from conftest import run_script, train_args
+from curriculum import TrainPassScores
 
 
 def make_experiment(cache_dir, teacher, **overrides):
@@ -122,7 +123,7 @@ def test_generated_hard_samples_score_harder(trained_pair, cache_dir):
     data, teacher, student = trained_pair
     experiment = make_experiment(cache_dir, teacher, data=data, student="resnet10t")
     run = engine.TrainingRun(experiment)
-    run.student.load_state_dict(bookkeeping.load_checkpoint(student)["state_dict"])
+    run.student.load_state_dict(files.load_checkpoint(student)["state_dict"])
     run.rescore()
     scores, hardness = run.curriculum.scores, experiment.data.hardness
     hard, easy = scores[hardness > 0.5].mean(), scores[hardness <= 0.5].mean()
@@ -151,7 +152,7 @@ def test_train_pass_scores_equal_the_difficulty_of_the_batch_logits():
 
     import models
 
-    recorder = cd.TrainPassScores(6, torch.device("cpu"))
+    recorder = TrainPassScores(6, torch.device("cpu"))
     teacher, student = torch.randn(3, 4), torch.randn(3, 4)
     recorder.record(torch.tensor([4, 0, 2]), teacher, student)
     indices, components, losses = recorder.collect()

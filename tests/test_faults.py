@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import bookkeeping
+import files
 import train_student
 from conftest import ROOT, run_script, train_args
 from errors import UserError, run_cli
@@ -154,7 +155,7 @@ def fill_disk(monkeypatch, room: int, name: str = "") -> None:
         handle = real(fd, *args, **kwargs)
         return DiskFullAfter(handle, room) if name in os.readlink(f"/proc/self/fd/{fd}") else handle
 
-    monkeypatch.setattr(bookkeeping.os, "fdopen", fdopen)
+    monkeypatch.setattr(files.os, "fdopen", fdopen)
 
 
 def test_torch_hides_the_errno_of_a_full_disk():
@@ -170,9 +171,9 @@ def test_torch_hides_the_errno_of_a_full_disk():
 @pytest.mark.parametrize(
     "write",
     [
-        lambda path: bookkeeping.save_checkpoint(path, {"model": "x", "state_dict": {"w": torch.ones(300_000)}}),
-        lambda path: bookkeeping.atomic_write(path, lambda handle: np.save(handle, np.ones(300_000))),
-        lambda path: bookkeeping.save_json(path, {"rows": list(range(300_000))}),
+        lambda path: files.save_checkpoint(path, {"model": "x", "state_dict": {"w": torch.ones(300_000)}}),
+        lambda path: files.atomic_write(path, lambda handle: np.save(handle, np.ones(300_000))),
+        lambda path: files.save_json(path, {"rows": list(range(300_000))}),
     ],
     ids=["torch", "numpy", "json"],
 )
@@ -202,9 +203,9 @@ def test_ctrl_c_inside_torchs_writer_stays_a_keyboard_interrupt(tmp_path, monkey
                 raise KeyboardInterrupt
             return super().write(data)
 
-    monkeypatch.setattr(bookkeeping.os, "fdopen", lambda fd, *args, **kw: InterruptedFile(real(fd, *args, **kw), 5000))
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, *args, **kw: InterruptedFile(real(fd, *args, **kw), 5000))
     with pytest.raises(KeyboardInterrupt):
-        bookkeeping.save_checkpoint(tmp_path / "last.pt", {"w": torch.ones(100_000)})
+        files.save_checkpoint(tmp_path / "last.pt", {"w": torch.ones(100_000)})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -214,7 +215,7 @@ def test_a_runtime_error_that_is_not_a_full_disk_stays_itself(tmp_path):
         raise RuntimeError("unexpected pos 7 vs 0")  # torch's words, but no write failed
 
     with pytest.raises(RuntimeError, match="unexpected pos"):
-        bookkeeping.atomic_write(tmp_path / "last.pt", write)
+        files.atomic_write(tmp_path / "last.pt", write)
 
 
 @pytest.mark.slow
@@ -225,7 +226,7 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line_and_resume_contin
     is freed, --resume ends as the uninterrupted run."""
     out = tmp_path / "run"
     writes = []
-    real_save = bookkeeping.save_checkpoint
+    real_save = files.save_checkpoint
 
     def save_checkpoint(path, payload):
         writes.append(path.name)
@@ -233,14 +234,14 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line_and_resume_contin
             fill_disk(monkeypatch, room=10_000, name=".last.pt.")
         return real_save(path, payload)
 
-    monkeypatch.setattr(bookkeeping, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(files, "save_checkpoint", save_checkpoint)
     monkeypatch.setattr("engine.save_checkpoint", save_checkpoint)
     with pytest.raises(SystemExit) as stop:
         run_cli(lambda: train_student.main(train_args(out, *flags, data=DATA, epochs=EPOCHS)[1:]))
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: no space left on the disk of {out} (last.pt needs about ")
-    assert bookkeeping.load_checkpoint(out / "last.pt")["epoch"] == 2
+    assert files.load_checkpoint(out / "last.pt")["epoch"] == 2
     assert not list(out.glob(".*.tmp"))
     monkeypatch.undo()
     bookkeeping.release_folder_locks()  # this test process was the run: it ends here
@@ -268,7 +269,7 @@ def test_sigterm_saves_the_epoch_and_resume_equals_an_uninterrupted_run(tmp_path
     assert run.returncode == 143, err
     lines = err.strip().splitlines()
     assert lines[0].startswith("SIGTERM: finishing this epoch"), err
-    epoch = bookkeeping.load_checkpoint(out / "last.pt")["epoch"]
+    epoch = files.load_checkpoint(out / "last.pt")["epoch"]
     assert epoch in (1, 2)
     assert lines[1:] == [
         f"stopped by SIGTERM after epoch {epoch}/{EPOCHS}, which is saved; continue with: "

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import bookkeeping
 import cli
 import data
+import files
 import models
 import pretrain_teacher
 import train_student
@@ -35,7 +35,7 @@ def test_wider_synthetic_teacher_is_sliced_by_wordnet_id(tiny_teacher):
     config = cli.parse_config(train_student.Config, ["--teacher-checkpoint", str(tiny_teacher)])
     teacher = load_teacher(subset, config.teacher, config.teacher_checkpoint)
     assert isinstance(teacher, models.SlicedTeacher)
-    full = models.model_from_checkpoint(bookkeeping.load_checkpoint(tiny_teacher)).eval()
+    full = models.model_from_checkpoint(files.load_checkpoint(tiny_teacher)).eval()
     images = torch.stack([subset.test[i][0] for i in range(4)])
     with torch.no_grad():
         torch.testing.assert_close(teacher(images), full(images)[:, [0, 2]])

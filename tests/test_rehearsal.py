@@ -8,11 +8,11 @@ import pytest
 import timm
 import torch
 
-import data
 import prepare_data
 from conftest import run_script
+from synthetic import synthetic_class_names
 
-NAMES = data.synthetic_class_names(4)  # real ImageNet WordNet ids, so the teacher's 1000 logits are sliced by id
+NAMES = synthetic_class_names(4)  # real ImageNet WordNet ids, so the teacher's 1000 logits are sliced by id
 
 
 @pytest.mark.slow

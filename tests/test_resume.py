@@ -13,6 +13,7 @@ import torch
 from stable_baselines3 import PPO
 
 import bookkeeping
+import files
 import models
 import train_student
 from conftest import ROOT, run_script, train_args
@@ -151,22 +152,22 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_file(tmp_path):
     """A writer saving a 16 MB checkpoint in a loop is killed at random moments; last.pt always loads."""
     path = tmp_path / "last.pt"
     writer = (
-        "import sys, torch, bookkeeping\n"
+        "import sys, torch, files\n"
         "payload = {'model': 'x', 'state_dict': {'w': torch.randn(4_000_000)}, 'step': 0}\n"
         "while True:\n"
         "    payload['step'] += 1\n"
-        f"    bookkeeping.save_checkpoint(r'{path}', payload)\n"
+        f"    files.save_checkpoint(r'{path}', payload)\n"
     )
     for _ in range(3):
         process = subprocess.Popen([sys.executable, "-c", writer], cwd=ROOT)
         # wait for the second save, however long saves take here: from then on the writer is always mid-write
-        while not path.exists() or bookkeeping.load_checkpoint(path)["step"] < 2:
+        while not path.exists() or files.load_checkpoint(path)["step"] < 2:
             assert process.poll() is None, "the writer stopped"
             time.sleep(0.01)
         time.sleep(random.uniform(0.0, 0.5))
         process.kill()
         process.wait()
-        checkpoint = bookkeeping.load_checkpoint(path)
+        checkpoint = files.load_checkpoint(path)
         assert checkpoint["state_dict"]["w"].shape == (4_000_000,)
         assert checkpoint["step"] >= 2  # never an older file than one already in place
         path.unlink()
@@ -210,13 +211,13 @@ def test_resume_refuses_other_scripts_runs_and_non_runs(capsys, finished_run, tm
 
 def test_resume_refuses_changed_data(capsys, finished_run, tmp_path):
     """The saved config names the data; if what it names has changed (another folder content), refuse."""
-    checkpoint = bookkeeping.load_checkpoint(finished_run / "last.pt")
+    checkpoint = files.load_checkpoint(finished_run / "last.pt")
     checkpoint["data"] = '{"synthetic": "something else"}'
     copy = tmp_path / "copy"
     copy.mkdir()
     for name in ("config.json", "metrics.csv"):
         (copy / name).write_bytes((finished_run / name).read_bytes())
-    bookkeeping.save_checkpoint(copy / "last.pt", checkpoint)
+    files.save_checkpoint(copy / "last.pt", checkpoint)
     err = fails_cleanly(capsys, train_student.main, ["--resume", str(copy)])
     assert "data" in err and "changed" in err
 
@@ -235,7 +236,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoints(capsys, tmp_path, m
     argv = train_args(out, "--label-weight", "1", "--student", "resnet10t", data=DATA, epochs=3)[1:]
     err = fails_cleanly(capsys, train_student.main, argv)
     assert "nan at epoch 2, batch 2" in err and "--lr" in err
-    assert bookkeeping.load_checkpoint(out / "last.pt")["epoch"] == 1
-    assert bookkeeping.load_checkpoint(out / "best.pt")["epoch"] == 1
+    assert files.load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert files.load_checkpoint(out / "best.pt")["epoch"] == 1
     assert len(bookkeeping.read_metrics(out / "metrics.csv")) == 1
     assert not (out / "results.json").exists()

@@ -11,6 +11,7 @@ import cli
 import data
 import engine
 import evaluate
+import files
 import seeds
 import train_student_rl
 from bandit import ThompsonBandit
@@ -72,10 +73,10 @@ def test_out_of_range_agent_flags_are_refused(flags):
 
 def test_proxy_data_takes_its_own_validation_share():
     splits = data.load_data(TINY)  # 96 training and 32 validation images
-    same = train_student_rl.data_subset(splits, 0.5, seed=0)
+    same = data.data_subset(splits, 0.5, seed=0)
     assert (len(same.train), len(same.score), len(same.val)) == (48, 48, 16)
     assert "val_share" not in json.loads(same.identity)  # one share for both: the identity (cache key) of before
-    whole = train_student_rl.data_subset(splits, 0.5, seed=0, val_share=1.0)
+    whole = data.data_subset(splits, 0.5, seed=0, val_share=1.0)
     assert (len(whole.train), len(whole.val)) == (48, 32)
     assert whole.val.source.indices.tolist() == list(range(32))
     assert whole.train.source.indices.tolist() == same.train.source.indices.tolist()  # the same training images
@@ -118,7 +119,7 @@ def test_bandit_run_end_to_end_logs_what_it_chose(tmp_path, tiny_teacher, cache_
         assert [float(row[name]) for name in probability_columns] == probabilities.tolist()
         assert float(row["bandit_best_probability"]) == probabilities.max()
         assert float(row["bandit_best_target"]) == BANDIT_TARGETS[probabilities.argmax()]
-    saved = bookkeeping.load_checkpoint(out / "last.pt")["agent"]
+    saved = files.load_checkpoint(out / "last.pt")["agent"]
     assert saved == bandit.state_dict()
 
 

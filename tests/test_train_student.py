@@ -8,6 +8,7 @@ import torch
 
 import bookkeeping
 import evaluate
+import files
 import models
 import teacher
 import train_student
@@ -44,7 +45,7 @@ def test_run_folder_has_every_file(kd_run):
 @pytest.mark.slow
 def test_best_checkpoint_rebuilds_model_without_flags(kd_run):
     out, _ = kd_run
-    checkpoint = bookkeeping.load_checkpoint(out / "best.pt")
+    checkpoint = files.load_checkpoint(out / "best.pt")
     model = models.model_from_checkpoint(checkpoint)  # name, classes and weights come from the file alone
     assert checkpoint["model"] == "mobilenetv2_100" and len(checkpoint["class_names"]) == 4
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import models
-from bookkeeping import load_checkpoint
 from conftest import ROOT, TINY, run_script, train_args
 from data import load_data
+from files import load_checkpoint
 from teacher import EpochViews, TeacherViewStore
 
 CPU = torch.device("cpu")

@@ -14,9 +14,10 @@ import data
 import prepare_data
 import views
 from conftest import TINY, run_script, train_args, write_image_folder
+from synthetic import synthetic_class_names
 
 CPU = torch.device("cpu")
-NAMES = data.synthetic_class_names(4)  # the tiny teacher's classes: it slices onto this set
+NAMES = synthetic_class_names(4)  # the tiny teacher's classes: it slices onto this set
 
 
 @pytest.fixture(scope="module")
@@ -237,10 +238,8 @@ def test_prepare_data_writes_a_smaller_copy_in_the_same_schema(jpeg_set, tmp_pat
 
 
 def test_a_proxy_runs_share_of_fast_data_stays_on_the_fast_path(jpeg_set, tmp_path):
-    from train_student_rl import data_subset
-
     fast = views.fast_splits(data.load_data(str(jpeg_set), image_size=32), "auto", tmp_path, workers=0)
-    share = views.fast_splits(data_subset(fast, 0.5, seed=0), "auto", tmp_path, workers=0)
+    share = views.fast_splits(data.data_subset(fast, 0.5, seed=0), "auto", tmp_path, workers=0)
     assert isinstance(share.train, views.CropView) and isinstance(share.val, views.StoredView)
     (pixels, _), _, _ = share.train[(0, 1)]
     assert pixels.shape == (32, 32, 3) and share.val[0][0].shape == (32, 32, 3)

@@ -1,0 +1,194 @@
+"""Files that survive a kill and a full disk: atomic writes, the one-line error for a file that cannot be written,
+checks that an output path is writable before any work, checkpoints and JSON.
+
+A leaf module: it imports nothing of the project but errors, and torch only inside the two checkpoint functions, so
+the report can read runs without loading the training stack.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from errors import UserError
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; done once, at import, before any thread starts
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; a run's files get the mode open() would give them (0666 less the umask)
+FILE_MODE = 0o666 & ~_read_umask()
+
+
+def atomic_write(path: Path, write, size: int = 0) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename: a kill or a full disk leaves the old file
+    intact (and at worst a `.NAME.*.tmp` file, which open_run_folder removes). A full disk is a UserError that says how
+    much space the file needs: `size` (an estimate), what it tried to write before the disk filled, or the file it
+    replaces, whichever is largest."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise write_error(path, err) from None
+    handle = None
+    try:
+        os.fchmod(fd, FILE_MODE)
+        with RecordingFile(os.fdopen(fd, "r+b", buffering=0)) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        cause = handle.error if handle and handle.error else err
+        if disk_full(cause):
+            needed = max(size, handle.written if handle else 0, file_size(path))
+            raise write_error(path, cause, needed=needed) from None
+        if cause is not err:  # torch wrapped it (a Ctrl-C, an I/O error) in its own RuntimeError: raise the real one
+            raise cause from None
+        raise
+
+
+class RecordingFile(io.BufferedRandom):
+    """A binary file that remembers what a failed write raised: torch.save's zip writer swallows it (an OSError, or a
+    KeyboardInterrupt that arrived inside the write) and raises `RuntimeError: [enforce fail at inline_container.cc]
+    unexpected pos ...` instead, so a full disk is recognised from the write that failed, never guessed from a message,
+    and Ctrl-C stays a Ctrl-C. A BufferedRandom: stable-baselines3's save() insists on an io type, and numpy writes
+    to a BufferedWriter behind Python's back (ndarray.tofile, whose short write has no errno)."""
+
+    def __init__(self, raw):
+        super().__init__(raw)
+        self.written, self.error = 0, None
+
+    def write(self, data) -> int:
+        self.written += memoryview(data).nbytes  # counted before: a write that fails tells the size too
+        try:
+            return super().write(data)
+        except BaseException as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except BaseException as err:
+            self.error = err
+            raise
+
+
+def file_size(path: Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
+
+
+def disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_read_only(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno == errno.EROFS
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("kB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def write_error(path: Path, err: BaseException, needed: int = 0) -> Exception:
+    """The one-line error for a file that cannot be written, or the original exception if it is not the user's.
+    `needed`: the bytes the file takes (what a full disk must free, at least)."""
+    path = Path(path)
+    if disk_full(err):
+        free = shutil.disk_usage(path.parent).free if path.parent.exists() else 0
+        size = f"{path.name} needs about {human_size(needed)}, {human_size(free)} are free" if needed else "it is full"
+        return UserError(
+            f"no space left on the disk of {path.parent} ({size}); free some space and run again "
+            "(--resume RUN_FOLDER continues an interrupted run from its last saved epoch)."
+        )
+    if isinstance(err, (PermissionError, FileNotFoundError, NotADirectoryError)) or is_read_only(err):
+        return UserError(f"cannot write {path} ({err.strerror}); pick a writable path.")
+    return err
+
+
+def check_writable_folder(path, flag: str) -> Path:
+    """Refuse, before any work, a folder that cannot be created or written: under a file, an existing file, or
+    without write permission on its nearest existing parent."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; pick another {flag}.")
+    check_creatable(folder, path, flag)
+    return folder
+
+
+def check_creatable(path: Path, given, flag: str) -> None:
+    """`path` can be created (or written) inside its nearest existing parent."""
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise UserError(f"{flag} {given} lies under the file {existing}; pick another {flag}.")
+    if not os.access(existing if existing.is_dir() else existing.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {given}: {existing} is not writable; pick a writable {flag}.")
+
+
+def check_writable_file(path, flag: str) -> Path:
+    """Refuse, before any work, an output file that could not be written."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; name a file.")
+    check_creatable(path, path, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"{flag} {path} is not writable; pick another {flag}.")
+    return path
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    import torch  # here, not at the top: the report reads run folders without loading torch
+
+    atomic_write(path, lambda handle: torch.save(payload, handle), size=payload_bytes(payload))
+
+
+def payload_bytes(payload) -> int:
+    """The bytes of the tensors and arrays in a nested payload: about what its checkpoint takes on disk."""
+    if isinstance(payload, dict):
+        return sum(payload_bytes(value) for value in payload.values())
+    if isinstance(payload, (list, tuple)):
+        return sum(payload_bytes(value) for value in payload)
+    return getattr(payload, "nbytes", 0)  # a torch tensor or a numpy array
+
+
+def save_json(path: Path, payload) -> None:
+    atomic_write(path, lambda handle: handle.write((json.dumps(payload, indent=2) + "\n").encode()))
+
+
+def load_checkpoint(path) -> dict:
+    import torch  # here, not at the top: the report reads run folders without loading torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of a train_student.py run.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, pickle error, wrong format: one message for all
+        raise UserError(f"cannot read checkpoint {path} ({err}); pass a file written by train_student.py.") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model" not in checkpoint:
+        raise UserError(f"{path} is not a train_student.py checkpoint (no model name and state_dict).")
+    return checkpoint
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files that a kill in the middle of atomic_write left behind (never the files themselves)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
