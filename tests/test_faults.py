@@ -67,9 +67,12 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     code = (
         "import os, signal, sys, time, bookkeeping\n"
         f"bookkeeping.hold_folder_lock({str(folder)!r})\n"
-        "if os.fork() == 0:\n"
+        "ready, told = os.pipe()\n"
+        "if os.fork() == 0:\n"  # fork's after-in-child hooks have run once fork() returns here
+        "    os.write(told, b'x')\n"
         "    time.sleep(60)\n"
         "    os._exit(0)\n"
+        "os.read(ready, 1)\n"  # the child is running: no timing decides whether it still holds the lock
         "print('forked', flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
