@@ -415,7 +415,7 @@ def main(argv=None) -> None:
         )
     code = gather(plan, args, progress)
     print(progress.summary(), file=sys.stderr)
-    lock.close()
+    lock.release()
     if code != 0:
         raise UserError(
             f"gathering the table failed (exit {code}); see {plan.out / 'logs'}, then run the same command again."
