@@ -5,12 +5,11 @@ and on the --pretrain-subset share of them that proxies validated on before --pr
 
     python scripts/proxy_validation_noise.py --teacher-checkpoint TEACHER --seeds 8
 
-The settings are the synthetic benchmark's RL row (scripts/synthetic_benchmark.sh: its student data, a resnet10t
+The settings are the synthetic benchmark's RL row (the settings at the top of sweep.py: its student data, a resnet10t
 student, teacher-only KD on 60% per epoch, batch 32, 15 epochs); TEACHER is its cached teacher's best.pt.
 """
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -20,20 +19,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
+import sweep  # noqa: E402
 import train_student_rl  # noqa: E402
 from data import data_subset  # noqa: E402
 from engine import Experiment, TrainingRun, predict_logits  # noqa: E402
 
-
-def benchmark_setting(name: str) -> str:
-    """A setting of scripts/synthetic_benchmark.sh (NAME=value), the one place the benchmark is defined."""
-    text = (Path(__file__).parent / "synthetic_benchmark.sh").read_text()
-    return re.search(rf"^{name}=(\S+)", text, flags=re.M).group(1)
-
-
-BENCH_STUDENT_DATA = benchmark_setting("BENCH_STUDENT_DATA")
-BENCH_FLAGS = ["--student", "resnet10t", "--batch-size", benchmark_setting("BENCH_BATCH"), "--workers", "0",
-               "--epochs", benchmark_setting("BENCH_EPOCHS")]  # fmt: skip
+BENCH_STUDENT_DATA = sweep.BENCH_STUDENT_DATA  # the benchmark is defined in one place: sweep.py
+BENCH_FLAGS = ["--student", "resnet10t", "--batch-size", sweep.BENCH_BATCH, "--workers", sweep.BENCH_WORKERS,
+               "--epochs", str(sweep.BENCH_EPOCHS)]  # fmt: skip
 
 
 def proxy_correctness(proxy: Experiment, target: float, seed: int) -> np.ndarray:
