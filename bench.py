@@ -98,10 +98,11 @@ def make_run(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, **ov
 def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path) -> dict:
     """A short PPO-steered run: the agent's time per epoch (prediction and PPO updates) beside the epoch's time."""
     config = make_config(bench, teacher_checkpoint, cache_dir, train_student_rl.RLConfig, epochs=bench.agent_epochs)
-    env = CurriculumEnv(engine.Experiment(config))
-    train_student_rl.steer(
-        train_student_rl.make_agent(config, env), env, config.episodes, learn=True, purpose="agent-full"
-    )
+    with engine.Experiment(config) as experiment:
+        env = CurriculumEnv(experiment)
+        train_student_rl.steer(
+            train_student_rl.make_agent(config, env), env, config.episodes, learn=True, purpose="agent-full"
+        )
     agent_seconds = [row["agent_seconds"] for row in env.history]
     epoch_seconds = [row["seconds"] for row in env.history]
     return {"agent_s_per_epoch": statistics.mean(agent_seconds), "rl_epoch_s": statistics.mean(epoch_seconds)}
@@ -164,6 +165,8 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
         bench.repeats,
         device,
     )
+    labels.experiment.close()
+    exp.close()
     figures.update(agent_figures(bench, teacher, cache))
     return figures
 

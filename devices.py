@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import weakref
 from contextlib import nullcontext
 
 import torch
@@ -15,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from errors import UserError
-from signals import ignore_sigterm_in_worker
+from signals import sigterm_from_parent_only
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The device and its precision
@@ -83,23 +82,15 @@ def broadcast_from_main(value):
     return box[0]
 
 
-_LOADERS_WITH_WORKERS: weakref.WeakSet = weakref.WeakSet()
+_OPEN_LOADERS: set[DataLoader] = set()  # loaders whose persistent workers may be running; close_loader takes them out
 
 
-@atexit.register  # registered after multiprocessing's own exit hook, so it runs before it
-def stop_loader_workers() -> None:
-    """End the persistent workers the orderly way (their index queues get the stop sentinel). They ignore SIGTERM
-    (signals.ignore_sigterm_in_worker), and multiprocessing's exit hook, which terminates live children with SIGTERM
-    and then joins them, would otherwise wait for them forever."""
-    for loader in list(_LOADERS_WITH_WORKERS):
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-
-
-def make_loader(view, batch_size: int, workers: int, device: torch.device, sampler=None) -> DataLoader:
+def make_loader(view, batch_size: int, workers: int, device: torch.device, sampler=None, persistent: bool = True):
     """Evaluation loaders take this process's strided shard of the view (all of it in a single process);
-    predict_logits puts each output row back at its sample index. Training passes its own sampler."""
+    predict_logits puts each output row back at its sample index. Training passes its own sampler.
+
+    With `persistent` workers (a loader iterated every epoch) the workers live until `close_loader`, which whoever
+    made the loader calls where its run ends (Experiment.close); otherwise they end with each pass over the loader."""
     if sampler is None and dist.is_initialized():
         view = Subset(view, range(dist.get_rank(), len(view), dist.get_world_size()))
     batching = {"batch_sampler": sampler} if sampler is not None else {"batch_size": batch_size}
@@ -108,9 +99,30 @@ def make_loader(view, batch_size: int, workers: int, device: torch.device, sampl
         **batching,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        worker_init_fn=ignore_sigterm_in_worker,  # a scheduler's SIGTERM stops the run after its epoch, not a worker
+        persistent_workers=persistent and workers > 0,
+        worker_init_fn=sigterm_from_parent_only,  # a scheduler's SIGTERM stops the run after its epoch, not a worker
     )
-    if workers > 0:
-        _LOADERS_WITH_WORKERS.add(loader)
+    if loader.persistent_workers:
+        _OPEN_LOADERS.add(loader)  # a strong reference: an open loader is never freed by the garbage collector
     return loader
+
+
+def close_loader(loader: DataLoader) -> None:
+    """Stop a loader's persistent workers the orderly way: each gets the stop sentinel and is joined. (Left to the
+    garbage collector, a loader in a reference cycle can lose its queues' feeder threads before its iterator's own
+    shutdown runs: the sentinels never arrive and the workers outlive it, as a finished RL run's proxy loaders did.)
+    A closed loader can be iterated again: it starts new workers."""
+    _OPEN_LOADERS.discard(loader)
+    iterator = loader._iterator  # torch keeps a persistent loader's one iterator, and with it the workers, here
+    if iterator is not None:
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
+@atexit.register
+def close_open_loaders() -> None:
+    """The safety net at exit for a loader its owner did not close. It does not depend on the order of exit hooks:
+    run before torch's own hook it stops the workers the orderly way; after it, torch's shutdown does nothing and
+    multiprocessing's exit hook ends them with SIGTERM from their parent, the one SIGTERM they obey."""
+    for loader in list(_OPEN_LOADERS):
+        close_loader(loader)

@@ -28,7 +28,15 @@ from bookkeeping import MetricsLog, is_main_process
 from cli import config_dict
 from curriculum import Curriculum
 from curriculum_dataloader import EpochSampler
-from devices import amp_dtype, autocast, init_distributed, make_loader, pick_device, sum_across_processes
+from devices import (
+    amp_dtype,
+    autocast,
+    close_loader,
+    init_distributed,
+    make_loader,
+    pick_device,
+    sum_across_processes,
+)
 from errors import UserError
 from files import atomic_write, load_checkpoint, save_checkpoint, save_json
 from teacher import LogitSource
@@ -216,6 +224,18 @@ class Experiment:
         """Channels-last on GPUs: convolutions in NHWC use the tensor cores without transposes."""
         return torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
 
+    def close(self) -> None:
+        """Stop the loaders' worker processes: whoever made the experiment calls this where its runs end (a `with`
+        block), so a finished script exits at once."""
+        for loader in (self.train_loader, self.val_loader, self.test_loader, self.score_loader):
+            close_loader(loader)
+
+    def __enter__(self) -> Experiment:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 class TrainingRun:
     """One training run of the student: model, optimiser, cosine schedule and curriculum state.
@@ -268,8 +288,9 @@ class TrainingRun:
         student_logits = None
         if stale is None or len(stale):
             loader = exp.score_loader
-            if stale is not None:
-                loader = make_loader(Subset(exp.data.score, stale), loader.batch_size, self.config.workers, exp.device)
+            if stale is not None:  # a one-off loader: its workers end with the pass
+                stale_view = Subset(exp.data.score, stale)
+                loader = make_loader(stale_view, loader.batch_size, self.config.workers, exp.device, persistent=False)
             student_logits = predict_logits(self.student, loader, exp.device, exp.dtype, "student logits")
         return exp.source.scoring_logits(), student_logits
 

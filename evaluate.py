@@ -23,7 +23,7 @@ import models
 from bookkeeping import read_config, read_metrics
 from cli import field, parse_config
 from data import load_data
-from devices import amp_dtype, make_loader, pick_device
+from devices import amp_dtype, close_loader, make_loader, pick_device
 from engine import count_parameters, evaluate
 from errors import UserError, run_cli
 from files import check_writable_file, check_writable_folder, load_checkpoint, save_json
@@ -231,6 +231,20 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def test_rows(config: Config, runs: list[dict], data_cache: dict, device, dtype) -> list[dict]:
+    """The table's rows: the teacher (unless --no-teacher), then each group of runs (seeds of one configuration)."""
+    rows = []
+    if not config.no_teacher:
+        first = runs[0] if runs else None
+        data_name = config.data or first["config"]["data"]
+        image_size = load_checkpoint(first["best"])["image_size"] if first else None
+        loader = test_loader(data_name, image_size, data_cache, config, device)
+        rows.append(teacher_row(config, first, data_cache[(data_name, image_size)][0], loader, device, dtype))
+    for group in group_runs(runs):
+        rows.append(aggregate_row([student_row(run, data_cache, config, device, dtype) for run in group]))
+    return rows
+
+
 def main(argv=None) -> None:
     config = parse_config(Config, argv, description=__doc__)
     if config.json:
@@ -247,15 +261,12 @@ def main(argv=None) -> None:
         raise UserError("nothing to evaluate; pass run folders, or --data with a teacher flag for the teacher alone.")
     device = pick_device(config.device)
     dtype = amp_dtype(device, config.amp)
-    data_cache, rows = {}, []
-    if not config.no_teacher:
-        first = runs[0] if runs else None
-        data_name = config.data or first["config"]["data"]
-        image_size = load_checkpoint(first["best"])["image_size"] if first else None
-        loader = test_loader(data_name, image_size, data_cache, config, device)
-        rows.append(teacher_row(config, first, data_cache[(data_name, image_size)][0], loader, device, dtype))
-    for group in group_runs(runs):
-        rows.append(aggregate_row([student_row(run, data_cache, config, device, dtype) for run in group]))
+    data_cache = {}
+    try:
+        rows = test_rows(config, runs, data_cache, device, dtype)
+    finally:
+        for _, loader in data_cache.values():  # the test loaders' workers end with the evaluation
+            close_loader(loader)
     table = markdown_table(rows)
     print(table)
     if config.json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 STOPPED = 128 + signal.SIGTERM  # the exit code of a run stopped by SIGTERM after saving its epoch
 _requested = False
@@ -35,10 +36,25 @@ def request_stop(signum, frame) -> None:
     os.write(2, b"SIGTERM: finishing this epoch, then saving it and stopping (a second SIGTERM stops at once)\n")
 
 
-def ignore_sigterm_in_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: a scheduler signals the whole process group, and torch's workers die on a SIGTERM
-    that is not their parent's, which would end the epoch the main process is finishing. They stop with it instead."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def sigterm_from_parent_only(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a worker ignores a SIGTERM from anyone but its parent. A scheduler signals the whole
+    process group, and a worker that died of it would end the epoch the main process is finishing; but the parent's
+    own SIGTERM (multiprocessing's terminate(), with which torch and multiprocessing's exit hook end a worker that did
+    not stop the orderly way) must still end it, or the parent's exit waits for it forever. So SIGTERM is blocked and
+    a thread takes each one with sigwaitinfo, which names the sender. Where sigwaitinfo is missing (macOS) the worker
+    ignores SIGTERM, and the loaders' owners stop their workers the orderly way (devices.close_loader)."""
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before any other thread starts: they inherit it
+
+    def wait_for_parent() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(STOPPED)
+
+    threading.Thread(target=wait_for_parent, name="sigterm-from-parent", daemon=True).start()
 
 
 def stop_requested() -> bool:

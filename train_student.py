@@ -138,15 +138,15 @@ def default_out(config) -> str:
 
 def main(argv=None) -> None:
     config, checkpoint = start_run(Config, argv, "train_student.py", __doc__, default_out, check_config)
-    experiment = Experiment(config)
-    run = TrainingRun(experiment, Path(config.out))  # builds the student: its errors come before the folder is touched
-    open_run_folder(config, "train_student.py")
-    if config.resume:
-        run.load_state(checkpoint)
-    for _ in range(run.epoch, config.epochs):
-        run.end_epoch(run.train_epoch())
-        exit_if_stop_requested(config.out, f"epoch {run.epoch}/{config.epochs}")  # SIGTERM: saved, stop (exit 143)
-    results = run.finish()
+    with Experiment(config) as experiment:  # its loaders' workers stop where the block ends, however it ends
+        run = TrainingRun(experiment, Path(config.out))  # builds the student: errors before the folder is touched
+        open_run_folder(config, "train_student.py")
+        if config.resume:
+            run.load_state(checkpoint)
+        for _ in range(run.epoch, config.epochs):
+            run.end_epoch(run.train_epoch())
+            exit_if_stop_requested(config.out, f"epoch {run.epoch}/{config.epochs}")  # SIGTERM: saved, exit 143
+        results = run.finish()
     if is_main_process():
         print(results_line(results, config.out))
     end_distributed()

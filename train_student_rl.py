@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 
@@ -131,7 +131,7 @@ def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
         device="cpu",  # a 64x64 MLP: the GPU would only add transfers
         verbose=0,
     )
-    agent.set_logger(configure(None, [""]))
+    agent.set_logger(Logger(folder=None, output_formats=[]))  # configure() would make an SB3-<time> folder in /tmp
     agent.reward_scale = RunningMeanStd(shape=()) if config.normalize_reward else None  # saved in agent.zip
     return agent
 
@@ -323,11 +323,15 @@ def pretrain(agent: PPO, experiment: Experiment, config: RLConfig, folder: Path)
         proxy_folder.mkdir(exist_ok=True)
     last = proxy_folder / "last.pt"
     resume = load_checkpoint(last) if config.resume and last.exists() else None
-    env = CurriculumEnv(proxy_experiment(config, experiment), config.action, config.bins, config.control_temperature,
-                        MetricsLog(proxy_folder))  # fmt: skip
-    if resume is not None:
-        load_agent_state(agent, resume["agent"])
-    steer(agent, env, config.pretrain_episodes, learn=True, purpose="agent-proxy", resume=resume)
+    log = MetricsLog(proxy_folder)
+    with proxy_experiment(config, experiment) as proxies:  # their loaders' workers end with the proxy runs
+        env = CurriculumEnv(proxies, config.action, config.bins, config.control_temperature, log)
+        if resume is not None:
+            load_agent_state(agent, resume["agent"])
+        try:
+            steer(agent, env, config.pretrain_episodes, learn=True, purpose="agent-proxy", resume=resume)
+        finally:
+            log.close()
 
 
 def run_seconds(path: Path) -> float:
@@ -400,9 +404,9 @@ def build_agent(config: RLConfig, env: CurriculumEnv) -> Agent:
     return load_agent(config.policy, env) if config.policy else make_agent(config, env)
 
 
-def main(argv=None) -> None:
-    config, checkpoint = start_run(RLConfig, argv, "train_student_rl.py", __doc__, default_out, check_rl_config)
-    experiment = Experiment(config)
+def train_and_test(config: RLConfig, experiment: Experiment, checkpoint: dict | None) -> dict:
+    """The agent learns over the proxy runs (PPO, unless resumed past them or replaying a --policy), steers the full
+    run, and the full run's student is tested; agent.zip is saved for a later --policy."""
     log = MetricsLog(Path(config.out))  # writes nothing before its first row
     env = CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, log)
     agent = build_agent(config, env)
@@ -418,8 +422,15 @@ def main(argv=None) -> None:
     steer(agent, env, config.episodes, learn, purpose="bandit" if bandit else "agent-full", resume=checkpoint)
     if not config.policy and not bandit and is_main_process():
         atomic_write(folder / "agent.zip", agent.save)
-    results = env.finish()
+    return env.finish()
+
+
+def main(argv=None) -> None:
+    config, checkpoint = start_run(RLConfig, argv, "train_student_rl.py", __doc__, default_out, check_rl_config)
+    with Experiment(config) as experiment:  # its loaders' workers stop where the block ends, however it ends
+        results = train_and_test(config, experiment, checkpoint)
     if is_main_process():
+        folder = Path(config.out)
         results.update(total_cost(folder, config.episodes))
         save_json(folder / "results.json", results)
         proxies = 0 if config.policy else config.pretrain_episodes

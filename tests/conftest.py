@@ -1,8 +1,11 @@
 """Shared fixtures: running the scripts as a user would, tiny data written by the tests, one tiny teacher."""
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,39 @@ def run_script(*args, env=None, timeout=300, check=True) -> subprocess.Completed
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def run_to_exit(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS` from the repo root; the result also holds `after_last_output`, the seconds from its
+    last line of output to its exit. Past `timeout` the process group is killed and the test fails naming the hang,
+    so a script that never exits fails the test instead of hanging the suite."""
+    process = subprocess.Popen(
+        [sys.executable, *map(str, args)], cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    streams, last = {"stdout": [], "stderr": []}, [time.monotonic()]
+
+    def read(name: str) -> None:
+        for line in getattr(process, name):
+            streams[name].append(line)
+            last[0] = time.monotonic()
+
+    readers = [threading.Thread(target=read, args=(name,), daemon=True) for name in streams]
+    for reader in readers:
+        reader.start()
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        tail = "".join(streams["stdout"][-3:] + streams["stderr"][-3:])
+        pytest.fail(f"{args[0]} did not exit within {timeout} s; its last output:\n{tail}")
+    exited = time.monotonic()
+    for reader in readers:
+        reader.join()
+    result = subprocess.CompletedProcess(args, code, "".join(streams["stdout"]), "".join(streams["stderr"]))
+    result.after_last_output = exited - last[0]
     return result
 
 

@@ -262,7 +262,7 @@ def test_sigterm_saves_the_epoch_and_resume_equals_an_uninterrupted_run(tmp_path
     printed: the run finishes the epoch in progress, saves it and exits 143 with the command that resumes it."""
     out = tmp_path / "run"
     argv = train_args(out, *flags, data=DATA, epochs=EPOCHS)
-    argv[argv.index("--workers") + 1] = "1"
+    argv[argv.index("--workers") + 1] = "2"
     run = subprocess.Popen([sys.executable, *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, start_new_session=True)  # fmt: skip
     first = run.stdout.readline()
