@@ -10,9 +10,9 @@ Each run is a subprocess of the usual command (`python train_student.py ...`, pr
 the same whether the sweep or a person launched it; its output goes to <out>/logs/<run>.log (and, one run at a time,
 to the terminal too). Running the same command again in the same --out continues the sweep: finished runs (their
 results.json) are skipped, interrupted ones resumed from their last epoch (--resume), the rest started, and the
-table is gathered once every run is done. A different sweep, or a finished one, in an --out is refused unless
---overwrite. The sweep's own lines (queued, started, resumed, done, failed, the summary) go to stderr. See
-docs/sweeps.md.
+table is gathered once every run is done; a finished sweep prints its table and changes nothing. A different sweep in
+an --out is refused unless --overwrite. The sweep's own lines (queued, started, resumed, done, failed, the summary) go
+to stderr. See docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class Plan:
     teacher: list[str] | None
     runs: dict[str, list[str]]  # run name -> command; its folder is out/name
     gather: list[str]
-    products: list[str]
+    products: list[str]  # the first is the table's markdown
     table: str | None  # the file the gathering command's stdout is saved to (the table's markdown)
 
     def spec(self) -> dict:
@@ -305,24 +305,39 @@ def plan_comparison(args) -> Plan:
 
 
 def check_out(plan: Plan, overwrite: bool) -> None:
-    """Refuse an --out that holds a different sweep, a finished one, or results of no sweep, before anything runs."""
+    """Refuse an --out that holds a different sweep, or results of no sweep, before anything runs. The same sweep is
+    continued (finished() tells whether anything is left to do)."""
     if overwrite:
         return
     saved_path = plan.out / "sweep.json"
     saved = read_json(saved_path) if saved_path.is_file() else None
-    paths = [plan.out / name for name in plan.runs] + [plan.out / name for name in plan.products]
     if saved is not None and saved != plan.spec():
         raise UserError(
             f"{plan.out} holds a different sweep ({saved_path} lists other runs or flags); pass --overwrite to "
             "replace its runs, or --out for a new folder."
         )
-    finished = [path for path in paths[len(plan.runs) :] if path.is_file()]
-    taken = finished if saved is not None else [path for path in paths if path.is_file() or bookkeeping.holds_run(path)]
-    if taken:
+    paths = [plan.out / name for name in plan.runs] + [plan.out / name for name in plan.products]
+    taken = [path for path in paths if path.is_file() or bookkeeping.holds_run(path)]
+    if saved is None and taken:
         raise UserError(
             f"{plan.out} already holds results ({', '.join(path.name for path in taken)}); pass --overwrite to "
             "replace them, or --out for a new folder."
         )
+
+
+def finished(plan: Plan, overwrite: bool) -> bool:
+    """The same sweep ran to its end before: every run has its results and the table was gathered."""
+    if overwrite or not (plan.out / "sweep.json").is_file():
+        return False
+    runs_done = all((plan.out / name / "results.json").is_file() for name in plan.runs)
+    return runs_done and all((plan.out / name).is_file() for name in plan.products)
+
+
+def show_finished(plan: Plan) -> None:
+    """A finished sweep run again: its table printed, nothing trained, gathered or written."""
+    table = plan.out / plan.products[0]
+    print(f"sweep: every run in {plan.out} finished before; its table ({table}):", file=sys.stderr)
+    sys.stdout.write(table.read_text())
 
 
 def read_json(path: Path):
@@ -388,8 +403,15 @@ def main(argv=None) -> None:
         # slower; the numbers of a seed are the same for any given thread count
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     check_out(plan, args.overwrite)
+    if finished(plan, args.overwrite):  # the same command again after its end: print the table, change nothing
+        show_finished(plan)
+        return
     lock = bookkeeping.hold_folder_lock(plan.out)  # one sweep per --out; each run locks its own folder too
     check_out(plan, args.overwrite)  # again under the lock: a sweep that finished meanwhile is not redone
+    if finished(plan, args.overwrite):
+        lock.release()
+        show_finished(plan)
+        return
     if args.overwrite:  # an old table would make a cut-off sweep look finished
         for name in plan.products:
             (plan.out / name).unlink(missing_ok=True)

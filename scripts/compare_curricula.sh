@@ -16,8 +16,8 @@
 #          --launcher local|slurm  --parallel N (runs at once; default 1 locally)  --gpus-per-job N; Slurm:
 #          --partition P  --account A  --time MINUTES  --cpus-per-job N   (see docs/sweeps.md)
 # Run folders are $out/<strategy>-s<seed> (output in $out/logs/); the table lands in $out/comparison.md, .json and
-# .png. Running the same command again in the same --out continues it; an --out that holds another sweep, a finished
-# comparison, or finished runs of no sweep is refused before anything runs, unless --overwrite.
+# .png. Running the same command again in the same --out continues it (a finished one prints its comparison); an --out
+# that holds another sweep or finished runs of no sweep is refused before anything runs, unless --overwrite.
 # Extra flags after -- go to every train_student.py call.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -14,8 +14,8 @@
 #          --launcher local|slurm  --parallel N (runs at once; default 1 locally)  --gpus-per-job N; Slurm:
 #          --partition P  --account A  --time MINUTES  --cpus-per-job N   (python sweep.py --help lists them all)
 # Running the same command again in the same --out continues it: finished rows are skipped, interrupted ones resumed,
-# the rest started, then the table is gathered. An --out that holds another sweep, a finished table, or finished
-# rows of no sweep is refused before anything runs, unless --overwrite.
+# the rest started, then the table is gathered; a finished sweep prints its table. An --out that holds another sweep
+# or finished rows of no sweep is refused before anything runs, unless --overwrite.
 # `--data synthetic` is the benchmark defined at the top of sweep.py (a teacher pretrained on a wider synthetic set,
 # sliced to the students' classes); `--data synthetic:OPTIONS` trains the students on those options instead.
 # With one seed a row's run folder is $out/<row>; with several, $out/<row>-s<seed>; each run's output is in
