@@ -2,9 +2,9 @@
 submitted, whose re-run follows the jobs it left instead of submitting them again.
 
 The first tests need no cluster. The others bring up a real single-node Slurm (Debian's slurmctld, slurmd and munge,
-started by the test in its own folder, on free ports, and stopped at the end) and submit to its sbatch: they need root
-(slurmd runs the jobs as their user; the two GPUs are device nodes made with mknod) and the packages, which
-scripts/slurm_single_node.sh installs; docs/sweeps.md has the command."""
+started by the test in its own folder, on free ports, and stopped at the end) and submit to its sbatch. They are
+opt-in, run by scripts/test_on_slurm.sh (which installs the packages): they need root (slurmd runs the jobs as their
+user; the node's two GPUs are device nodes made with mknod) and take minutes. docs/sweeps.md has what they showed."""
 
 import collections
 import os
@@ -114,12 +114,15 @@ TIMEOUT = 900  # generous: a sweep of 8 jobs on 2 shared cores
 
 
 def slurm_missing() -> str | None:
-    """Why a single-node Slurm cannot be started here, or None."""
+    """Why a single-node Slurm is not started here, or None."""
+    if os.environ.get("KD_TEST_SLURM") != "1":
+        return ("opt-in (root daemons, about 4 minutes): scripts/test_on_slurm.sh installs Slurm and runs these tests "
+                "with KD_TEST_SLURM=1")  # fmt: skip
     if os.geteuid() != 0:
         return "starting slurmd (it runs jobs as their user) and making GPU device nodes (mknod) need root"
     missing = [name for name in (*DAEMONS, "sbatch", "squeue", "scontrol", "srun") if shutil.which(name) is None]
     if missing:
-        return f"Slurm is not installed ({', '.join(missing)} absent): sudo scripts/slurm_single_node.sh installs it"
+        return f"Slurm is not installed ({', '.join(missing)} absent): scripts/test_on_slurm.sh installs it"
     return None
 
 
