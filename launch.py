@@ -261,7 +261,8 @@ def run_slurm(steps: dict[int, Step], progress: Progress, args, folder: Path) ->
     that job is followed instead. Waits for all, one line per change of a job's state."""
     results = {}
     with slurm_jobs.submitit_log(folder / "submitit.log"):
-        queue = slurm_jobs.read_queue(required=True)  # before the runs' folders are looked at: see below
+        # the queue first, the runs' folders after: a job that leaves the queue in between has written its results
+        queue = slurm_jobs.read_queue(required=True)
         left = slurm_jobs.jobs_left(folder, queue, [step.name for step in steps.values()])
         if left and args.overwrite:
             raise UserError(
@@ -274,7 +275,7 @@ def run_slurm(steps: dict[int, Step], progress: Progress, args, folder: Path) ->
                 jobs[left[step.name]] = number, step, None
                 progress.say(step.name, "reattached", f"slurm job {left[step.name].job_id}, left by an earlier sweep; "
                              f"log {step.log}")  # fmt: skip
-            elif step.command() is None:  # its job ended after the sweep planned it, before the queue was read
+            elif step.command() is None:  # its job ended after the sweep planned the runs, before the queue was read
                 results[step.name] = 0, ""
                 progress.say(step.name, "done", f"finished before; {step.folder}/results.json")
         new = [(number, step) for number, step in steps.items() if step.name not in left and step.name not in results]
@@ -293,7 +294,7 @@ def follow_jobs(jobs: dict, progress: Progress, args) -> dict[str, tuple[int, st
     second, the queue read less often."""
     results, waiting, running, gone, polled, polls = {}, dict(jobs), set(), {}, float("-inf"), 0
     while waiting:
-        # at 0, 1, 3, 7 s, then every QUEUE_POLL_S: a job that Slurm will never start is told at once
+        # at 0, 1, 3, 7 and 15 s, then every QUEUE_POLL_S: a job that Slurm will never start is told at once
         due = time.monotonic() - polled >= min(2 ** (polls - 1), QUEUE_POLL_S)
         if due and (queue := slurm_jobs.read_queue()) is not None:
             polled, polls = time.monotonic(), polls + 1
