@@ -155,7 +155,7 @@ class Cluster:
         self.wait(lambda: self.run("sinfo", "--noheader", "--format=%T", check=False) == "idle\n", "the node idle")
 
     def launch(self, *command) -> None:
-        log = open(self.folder / f"{command[0]}.log", "wb")  # noqa: SIM115 (kept open by the daemon)
+        log = open(self.folder / f"{command[0]}.log", "wb")  # the daemon keeps its own copy
         self.daemons.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env))
         log.close()
 
