@@ -22,6 +22,7 @@ from pathlib import Path
 import submitit
 
 import bookkeeping
+import slurm_jobs
 from errors import UserError
 
 ROOT = Path(__file__).resolve().parent
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parent
 # flags whose values say where and how fast a run computes, not what: a sweep continued with other values is the same
 # sweep, and they are what a --resume may change (bookkeeping.RESUME_MAY_CHANGE)
 WHERE_FLAGS = ("--device", "--workers", "--cache-dir")
+QUEUE_POLL_S = 10  # how often a Slurm sweep reads the queue (squeue)
+RESULT_GRACE_S = 30  # how long a job that left the queue may take to show its result
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -72,8 +75,10 @@ class Step(submitit.helpers.Checkpointable):
         script = str(ROOT / argv[0])  # the user's relative paths stay relative to where the sweep was started
         command = [sys.executable, *(launch if self.nproc > 1 else []), script, *argv[1:]]
         env = dict(os.environ)
-        if self.cpus:
-            env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(len(self.cpus)))
+        # the run's threads: its share of the cores here, or its job's cores on Slurm (where a job may see all of them)
+        threads = str(len(self.cpus)) if self.cpus else os.environ.get("SLURM_CPUS_PER_TASK")
+        if threads:
+            env.setdefault("OMP_NUM_THREADS", threads)
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             log.write(f"$ {shlex.join(command)}\n".encode())
@@ -143,15 +148,17 @@ class Progress:
         self.states[name] = state
         print(f"sweep: {state} {name} ({detail})", file=sys.stderr, flush=True)
 
-    def header(self, number: int, step: Step, note: str = "") -> None:
-        argv = step.command() or step.argv
+    def header(self, number: int, step: Step, note: str = "", argv: list[str] | None = None) -> None:
+        argv = argv or step.command() or step.argv
         torchrun = f"torchrun --standalone --nproc_per_node {step.nproc} " if step.nproc > 1 else ""
         print(f"== [{number}/{self.total}] {step.name}: {torchrun or 'python '}{' '.join(argv)}{note} ==", flush=True)
 
-    def started(self, number: int, step: Step, where: str = "") -> None:
+    def started(self, number: int, step: Step, where: str = "", argv: list[str] | None = None) -> None:
+        """`argv`: the command the step runs, if it was fixed earlier (a Slurm job's, when it was submitted)."""
+        argv = argv or step.command()
         if number > 0:  # the gathering step has a header of its own
-            self.header(number, step, " (once, then cached)" if step.folder is None else "")
-        resumed = step.folder is not None and step.command() != step.argv
+            self.header(number, step, " (once, then cached)" if step.folder is None else "", argv)
+        resumed = step.folder is not None and argv != step.argv
         self.logs[step.name] = step.log
         self.say(step.name, "resumed" if resumed else "started", f"{where}log {step.log}")
 
@@ -164,7 +171,7 @@ class Progress:
     def summary(self) -> str:
         counts = {state: [name for name, s in self.states.items() if s == state] for state in ("done", "failed")}
         running = [name for name, s in self.states.items() if s in ("started", "resumed")]
-        waiting = [name for name, s in self.states.items() if s in ("queued", "submitted")]
+        waiting = [name for name, s in self.states.items() if s in ("queued", "submitted", "reattached")]
         failed = "".join(f"; failed {name} (log {self.logs.get(name)})" for name in counts["failed"])
         queued = f", {len(waiting)} queued" if waiting else ""
         done = f"sweep: {len(counts['done'])} done, {len(running)} running{queued}"
@@ -249,39 +256,73 @@ def outcome(job) -> tuple[int, str]:
         return -1, ""
 
 
-def slurm_executor(args, folder: Path) -> submitit.SlurmExecutor:
-    """A job array: one job per run, each with --gpus-per-job GPUs, requeued (3 times at most) on time-out or
-    pre-emption, when Step.checkpoint resubmits the run with --resume."""
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=3)
-    options = {"partition": args.partition, "account": args.account}
-    executor.update_parameters(
-        time=args.time, gpus_per_node=args.gpus_per_job, ntasks_per_node=1, cpus_per_task=args.cpus_per_job,
-        job_name="sweep", array_parallelism=args.parallel or 256, **{k: v for k, v in options.items() if v},
-    )  # fmt: skip
-    return executor
-
-
 def run_slurm(steps: dict[int, Step], progress: Progress, args, folder: Path) -> dict[str, tuple[int, str]]:
-    """The steps as one Slurm job array; waits for them, reporting each job's state changes."""
-    executor = slurm_executor(args, folder)
-    with executor.batch():
-        jobs = {executor.submit(step): (number, step) for number, step in steps.items()}
-    for job, (_, step) in jobs.items():
-        progress.say(step.name, "submitted", f"slurm job {job.job_id}; log {step.log}")
-    results, seen = {}, {}
-    while len(results) < len(jobs):
-        time.sleep(30)  # submitit polls sacct for all jobs at once, at most this often
-        for job, (number, step) in jobs.items():
-            if step.name in results:
-                continue
-            state = job.state
-            if state == "RUNNING" and seen.get(step.name) != state:
-                progress.started(number, step, f"slurm job {job.job_id}; ")
-            seen[step.name] = state
-            if job.done():
-                results[step.name] = outcome(job)
-                progress.ended(step, results[step.name][0])
+    """The steps as one Slurm job array, less those that a job of an earlier driver in --out still runs or waits for:
+    that job is followed instead. Waits for all, one line per change of a job's state."""
+    results = {}
+    with slurm_jobs.submitit_log(folder / "submitit.log"):
+        # the queue first, the runs' folders after: a job that leaves the queue in between has written its results
+        queue = slurm_jobs.read_queue(required=True)
+        left = slurm_jobs.jobs_left(folder, queue, [step.name for step in steps.values()])
+        if left and args.overwrite:
+            raise UserError(
+                f"slurm jobs {', '.join(job.job_id for job in left.values())} of an earlier sweep in {folder.parent} "
+                "still run; wait for them (`squeue --me`) or scancel them, then run the same command again."
+            )
+        jobs = {}  # job -> (number, step, the command it runs if known)
+        for number, step in steps.items():
+            if step.name in left:
+                jobs[left[step.name]] = number, step, None
+                progress.say(step.name, "reattached", f"slurm job {left[step.name].job_id}, left by an earlier sweep; "
+                             f"log {step.log}")  # fmt: skip
+            elif step.command() is None:  # its job ended after the sweep planned the runs, before the queue was read
+                results[step.name] = 0, ""
+                progress.say(step.name, "done", f"finished before; {step.folder}/results.json")
+        new = [(number, step) for number, step in steps.items() if step.name not in left and step.name not in results]
+        if new:
+            slurm_jobs.check_time_limit(args)
+            submitted = slurm_jobs.submit(slurm_jobs.slurm_executor(args, folder), [step for _, step in new], args)
+            for job, (number, step) in zip(submitted, new, strict=True):
+                jobs[job] = number, step, step.command()
+                progress.say(step.name, "submitted", f"slurm job {job.job_id}; log {step.log}")
+        return {**results, **follow_jobs(jobs, progress, args)}
+
+
+def follow_jobs(jobs: dict, progress: Progress, args) -> dict[str, tuple[int, str]]:
+    """Wait for the jobs (job -> (number, step, its command if known)): a job is done when its result is there, or
+    when it left the queue without one (cancelled, out of memory, its node failed). The results are looked for every
+    second, the queue read less often."""
+    results, waiting, running, gone, polled, polls = {}, dict(jobs), set(), {}, float("-inf"), 0
+    while waiting:
+        # at 0, 1, 3, 7 and 15 s, then every QUEUE_POLL_S: a job that Slurm will never start is told at once
+        due = time.monotonic() - polled >= min(2 ** (polls - 1), QUEUE_POLL_S)
+        if due and (queue := slurm_jobs.read_queue()) is not None:
+            polled, polls = time.monotonic(), polls + 1
+            slurm_jobs.check_pending(list(waiting), queue, args)
+            for job, (number, step, argv) in waiting.items():
+                state = queue.get(job.job_id, ("", ""))[0]
+                if state == "RUNNING" and job not in running:
+                    running.add(job)
+                    progress.started(number, step, f"slurm job {job.job_id}; ", argv)
+                gone[job] = None if state else gone.get(job) or polled
+        # a result written just before its job left the queue may take a while to show on a shared filesystem
+        now = time.monotonic()
+        ended = [
+            job for job in waiting if job.paths.result_pickle.exists() or now - (gone.get(job) or now) > RESULT_GRACE_S
+        ]
+        for job in ended:
+            _, step, _ = waiting.pop(job)
+            results[step.name] = outcome(job) if job.paths.result_pickle.exists() else lost(job)
+            progress.ended(step, results[step.name][0])
+        time.sleep(1)
     return results
+
+
+def lost(job) -> tuple[int, str]:
+    """A job that left the queue without a result (asking submitit for it would wait for sacct, which may be absent)."""
+    print(f"sweep: slurm job {job.job_id} ended without a result (cancelled, out of time or memory, or its node "
+          f"failed; see {job.paths.stderr})", file=sys.stderr)  # fmt: skip
+    return -1, ""
 
 
 def run_steps(steps: dict[int, Step], progress: Progress, args, out: Path) -> dict[str, tuple[int, str]]:

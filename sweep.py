@@ -28,6 +28,7 @@ from pathlib import Path
 import bookkeeping
 import cli
 import files
+import slurm_jobs
 from errors import UserError, run_cli
 from launch import WHERE_FLAGS, Progress, Step, prepare_driver, run_steps
 
@@ -104,7 +105,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     group = parser.add_argument_group("launching")
     group.add_argument("--launcher", choices=("local", "slurm"), default="local", help="this machine, or Slurm")
     group.add_argument("--parallel", type=int, help="runs at once (default: local 1, slurm no limit)")
-    group.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per run; >1 launches it with torchrun")
+    group.add_argument("--gpus-per-job", type=int, help="GPUs per run (default: 0 with --device cpu, else 1); 0: a CPU "
+                       "job, its run on --device cpu; >1 launches it with torchrun")  # fmt: skip
     group.add_argument("--partition", help="slurm: partition")
     group.add_argument("--account", help="slurm: account to charge")
     group.add_argument("--time", type=int, default=24 * 60, help="slurm: time limit per job, minutes (default 1440)")
@@ -115,8 +117,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.parallel = 1 if args.launcher == "local" else 0
     if args.launcher == "slurm" and shutil.which("srun") is None:  # submitit's own test for a Slurm machine
         raise UserError("--launcher slurm: no srun here; start the sweep on the cluster's login node, or use local.")
-    if args.parallel < (1 if args.launcher == "local" else 0) or args.gpus_per_job < 1:
-        raise UserError("--parallel and --gpus-per-job must be at least 1 (slurm: --parallel 0 means no limit).")
+    if args.gpus_per_job is None:
+        args.gpus_per_job = 0 if args.device == "cpu" else 1
+    if args.parallel < (1 if args.launcher == "local" else 0) or args.gpus_per_job < 0:
+        raise UserError("--parallel must be at least 1 (slurm: 0, no limit), --gpus-per-job at least 0 (a CPU job).")
+    if args.time < 1 or args.cpus_per_job < 1:
+        raise UserError("--time (minutes) and --cpus-per-job must be at least 1.")
+    if args.gpus_per_job == 0 and args.device not in ("auto", "cpu"):
+        raise UserError(f"--gpus-per-job 0 asks for no GPU but --device {args.device} for one; drop one of the two.")
+    if args.gpus_per_job == 0:
+        args.device = "cpu"  # a CPU job's runs: on their job's cores, even on a node with GPUs
     return args
 
 
@@ -372,6 +382,9 @@ def pretrain(plan: Plan, args, progress: Progress) -> str | None:
     if plan.teacher is None:
         return None
     step = Step("teacher", plan.teacher, str(plan.out / "logs" / "teacher.log"), keep_stdout=False)
+    if args.launcher == "slurm" and (checkpoint := slurm_jobs.earlier_checkpoint(plan.out / ".submitit", step)):
+        progress.say("teacher", "done", f"by an earlier sweep's slurm job; {checkpoint}")
+        return checkpoint
     code, stdout = run_steps({1: step}, progress, args, plan.out)["teacher"]
     if code != 0:
         raise UserError(f"the teacher could not be pretrained (exit {code}); see {step.log}, then run the sweep again.")

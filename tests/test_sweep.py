@@ -15,6 +15,7 @@ import submitit
 
 import bookkeeping
 import launch
+import slurm_jobs
 import sweep
 from conftest import ROOT, run_to_exit
 from errors import UserError
@@ -101,7 +102,7 @@ def test_slurm_jobs_get_the_partition_time_and_gpus(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     args = sweep.parse_args(["compare", "--launcher", "slurm", "--partition", "gpu", "--account", "lab",
                              "--time", "90", "--gpus-per-job", "4", "--parallel", "8"])  # fmt: skip
-    parameters = launch.slurm_executor(args, tmp_path).parameters
+    parameters = slurm_jobs.slurm_executor(args, tmp_path).parameters
     assert {key: parameters[key] for key in ("partition", "account", "time", "gpus_per_node", "array_parallelism")} == {
         "partition": "gpu", "account": "lab", "time": 90, "gpus_per_node": 4, "array_parallelism": 8}  # fmt: skip
 
