@@ -85,7 +85,7 @@ def read_export(folder) -> dict:
         raise UserError(
             f"cannot read {path} ({err}); export the run again (python export.py RUN --overwrite)."
         ) from None
-    if not isinstance(info, dict) or not {"config", "image_size", "source"} <= info.keys():
+    if not isinstance(info, dict) or not {"config", "image_size", "source", "data", "budget"} <= info.keys():
         raise UserError(f"{path} is not an export's record; export the run again (python export.py RUN --overwrite).")
     return info
 
