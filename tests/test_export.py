@@ -208,8 +208,13 @@ def test_bad_input_ends_in_one_line_and_changes_nothing(exported, tmp_path, caps
     dead.mkdir()
     (dead / "config.json").write_text((run / "config.json").read_text())
     (tmp_path / "file").write_text("not a folder\n")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("someone's files\n")
     cases = [
         ([dead], "holds no best.pt"),
+        ([dead, "--checkpoint", "last"], "holds no last.pt"),
+        ([tmp_path / "other"], "no config.json there"),
+        ([run, "--out", tmp_path / "other"], "holds other files than an export"),
         ([run, "--format", "timm,tflite", "--out", tmp_path / "new"], "unknown format tflite"),
         ([run, "--out", tmp_path / "file" / "export"], "under the file"),
         ([run], "already holds an export; pass --overwrite"),
@@ -225,6 +230,7 @@ def test_bad_input_ends_in_one_line_and_changes_nothing(exported, tmp_path, caps
     line = one_line_error(capsys, [run, "--push-to-hub", "user/student", "--out", tmp_path / "new"])
     assert "hf auth login" in line and "HF_TOKEN" in line
     assert not (tmp_path / "new").exists() and snapshot(out) == before
+    assert (tmp_path / "other" / "notes.txt").read_text() == "someone's files\n"
 
 
 @pytest.mark.slow
