@@ -3,6 +3,7 @@
     python bench.py                                   # CPU-sized defaults
     python bench.py --train 20000 --image-size 224 --teacher resnet152 --amp --workers 8   # a GPU
     python bench.py --only loader --json loader.json   # the data path alone: views per second per core
+    python bench.py --only export --image-size 224 --repeats 20 --json export.json   # ONNX vs torch latency, CPU
 
 Each figure is the median of --repeats timed repetitions after one warm-up. Ratios to a labels-only training epoch
 are the headline; absolute times depend on the machine. Runs the real code paths (Experiment, TrainingRun).
@@ -25,6 +26,7 @@ import torch
 import engine
 import files
 import models
+import onnx_export
 import prepare_data
 import teacher
 import train_student
@@ -55,10 +57,16 @@ class BenchConfig:
     repeats: int = field(3, "timed repetitions per figure (median reported)")
     agent_epochs: int = field(10, "epochs of the PPO-steered run that times the agent (it updates every 5)")
     json: str = field("bench.json", "where to write the figures")
-    only: str = field("all", "all: every figure; loader: only the data path's rows", choices=("all", "loader"))
+    only: str = field(
+        "all", "all: the training figures; loader: only the data path's rows; export: only the CPU latency of "
+        "--student as exported by export.py (random weights), torch eager vs onnxruntime",
+        choices=("all", "loader", "export"),
+    )  # fmt: skip
     loader_images: int = field(48, "ImageNet-size JPEGs the loader rows decode per round", group="loader rows")
     loader_size: int = field(224, "view size of the loader rows")
     prepared_side: int = field(320, "maximum side of the prepared copy (prepare_data.py) the loader rows also time")
+    threads: int = field(1, "CPU threads of torch and onnxruntime", group="export rows")
+    latency_batch: int = field(16, "images per call of the batch latency")
 
 
 def timed(functions: dict, repeats: int, device: torch.device) -> dict:
@@ -253,6 +261,25 @@ def print_loader_table(figures: dict) -> None:
           f"{figures['loader_jpeg_kb_prepared']:.0f} KB per prepared image")  # fmt: skip
 
 
+def measure_export(bench: BenchConfig) -> dict:
+    """export.py's ONNX file, check and latency for a --student of random weights on synthetic test views."""
+    torch.manual_seed(0)
+    model = models.create_model(bench.student, bench.classes).eval()
+    spec = f"synthetic:classes={bench.classes},train=8,val=8,test={bench.latency_batch}"
+    test = load_data(spec, bench.image_size).test
+    images = torch.stack([test[index][0] for index in range(len(test))])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx_export.export_onnx(model, bench.image_size, path, {})
+        session = onnx_export.onnx_session(path, bench.threads)
+        with torch.inference_mode():
+            check = onnx_export.compare_logits(model(images), onnx_export.run_session(session, images))
+        latency = onnx_export.cpu_latency(model, session, images, bench.threads, bench.repeats)
+    print(f"{bench.student} at {bench.image_size} px, random weights; " + onnx_export.agreement_line(check))
+    print(*onnx_export.latency_lines(latency), sep="\n")
+    return {**{f"export_{key}": value for key, value in latency.items()}, "export_onnx_check": check}
+
+
 def main(argv=None) -> None:
     bench = parse_config(BenchConfig, argv, description=__doc__)
     device = pick_device(bench.device)
@@ -260,6 +287,10 @@ def main(argv=None) -> None:
     if bench.only == "loader":
         figures.update(measure_loader(bench.loader_images, bench.loader_size, bench.prepared_side, bench.repeats))
         print_loader_table(figures)
+        Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return
+    if bench.only == "export":
+        figures.update(measure_export(bench))
         Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
         return
     with tempfile.TemporaryDirectory() as tmp:

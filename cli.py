@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 
 from errors import UserError
@@ -17,7 +18,9 @@ def build_parser(config_class, description: str = "", explicit_only: bool = Fals
     class lists in NOT_APPLICABLE is no flag of its script: left out of --help and refused if given. With
     `explicit_only` the parsed namespace holds only the flags actually given (for --resume checks)."""
     usage = "%(prog)s [options]" + "".join(
-        f" [{f.name.upper()} ...]" for f in dataclasses.fields(config_class) if "nargs" in f.metadata
+        f" [{f.name.upper()} ...]" if f.metadata["nargs"] else f" {f.name.upper()}"  # a list, or one positional
+        for f in dataclasses.fields(config_class)
+        if "nargs" in f.metadata
     )
     parser = OneLineParser(description=description, usage=usage, formatter_class=HelpFormatter, allow_abbrev=False)
     module = vars(sys.modules[config_class.__module__])
@@ -54,7 +57,8 @@ def build_parser(config_class, description: str = "", explicit_only: bool = Fals
         if "choices" in field.metadata:
             options["choices"] = field.metadata["choices"]
         else:
-            options["metavar"] = {int: "N", float: "X"}.get(scalar, field.name.split("_")[-1].upper())
+            default_metavar = {int: "N", float: "X"}.get(scalar, field.name.split("_")[-1].upper())
+            options["metavar"] = field.metadata.get("metavar", default_metavar)
         group.add_argument(flag, type=scalar, **options)
     if switches:  # their off forms are accepted but not listed: said once here
         parser.epilog = f"Each switch also takes its off form: {switches[0]} and --no-{switches[0][2:]}."
@@ -112,3 +116,21 @@ def field(default, help: str, **metadata):
 
 def config_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+def command_line(config_class, values: dict, script: str) -> str:
+    """`python SCRIPT --flag value ...` that rebuilds the saved config `values` (a run's config.json): the flags whose
+    value differs from the default; --resume, --overwrite and fields that are no flag of the script are left out."""
+    argv = ["python", script]
+    skipped = {"resume", "overwrite", *getattr(config_class, "NOT_APPLICABLE", {})}
+    for field in dataclasses.fields(config_class):
+        if field.name in skipped or field.name not in values or "nargs" in field.metadata:
+            continue
+        value, flag = values[field.name], "--" + field.name.replace("_", "-")
+        if value == field.default or value is None:
+            continue
+        if isinstance(value, bool):  # a switch: --amp; one on by default: --no-normalize-reward
+            argv.append(flag if value else "--no-" + flag[2:])
+        else:
+            argv += [flag, str(value)]
+    return shlex.join(argv)

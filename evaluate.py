@@ -3,10 +3,12 @@
     python evaluate.py runs/labels runs/kd runs/kd-teacher runs/rl            # teacher from the runs' config
     python evaluate.py runs/*/ --json results.json --no-teacher
     python evaluate.py runs/table/*-s*/ --report runs/table/report         # seeds aggregated, figures + report.md
+    python evaluate.py runs/kd runs/kd/export --no-teacher                 # a run beside its export (export.py)
 
 Each run folder is tested twice: its best-validation checkpoint (best.pt, the figure the table reports) and its
 last epoch (last.pt), labelled so nobody confuses the two. Runs whose config differs only in the seed (and the run
-folder) are one row: mean +- sample std over the n seeds.
+folder) are one row: mean +- sample std over the n seeds. A folder written by export.py is tested as timm loads it
+(local-dir:), in a row of its own that says it is an export.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import hf_export
 import models
 from bookkeeping import read_config, read_metrics
 from cli import field, parse_config
@@ -37,7 +40,8 @@ NOT_THE_CONFIGURATION = ("seed", "out", "overwrite", "resume", "policy")
 @dataclass
 class Config:
     runs: list = dataclasses.field(
-        default_factory=list, metadata={"help": "run folders (or .pt checkpoints) to test", "nargs": "*"}
+        default_factory=list,
+        metadata={"help": "run folders (or .pt checkpoints, or folders of export.py) to test", "nargs": "*"},
     )
     data: str | None = field(None, "data to test on; default: the data the first run trained on", group="data")
     teacher: str | None = field(
@@ -66,6 +70,9 @@ def read_run(path: str) -> dict:
         return {"name": str(path), "config": checkpoint["config"], "best": path, "last": None}
     if not path.exists():
         raise UserError(f"{path} does not exist; check the path of the run folder.")
+    if hf_export.is_export(path):
+        export = hf_export.read_export(path)
+        return {"name": str(path), "config": export["config"], "best": None, "last": None, "export": export}
     config = read_config(path, "run folder")
     last = path / "last.pt" if (path / "last.pt").is_file() else None
     return {"name": str(path), "config": config, "best": path / "best.pt", "last": last}
@@ -76,7 +83,7 @@ def read_runs(paths: list[str]) -> list[dict]:
     `runs/table/*/` also matches): skipped with one line on stderr each; an error if no argument is a run."""
     runs, skipped = [], []
     for path in map(Path, paths):
-        if path.is_dir() and not (path / "best.pt").is_file():
+        if path.is_dir() and not (path / "best.pt").is_file() and not hf_export.is_export(path):
             skipped.append(path)
         else:
             runs.append(read_run(path))
@@ -143,7 +150,31 @@ def run_budget(folder: Path, train_size: int) -> float:
     return sum(training_budget(read_metrics(path), train_size) for path in logs)
 
 
+def export_row(run: dict, data_cache: dict, config: Config, device, dtype) -> dict:
+    """A folder of export.py, its model built by timm from the folder alone; its figures go to the column of the
+    checkpoint it was exported from, and its budget is its run's."""
+    export = run["export"]
+    loader = test_loader(config.data or export["data"], export["image_size"], data_cache, config, device)
+    model = hf_export.load_timm_folder(Path(run["name"])).to(device)
+    scores = evaluate(model, loader, device, dtype, f"test {run['name']}")
+    source = export["source"]
+    columns = ("top1", "top5") if source["checkpoint"] == "best.pt" else ("last_top1", "last_top5")
+    row = {
+        "model": f"{describe(run['config'])}, export of {source['checkpoint']} (epoch {source['epoch']})",
+        "run": run["name"],
+        "seed": run["config"].get("seed"),
+        **dict.fromkeys(("top1", "top5", "last_top1", "last_top5")),
+        "params": count_parameters(model),
+        "budget": export["budget"]["epochs_of_data"] or None,
+        "export": True,
+    }
+    row[columns[0]], row[columns[1]] = scores["acc1"], scores["acc5"]
+    return row
+
+
 def student_row(run: dict, data_cache: dict, config: Config, device, dtype) -> dict:
+    if run.get("export"):
+        return export_row(run, data_cache, config, device, dtype)
     best = load_checkpoint(run["best"])
     data_name = config.data or run["config"]["data"]
     loader = test_loader(data_name, best["image_size"], data_cache, config, device)
@@ -172,20 +203,29 @@ def student_row(run: dict, data_cache: dict, config: Config, device, dtype) -> d
     return row
 
 
+def image_size_of(run: dict) -> int:
+    return run["export"]["image_size"] if run.get("export") else load_checkpoint(run["best"])["image_size"]
+
+
 def group_runs(runs: list[dict]) -> list[list[dict]]:
     """Runs of one configuration (equal configs but for NOT_THE_CONFIGURATION), in the order they were given."""
     groups: dict[str, list[dict]] = {}
     for run in runs:
         kept = {key: value for key, value in run["config"].items() if key not in NOT_THE_CONFIGURATION}
+        # an export is never pooled with runs (nor with exports of other checkpoints)
+        kept["export of"] = run["export"]["source"]["checkpoint"] if run.get("export") else None
         groups.setdefault(json.dumps(kept, sort_keys=True), []).append(run)
     return list(groups.values())
 
 
 def group_name(run_rows: list[dict]) -> str:
-    """A short name for curves and the table: the run folder, without its -s<seed> suffix when seeds are pooled."""
+    """A short name for curves and the table: the run folder, without its -s<seed> suffix when seeds are pooled; an
+    export's is PARENT/FOLDER (runs/kd/export: kd/export)."""
     path = Path(run_rows[0]["run"])
-    name = path.parent.name if path.is_file() else path.name
-    return re.sub(r"-s\d+$", "", name) if len(run_rows) > 1 else name
+    export = run_rows[0].get("export")
+    folder = path.parent if path.is_file() or export else path
+    name = re.sub(r"-s\d+$", "", folder.name) if len(run_rows) > 1 else folder.name
+    return f"{name}/{path.name}" if export else name
 
 
 def aggregate_row(run_rows: list[dict]) -> dict:
@@ -237,7 +277,7 @@ def test_rows(config: Config, runs: list[dict], data_cache: dict, device, dtype)
     if not config.no_teacher:
         first = runs[0] if runs else None
         data_name = config.data or first["config"]["data"]
-        image_size = load_checkpoint(first["best"])["image_size"] if first else None
+        image_size = image_size_of(first) if first else None
         loader = test_loader(data_name, image_size, data_cache, config, device)
         rows.append(teacher_row(config, first, data_cache[(data_name, image_size)][0], loader, device, dtype))
     for group in group_runs(runs):
@@ -255,7 +295,7 @@ def main(argv=None) -> None:
         raise UserError("--batch-size must be at least 1 and --workers >= 0.")
     runs = read_runs(config.runs)
     for run in runs if config.report else ():  # a cut-short metrics.csv is refused before the slow part
-        if Path(run["name"]).is_dir():
+        if Path(run["name"]).is_dir() and not run.get("export"):  # an export keeps no metrics: no curves
             read_metrics(Path(run["name"]) / "metrics.csv")
     if not runs and (config.no_teacher or not config.data):
         raise UserError("nothing to evaluate; pass run folders, or --data with a teacher flag for the teacher alone.")

@@ -9,6 +9,7 @@ import bench
 import cli
 import compare_curricula
 import evaluate
+import export
 import pretrain_teacher
 import train_student
 import train_student_rl
@@ -21,6 +22,7 @@ SCRIPTS = {
     "pretrain_teacher.py": pretrain_teacher,
     "compare_curricula.py": compare_curricula,
     "bench.py": bench,
+    "export.py": export,
 }
 TRAINING_GROUPS = ["data:", "models:", "loss and optimisation:", "curriculum:", "run:"]
 RL_NOT_FLAGS = ["--target", "--pacing", "--start-fraction", "--pace-epochs"]

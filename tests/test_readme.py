@@ -114,6 +114,7 @@ def config_classes() -> dict:
     import bench
     import compare_curricula
     import evaluate
+    import export
     import prepare_data
     import pretrain_teacher
     import train_student
@@ -122,7 +123,7 @@ def config_classes() -> dict:
     return {"train_student.py": train_student.Config, "evaluate.py": evaluate.Config,
             "train_student_rl.py": train_student_rl.RLConfig, "pretrain_teacher.py": pretrain_teacher.TeacherConfig,
             "compare_curricula.py": compare_curricula.Config, "bench.py": bench.BenchConfig,
-            "prepare_data.py": prepare_data.PrepareConfig}  # fmt: skip
+            "prepare_data.py": prepare_data.PrepareConfig, "export.py": export.Config}  # fmt: skip
 
 
 def parse(config_class, argv: list[str], where: str) -> None:
