@@ -20,6 +20,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cli import field, parse_config
 from data import load_data
 from errors import UserError, run_cli
@@ -44,11 +46,17 @@ class Config:
 def t_cdf(t: float, dof: int, steps: int = 4000) -> float:
     """Student-t CDF, by Simpson's rule on the density from 0 to |t| (no scipy needed; error far below 1e-8)."""
     log_norm = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
-    density = lambda x: math.exp(log_norm - (dof + 1) / 2 * math.log1p(x * x / dof))  # noqa: E731
-    h = abs(t) / steps
-    area = density(0) + density(abs(t)) + sum((4 if k % 2 else 2) * density(k * h) for k in range(1, steps))
-    half = area * h / 3
+    x = np.linspace(0.0, abs(t), steps + 1)
+    density = np.exp(log_norm - (dof + 1) / 2 * np.log1p(x * x / dof))
+    half = float(simpson_weights(steps) @ density) * abs(t) / steps / 3
     return 0.5 + half if t >= 0 else 0.5 - half
+
+
+def simpson_weights(steps: int) -> np.ndarray:
+    """Simpson's rule's weights 1, 4, 2, 4, ..., 4, 1 over `steps` (even) intervals."""
+    weights = np.where(np.arange(steps + 1) % 2 == 1, 4.0, 2.0)
+    weights[[0, -1]] = 1.0
+    return weights
 
 
 def t_quantile(p: float, dof: int) -> float:
@@ -70,15 +78,19 @@ def paired_t_power(difference: float, sd: float, n: int, level: float = 0.05, st
     """Power of the two-sided paired t-test at `level` with `n` pairs when the true mean difference is `difference`
     and the differences' std is `sd`: P(|T'| > t_c) for the noncentral t T' = (Z + ncp) / S, ncp = difference
     sqrt(n) / sd, S = sqrt(chi2_{n-1} / (n - 1)). Exact up to quadrature: Simpson's rule over S's density."""
-    dof, critical = n - 1, t_quantile(1 - level / 2, n - 1)
-    ncp = difference * math.sqrt(n) / sd
+    critical = t_quantile(1 - level / 2, n - 1)
+    return noncentral_t_tail(difference * math.sqrt(n) / sd, n - 1, critical, steps)
+
+
+def noncentral_t_tail(ncp: float, dof: int, critical: float, steps: int = 2000) -> float:
+    """P(|(Z + ncp) / S| > critical), S = sqrt(chi2_dof / dof): the integral over S's density of the normal tails
+    beyond +-critical s, by Simpson's rule."""
     log_norm = math.log(2) + dof / 2 * math.log(dof / 2) - math.lgamma(dof / 2)
-    density = lambda s: s ** (dof - 1) * math.exp(log_norm - dof * s * s / 2)  # noqa: E731  (0 ** 0 = 1 at dof 1)
-    rejects = lambda s: normal_cdf(ncp - critical * s) + normal_cdf(-ncp - critical * s)  # noqa: E731
     top = 1 + 12 / math.sqrt(dof)  # S concentrates near 1; its density beyond this is below 1e-30
-    h = top / steps
-    terms = ((1 if k in (0, steps) else 4 if k % 2 else 2) * density(k * h) * rejects(k * h) for k in range(steps + 1))
-    return sum(terms) * h / 3
+    s = np.linspace(0.0, top, steps + 1)
+    density = s ** (dof - 1) * np.exp(log_norm - dof * s * s / 2)  # 0 ** 0 = 1 at dof 1
+    tails = [normal_cdf(ncp - critical * x) + normal_cdf(-ncp - critical * x) for x in s]
+    return float(simpson_weights(steps) @ (density * np.array(tails))) * top / steps / 3
 
 
 def minimum_detectable_difference(sd: float, n: int, power: float = 0.8, level: float = 0.05) -> float | None:
@@ -86,12 +98,14 @@ def minimum_detectable_difference(sd: float, n: int, power: float = 0.8, level: 
     paired t-test), taking the observed std of the differences as the true one. None below two seeds or at sd 0."""
     if n < 2 or not sd > 0:
         return None
+    critical = t_quantile(1 - level / 2, n - 1)  # the test's threshold does not depend on the difference: once
+    power_at = lambda difference: noncentral_t_tail(difference * math.sqrt(n) / sd, n - 1, critical)  # noqa: E731
     low, high = 0.0, sd
-    while paired_t_power(high, sd, n, level) < power:
+    while power_at(high) < power:
         high *= 2
     for _ in range(50):
         middle = (low + high) / 2
-        low, high = (middle, high) if paired_t_power(middle, sd, n, level) < power else (low, middle)
+        low, high = (middle, high) if power_at(middle) < power else (low, middle)
     return (low + high) / 2
 
 
