@@ -1,9 +1,13 @@
 """Shared fixtures: running the scripts as a user would, tiny data written by the tests, one tiny teacher."""
 
+import json
 import os
+import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -13,6 +17,10 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The tests write nothing into the user's home: the default --cache-dir (~/.cache/kd-curriculum) and Hugging Face's
+# cache go to a home of this session (of each xdist worker), which every script the tests run inherits.
+HOME = Path(tempfile.mkdtemp(prefix="kd-tests-home-"))
+os.environ["HOME"] = str(HOME)
 
 TINY = "synthetic:classes=4,train=96,val=32,test=32,size=32,seed=0"
 WNIDS = ["n01443537", "n01440764"]  # written in unsorted order; class_names must come back sorted
@@ -20,18 +28,87 @@ COLOURS = {"n01440764": (200, 30, 30), "n01443537": (30, 30, 200)}
 
 
 def run_script(*args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
-    """Run `python SCRIPT ARGS` from the repo root, as the README does."""
-    result = subprocess.run(
-        [sys.executable, *map(str, args)],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run `python SCRIPT ARGS` from the repo root, as the README does: in a process forked from the script server
+    (tests/script_server.py: the slow imports paid once), or, with `env` (variables a library may read at import), in
+    a fresh interpreter."""
+    if env is None:
+        result = script_server().run([str(arg) for arg in args], timeout)
+    else:
+        result = subprocess.run(
+            [sys.executable, *map(str, args)],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if check and result.returncode != 0:
         raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+class ScriptServer:
+    """The client of tests/script_server.py: one server per test session (per xdist worker)."""
+
+    def __init__(self):
+        self.folder = Path(tempfile.mkdtemp(prefix="script-output-"))
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "script_server.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.count = 0
+
+    def run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+        self.count += 1
+        stdout, stderr = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
+        request = {"argv": argv, "stdout": str(stdout), "stderr": str(stderr)}
+        self.process.stdin.write((json.dumps(request) + "\n").encode())
+        self.process.stdin.flush()
+        pid = int(self.answer(None).removeprefix("started "))
+        try:
+            code = int(self.answer(timeout).removeprefix("exited "))
+        except subprocess.TimeoutExpired:
+            os.killpg(pid, signal.SIGKILL)
+            self.answer(None)
+            raise subprocess.TimeoutExpired(argv, timeout) from None
+        result = subprocess.CompletedProcess(argv, code, stdout.read_text(), stderr.read_text())
+        stdout.unlink()
+        stderr.unlink()
+        return result
+
+    def answer(self, timeout: float | None) -> str:
+        """The server's next line, read byte by byte from the unbuffered pipe (so select sees what is left)."""
+        line = b""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not line.endswith(b"\n"):
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.process.stdout], [], [], wait)[0]:
+                raise subprocess.TimeoutExpired("script server", timeout)
+            byte = os.read(self.process.stdout.fileno(), 1)
+            if not byte:
+                raise RuntimeError(f"the script server ended (exit {self.process.wait()})")
+            line += byte
+        return line.decode().strip()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_server: ScriptServer | None = None
+
+
+def script_server() -> ScriptServer:
+    global _server
+    if _server is None:
+        _server = ScriptServer()
+    return _server
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _server is not None:
+        _server.close()
+    shutil.rmtree(HOME, ignore_errors=True)
 
 
 def run_to_exit(*args, env=None, timeout=600) -> subprocess.CompletedProcess:

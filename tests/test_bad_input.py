@@ -1,12 +1,11 @@
 """Every bad input of docs/errors.md's "Bad input" table (and of issue 10), each its own process: one line `error: ...`,
 exit code 2, no traceback, and an earlier run's files byte-identical afterwards.
 
-Each case runs in a process forked from a server that imported torch, timm and stable-baselines3 once (as Python's
-forkserver does): the script runs as `__main__` exactly as `python SCRIPT ARGS` would, but the ~5 s of imports are
-paid once instead of once per case. Cases that need another environment run as plain subprocesses.
+Each case runs in a process forked from the tests' script server (conftest.run_script), which imported torch, timm and
+stable-baselines3 once: the script runs as `__main__` exactly as `python SCRIPT ARGS` would. Cases that need another
+environment run as plain subprocesses.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -20,62 +19,9 @@ from stable_baselines3 import PPO
 
 import bookkeeping
 import models
-from conftest import ROOT, train_args, write_image_folder
+from conftest import ROOT, run_script, train_args, write_image_folder
 from files import load_checkpoint, save_checkpoint
 from synthetic import synthetic_class_names
-
-SERVER = r"""
-import json, os, runpy, sys, traceback
-sys.path.insert(0, os.getcwd())
-import torch, timm, stable_baselines3, train_student, train_student_rl, evaluate  # noqa: the slow imports, once
-
-def run_case(argv):
-    sys.argv = list(argv)
-    try:
-        runpy.run_path(argv[0], run_name="__main__")
-    except SystemExit as stop:  # what the interpreter does with SystemExit at the top
-        if stop.code is None or isinstance(stop.code, int):
-            return stop.code or 0
-        print(stop.code, file=sys.stderr)
-        return 1
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    return 0
-
-for line in sys.stdin:
-    case = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        for fd, name in ((1, case["stdout"]), (2, case["stderr"])):
-            os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        code = run_case(case["argv"])
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(os.waitstatus_to_exitcode(status), flush=True)
-"""
-
-
-class CaseServer:
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-
-    def run(self, argv: list[str], name: str) -> tuple[int, str, str]:
-        stdout, stderr = self.folder / f"{name}.out", self.folder / f"{name}.err"
-        case = {"argv": [str(arg) for arg in argv], "stdout": str(stdout), "stderr": str(stderr)}
-        self.process.stdin.write(json.dumps(case) + "\n")
-        self.process.stdin.flush()
-        code = int(self.process.stdout.readline())
-        return code, stdout.read_text(), stderr.read_text()
-
-    def close(self) -> None:
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
 
 
 @dataclass
@@ -122,18 +68,12 @@ def copy_run(source: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    case_server = CaseServer(tmp_path_factory.mktemp("case-output"))
-    yield case_server
-    case_server.close()
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory, server) -> Files:
+def files(tmp_path_factory) -> Files:
     root = tmp_path_factory.mktemp("bad-input")
     made = Files(root)
     made.earlier = root / "earlier"
-    code, _, err = server.run(train_args(made.earlier, "--label-weight", 1, "--student", "resnet10t"), "earlier")
+    earlier = run_script(*train_args(made.earlier, "--label-weight", 1, "--student", "resnet10t"), check=False)
+    code, err = earlier.returncode, earlier.stderr
     assert code == 0, err
     p = made.paths
     p["file"] = root / "file.txt"
@@ -275,12 +215,13 @@ STARTS_A_RUN = {"nan-loss", "corrupt-image-in-worker"}  # refused only once trai
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("case", "argv", "expected", "env"), CASES, ids=[case[0] for case in CASES])
-def test_bad_input_ends_in_one_line(server, files, tmp_path, case, argv, expected, env):
+def test_bad_input_ends_in_one_line(files, tmp_path, case, argv, expected, env):
     before = snapshot(files.earlier)
     out = tmp_path / "new-run"
     args = argv(files, out)
     if env is None:
-        code, _, err = server.run(args, case)
+        result = run_script(*args, check=False)
+        code, err = result.returncode, result.stderr
     else:
         environment = {**os.environ, **env, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
         result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=environment, capture_output=True,
