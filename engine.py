@@ -187,16 +187,15 @@ class Experiment:
         """`data`: splits already loaded (the RL script's proxy runs train on a subset); default: load config.data."""
         from data import load_data
 
-        self.config = config
+        self.config, device = config, pick_device(config.device)
         self.workers = default_workers() if config.workers is None else config.workers
         if data is None:
             noise_seed = seeds.derive(config.seed, "label-noise")  # paired runs at a seed share the noise
             data = load_data(config.data, config.image_size, seeds.augment_seed(config), config.min_scale,
                              label_noise=config.label_noise, noise_seed=noise_seed)  # fmt: skip
-        # the fixed-view stores are built before torchrun's processes start their process group: no rank waits for a
-        # build in a collective (views.fixed_view_store)
+        # stores built before torchrun's processes start their process group: no rank waits for one in a collective
         self.data = views.fast_splits(data, config.loader, config.cache_dir, self.workers)
-        self.rank, self.world, self.device = init_distributed(pick_device(config.device))
+        self.rank, self.world, self.device = init_distributed(device)
         self.dtype = amp_dtype(self.device, config.amp)
         self.memory_format = memory_format_for(self.device, config.memory_format)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions

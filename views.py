@@ -20,7 +20,6 @@ import json
 import os
 import tempfile
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -263,22 +262,26 @@ def fixed_view_store(view: SampleView, cache_dir, parts: dict, workers: int) -> 
     size = view.transform.transforms[1].size[0]  # data.eval_transform: Resize, CenterCrop(size), ...
     shape = (len(view), size, size, 3)
     path = Path(cache_dir).expanduser() / f"fixed-views-{cache_key({**parts, 'version': STORE_VERSION})}.npy"
-    if not valid_store(path, shape):
-        with locked(path.with_suffix(".lock")):
-            if not valid_store(path, shape):  # another process may have built it while this one waited
-                build_store(view, path, shape, workers)
+    if valid_store(path, shape):
+        return StoredView(view, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")  # closed by the with below
+    except OSError as err:
+        raise store_error(path, shape, err) from None
+    with lock:
+        if fcntl is not None:  # waited for without a timeout; the kernel releases it when its holder exits
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not valid_store(path, shape):  # another process may have built it while this one waited
+            build_store(view, path, shape, workers)
     return StoredView(view, path)
 
 
-@contextmanager
-def locked(path: Path):
-    """An exclusive lock on `path` (created if missing), waited for without a timeout; the kernel releases it when
-    its holder exits, however it ends."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+def store_error(path: Path, shape: tuple, err: OSError) -> UserError:
+    return UserError(
+        f"cannot write the fixed-view store {path} ({err.strerror or err}); pass a --cache-dir with "
+        f"{np.prod(shape) / 1e9:.2f} GB free, or --loader pil."
+    )
 
 
 def marker(path: Path) -> Path:
@@ -326,10 +329,7 @@ def build_store(view: SampleView, path: Path, shape: tuple, workers: int) -> Non
         del array
         os.replace(tmp, path)
     except OSError as err:
-        raise UserError(
-            f"cannot write the fixed-view store {path} ({err.strerror or err}); pass a --cache-dir with "
-            f"{np.prod(shape) / 1e9:.2f} GB free, or --loader pil."
-        ) from None
+        raise store_error(path, shape, err) from None
     finally:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
