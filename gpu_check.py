@@ -224,15 +224,16 @@ def evaluation_rows(exp: engine.Experiment, clock: Clock, workers: int, places: 
             exp.predict(run.student, loader, "validate")
         places.extend(counter.places)
 
+    fresh, kept = f"{workers} worker(s) started each pass", f"{workers} worker(s) kept between passes"
     loaders = {
         "no workers (the run's)": exp.val_loader,
-        f"{workers} workers started each pass": make_loader(exp.data.val, batch, workers, exp.device, persistent=False),
-        f"{workers} workers kept between passes": make_loader(exp.data.val, batch, workers, exp.device),
+        fresh: make_loader(exp.data.val, batch, workers, exp.device, persistent=False),
+        kept: make_loader(exp.data.val, batch, workers, exp.device),
     }
     for name, loader in loaders.items():
         seconds = clock.median(functools.partial(counted, loader))
         rows.append((f"evaluation pass, stored views, {name}", images / seconds, None))
-    close_loader(loaders[f"{workers} workers kept between passes"])
+    close_loader(loaders[kept])
     return rows
 
 
@@ -322,6 +323,10 @@ def main(bench, tmp: Path) -> dict:
         rows = training_rows(exp, clock, compile_too, deadline, places)
         rows += evaluation_rows(exp, clock, max(1, workers), places)
     print_rows(rows)
+    values = {name: value for name, value, _ in rows}
+    loader, steps = values["loader alone: training views"], values.get("eager, online teacher: steps alone")
+    if steps:
+        print(f"loader / steps (eager, online teacher): {loader / steps:.2f} (below 1: the loader holds the GPU back)")
     print(f"host syncs in the step loop: {len(places)}")
     for place in sorted(set(places))[:20]:
         print(f"  {place}")
