@@ -52,13 +52,16 @@ def counted_epoch(experiment: engine.Experiment) -> tuple[list, list]:
 @pytest.mark.slow
 def test_amp_epochs_online_replayed_and_scored_from_the_steps_wait_for_nothing(tiny_teacher, tmp_path):
     """Two one-epoch runs of one experiment under bf16 autocast, channels-last forced, with the uint8 path (device-side
-    normalisation): the first runs the teacher on every batch and fills the view store, the second replays it; both
-    score from the training steps. Nothing inside their step and evaluation loops would wait for a GPU."""
-    argv = ["--data", TINY, "--batch-size", "32", "--workers", "0", "--device", "cpu", "--student", "resnet10t",
+    normalisation) and a loader worker: the first runs the teacher on every batch and fills the view store, the
+    second replays it; both score from the training steps. Nothing inside their step and evaluation loops would wait
+    for a GPU."""
+    argv = ["--data", TINY, "--batch-size", "32", "--workers", "1", "--device", "cpu", "--student", "resnet10t",
             "--teacher-checkpoint", str(tiny_teacher), "--cache-dir", str(tmp_path), "--loader", "uint8", "--amp",
             "--memory-format", "channels_last", "--label-weight", "0.5", "--curriculum", "adaptive",
             "--score-source", "train-pass", "--teacher-logits", "replay"]  # fmt: skip
     with engine.Experiment(parse_config(train_student.Config, argv)) as experiment:
+        # the training batches come from a worker; the stored evaluation views need none (a memory copy)
+        assert experiment.train_loader.num_workers == 1 and experiment.val_loader.num_workers == 0
         first, students = counted_epoch(experiment)
         second, more_students = counted_epoch(experiment)
     assert first and set(first) == {torch.float32}  # online on each batch (and the scoring pass): fp32 logits
@@ -92,6 +95,12 @@ def test_gpu_defaults(monkeypatch):
     assert devices.memory_format_for(torch.device("cuda")) == torch.channels_last
     assert devices.memory_format_for(torch.device("cpu")) == torch.contiguous_format
     assert devices.memory_format_for(torch.device("cpu"), "channels_last") == torch.channels_last
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    devices.allow_tf32(False)  # --no-tf32
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    devices.allow_tf32(True)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     for cores, processes, workers in ((64, 1, 16), (32, 4, 7), (2, 1, 1), (1, 1, 0)):
         monkeypatch.setattr("os.sched_getaffinity", lambda pid, cores=cores: set(range(cores)), raising=False)
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
