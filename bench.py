@@ -76,7 +76,7 @@ class BenchConfig:
         "auto", "also time the student under --compile; auto: on a GPU only (on a CPU inductor's C++ build takes "
         "minutes)", choices=("auto", "on", "off")
     )  # fmt: skip
-    gpu_processes: int = field(0, "processes of the multi-process rows; 0: the GPUs present (on a CPU: none)")
+    gpu_processes: int = field(0, "processes of the multi-process rows; 0: 2 where 2 GPUs are present, else none")
 
 
 def timed(functions: dict, repeats: int, device: torch.device) -> dict:
