@@ -4,6 +4,7 @@
     python bench.py --train 20000 --image-size 224 --teacher resnet152 --amp --workers 8   # a GPU
     python bench.py --only loader --json loader.json   # the data path alone: views per second per core
     python bench.py --only export --image-size 224 --repeats 20 --json export.json   # ONNX vs torch latency, CPU
+    python bench.py --only gpu --json gpu.json        # the GPU acceptance check (gpu_check.py), < 10 min on a GPU
 
 Each figure is the median of --repeats timed repetitions after one warm-up. Ratios to a labels-only training epoch
 are the headline; absolute times depend on the machine. Runs the real code paths (Experiment, TrainingRun).
@@ -25,6 +26,7 @@ import torch
 
 import engine
 import files
+import gpu_check
 import models
 import onnx_export
 import prepare_data
@@ -59,14 +61,22 @@ class BenchConfig:
     json: str = field("bench.json", "where to write the figures")
     only: str = field(
         "all", "all: the training figures; loader: only the data path's rows; export: only the CPU latency of "
-        "--student as exported by export.py (random weights), torch eager vs onnxruntime",
-        choices=("all", "loader", "export"),
+        "--student as exported by export.py (random weights), torch eager vs onnxruntime; gpu: the GPU acceptance "
+        "check (gpu_check.py; a reduced form on a CPU)", choices=("all", "loader", "export", "gpu"),
     )  # fmt: skip
     loader_images: int = field(48, "ImageNet-size JPEGs the loader rows decode per round", group="loader rows")
     loader_size: int = field(224, "view size of the loader rows")
     prepared_side: int = field(320, "maximum side of the prepared copy (prepare_data.py) the loader rows also time")
     threads: int = field(1, "CPU threads of torch and onnxruntime", group="export rows")
     latency_batch: int = field(16, "images per call of the batch latency")
+    gpu_workers: int | None = field(
+        None, "loader workers of the check; default: the cores this process may use, less one", group="gpu check"
+    )
+    gpu_compile: str = field(
+        "auto", "also time the student under --compile; auto: on a GPU only (on a CPU inductor's C++ build takes "
+        "minutes)", choices=("auto", "on", "off")
+    )  # fmt: skip
+    gpu_processes: int = field(0, "processes of the multi-process rows; 0: 2 where 2 GPUs are present, else none")
 
 
 def timed(functions: dict, repeats: int, device: torch.device) -> dict:
@@ -291,6 +301,11 @@ def main(argv=None) -> None:
         return
     if bench.only == "export":
         figures.update(measure_export(bench))
+        Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
+        return
+    if bench.only == "gpu":
+        with tempfile.TemporaryDirectory() as tmp:
+            figures.update(gpu_check.main(bench, Path(tmp)))
         Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
         return
     with tempfile.TemporaryDirectory() as tmp:

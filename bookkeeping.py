@@ -216,7 +216,7 @@ def read_config(folder: Path, flag: str) -> dict:
 
 
 # Flags that may differ on --resume: they change where and how fast a run computes, not what it computes.
-RESUME_MAY_CHANGE = {"resume", "workers", "device", "cache_dir", "overwrite"}
+RESUME_MAY_CHANGE = {"resume", "workers", "device", "cache_dir", "overwrite", "tf32", "memory_format"}
 
 
 def resume_config(config_class, argv, script: str):

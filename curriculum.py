@@ -49,7 +49,7 @@ class TrainPassScores:
         if self.labels is not None:
             for name, values in label_losses(teacher_logits, student_logits, self.labels[indices]).items():
                 self.losses[name][indices] = values
-        self.trained[indices] = 1.0
+        self.trained.index_fill_(0, indices, 1.0)  # no Python number copied into device memory: no wait
 
     def collect(self, reduce=lambda tensor: tensor) -> tuple[np.ndarray, dict[str, torch.Tensor], dict | None]:
         """(indices, components, label losses or None) of the samples trained on. `reduce` sums a tensor across

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 import seeds
+from errors import UserError
 
 STRATEGIES = (
     "none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft", "reducible",
@@ -222,3 +223,24 @@ class EpochSampler(Sampler):
     def __len__(self) -> int:
         """Batches in this rank's shard; the same on every rank unless the shards straddle a multiple of the batch."""
         return max(1, math.ceil(len(range(self.rank, len(self.indices), self.world_size)) / self.batch_size))
+
+
+def check_epoch_size(config, num_samples: int, world: int) -> None:
+    """Refuse, before any training, an epoch whose smallest training batch would hold one sample (BatchNorm cannot
+    train on it) or none: the smallest selection of the strategy, split over processes and batches as EpochSampler
+    splits it."""
+    if config.curriculum in ("easy_to_hard", "hard_to_easy"):
+        flag, fraction = "--start-fraction", config.start_fraction  # the pacing's first, smallest epoch
+    elif config.curriculum == "none":
+        flag, fraction = "--data", 1.0
+    else:
+        flag, fraction = "--fraction", config.fraction
+    count = round(fraction * num_samples)
+    shard = count // world
+    smallest_batch = shard // max(1, math.ceil(shard / config.batch_size))
+    if smallest_batch < 2:
+        raise UserError(
+            f"{flag} selects {count} of {num_samples} training samples per epoch, which leaves a training batch of "
+            f"{smallest_batch} sample(s) with --batch-size {config.batch_size} (BatchNorm needs 2); "
+            f"raise {flag} or change --batch-size."
+        )

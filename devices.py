@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 from contextlib import nullcontext
 
 import torch
@@ -44,6 +45,31 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def memory_format_for(device: torch.device, choice: str = "auto") -> torch.memory_format:
+    """The layout of activations (and of the weights, to match): channels-last (NHWC) on GPUs, where convolutions
+    use the tensor cores without transposes; contiguous (NCHW) on CPUs, unless `choice` forces one."""
+    if choice == "auto":
+        choice = "channels_last" if device.type == "cuda" else "contiguous"
+    return torch.channels_last if choice == "channels_last" else torch.contiguous_format
+
+
+def allow_tf32(allowed: bool) -> None:
+    """TF32 (fp32 range, a 10-bit mantissa) for fp32 matmuls and convolutions on Ampere and later GPUs: several
+    times the fp32 throughput, at about bf16-like input rounding with fp32 accumulation (--no-tf32: full fp32).
+    Under --amp only the layers autocast leaves in fp32 are affected. No effect on CPUs."""
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    torch.backends.cudnn.allow_tf32 = allowed
+
+
+def adam(params, device: torch.device, *, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step on a GPU (no per-parameter launches, and GradScaler's inf check stays on
+    the device instead of a host sync each step)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=device.type == "cuda" or None)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Several processes (torchrun): DDP for the student, sharded evaluation, rank 0 writes
 
@@ -73,6 +99,17 @@ def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def share_from_main(tensor: torch.Tensor | None, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """rank 0's CPU `tensor` on every rank (the others pass None): every rank then works on the same values. NCCL
+    carries it through this rank's GPU."""
+    if not dist.is_initialized():
+        return tensor
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    carrier = tensor.to(device) if dist.get_rank() == 0 else torch.empty(shape, dtype=dtype, device=device)
+    dist.broadcast(carrier, 0)
+    return carrier.cpu()
+
+
 def broadcast_from_main(value):
     """rank 0's value on every rank (the RL agent's action)."""
     if not dist.is_initialized():
@@ -80,6 +117,31 @@ def broadcast_from_main(value):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+MAX_DEFAULT_WORKERS = 16  # ~5 cores feed 3,000 training views/s (docs/data-path.md); more only cost memory
+PREFETCH = 2  # DataLoader's prefetch_factor: batches each worker keeps ready in shared memory
+
+
+def default_workers() -> int:
+    """--workers' default: the cores this process may use (its CPU affinity, which a scheduler or a container sets),
+    shared among torchrun's processes on the node, less one for the process itself, at most MAX_DEFAULT_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
+
+
+def check_shared_memory(batch_bytes: int, workers: int, folder: str = "/dev/shm") -> None:
+    """Refuse loader workers whose batches cannot fit in shared memory (a container's 64 MB /dev/shm): workers pass
+    batches through it, and running out kills a worker with a bus error in the middle of an epoch."""
+    if workers == 0 or not os.path.isdir(folder):
+        return
+    needed, free = (workers * PREFETCH + 1) * batch_bytes, shutil.disk_usage(folder).free
+    if needed > free:
+        raise UserError(
+            f"{folder} has {free / 2**20:.0f} MiB free, but {workers} loader workers need about {needed / 2**20:.0f} "
+            f"MiB of it ({PREFETCH} batches of {batch_bytes / 2**20:.0f} MiB each); give the container more shared "
+            "memory (docker run --shm-size 8g) or lower --workers (0 uses none)."
+        )
 
 
 _OPEN_LOADERS: set[DataLoader] = set()  # loaders whose persistent workers may be running; close_loader takes them out

@@ -7,7 +7,6 @@ metrics log) in bookkeeping.py, checkpoints and atomic writes in files.py.
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,13 +26,18 @@ import views
 from bookkeeping import MetricsLog, is_main_process
 from cli import config_dict
 from curriculum import Curriculum
-from curriculum_dataloader import EpochSampler
+from curriculum_dataloader import EpochSampler, check_epoch_size
 from devices import (
+    adam,
+    allow_tf32,
     amp_dtype,
     autocast,
+    check_shared_memory,
     close_loader,
+    default_workers,
     init_distributed,
     make_loader,
+    memory_format_for,
     pick_device,
     sum_across_processes,
 )
@@ -68,19 +72,18 @@ def train_one_epoch(
     """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
     all processes). `on_logits(indices, teacher_logits, student_logits)` sees every batch (train-pass scoring);
     `seen[index] += 1` counts what was trained; `weights[index]` multiplies that sample's loss (a prioritised
-    sampler's importance weights). Nothing in the loop waits for the device: losses stay there and are
-    checked for NaN once, after the epoch.
+    sampler's importance weights). Between the first batch and the last nothing waits for the device (no value
+    read back, no tensor built from Python data; tests/test_gpu_path.py guards it): losses stay there and are checked
+    for NaN once, after the epoch, and batch sizes are counted on the host.
     """
     device, optimizer, scaler = settings.device, settings.optimizer, settings.scaler
     model.train()
     batch_losses = torch.zeros(len(loader), device=device)
-    batch_sizes = torch.zeros(len(loader), device=device)
-    join = model.join() if isinstance(model, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+    batch_sizes = []
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
-    with join:  # DDP: ranks may get one batch more or less (every selected sample is used exactly once)
+    with join_uneven_inputs(model):  # DDP: ranks may get one batch more or less (every selected sample used once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
-            images = views.to_device(images, device)  # uint8 views are normalised (and flipped, jittered) there
-            images = images.contiguous(memory_format=settings.memory_format)
+            images = views.to_device(images, device, settings.memory_format)  # uint8 views are normalised there
             labels = labels.to(device, non_blocking=True)
             indices = cpu_indices.to(device, non_blocking=True)
             teacher_logits = source.batch(images, cpu_indices, indices)
@@ -95,14 +98,22 @@ def train_one_epoch(
             scaler.step(optimizer)
             scaler.update()
             batch_losses[step] = loss.detach()
-            batch_sizes[step] = len(labels)
+            batch_sizes.append(len(cpu_indices))
             if on_logits is not None:
                 on_logits(indices, teacher_logits, student_logits.detach())
             if seen is not None:
                 seen.index_add_(0, indices, torch.ones_like(indices))
     check_finite(batch_losses, epoch)
-    totals = sum_across_processes(torch.stack([(batch_losses * batch_sizes).sum(), batch_sizes.sum()]))
+    sizes = torch.tensor(batch_sizes, dtype=torch.float32).to(device)
+    totals = sum_across_processes(torch.stack([(batch_losses * sizes).sum(), sizes.sum()]))
     return (totals[0] / totals[1]).item()
+
+
+def join_uneven_inputs(model):
+    """DDP's join(), which lets a rank that ran out of batches shadow the others' collectives until all are done,
+    found also under torch.compile's wrapper (`_orig_mod`); a no-op for a model of one process."""
+    inner = getattr(model, "_orig_mod", model)
+    return inner.join() if isinstance(inner, torch.nn.parallel.DistributedDataParallel) else nullcontext()
 
 
 def check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
@@ -123,16 +134,16 @@ def base_view(dataset):
 
 
 @torch.inference_mode()
-def predict_logits(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str) -> torch.Tensor:
+def predict_logits(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str, memory_format=None):
     """Logits of every sample of the loader's view, as a CPU float32 tensor [N, K] in sample order. With several
-    processes each predicts its shard and the rows are summed into place across processes."""
+    processes each predicts its shard and the rows are summed into place across processes. `memory_format`: the
+    batches' layout (default: the device's, devices.memory_format_for)."""
     model.eval()
+    memory_format = memory_format or memory_format_for(device)
     view = base_view(loader.dataset)
     logits = None
     for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=None):
-        images = views.to_device(images, device)
-        if device.type == "cuda":
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = views.to_device(images, device, memory_format)
         with autocast(device, dtype):
             batch = model(images).float()
         if logits is None:
@@ -148,9 +159,11 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
     return 100.0 * hits.float().mean().item()
 
 
-def evaluate(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval") -> dict:
+def evaluate(
+    model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval", memory_format=None
+) -> dict:
     """Top-1 and top-5 accuracy (percent) and cross-entropy of a model on an order-preserving loader."""
-    logits = predict_logits(model, loader, device, dtype, desc)
+    logits = predict_logits(model, loader, device, dtype, desc, memory_format)
     labels = torch.as_tensor(base_view(loader.dataset).labels)
     return {
         "acc1": accuracy(logits, labels, 1),
@@ -167,27 +180,6 @@ def count_parameters(model) -> int:
 # A training run: the part of a script that train_student.py, train_student_rl.py and the RL environment share
 
 
-def check_epoch_size(config, num_samples: int, world: int) -> None:
-    """Refuse, before any training, an epoch whose smallest training batch would hold one sample (BatchNorm cannot
-    train on it) or none: the smallest selection of the strategy, split over processes and batches as EpochSampler
-    splits it."""
-    if config.curriculum in ("easy_to_hard", "hard_to_easy"):
-        flag, fraction = "--start-fraction", config.start_fraction  # the pacing's first, smallest epoch
-    elif config.curriculum == "none":
-        flag, fraction = "--data", 1.0
-    else:
-        flag, fraction = "--fraction", config.fraction
-    count = round(fraction * num_samples)
-    shard = count // world
-    smallest_batch = shard // max(1, math.ceil(shard / config.batch_size))
-    if smallest_batch < 2:
-        raise UserError(
-            f"{flag} selects {count} of {num_samples} training samples per epoch, which leaves a training batch of "
-            f"{smallest_batch} sample(s) with --batch-size {config.batch_size} (BatchNorm needs 2); "
-            f"raise {flag} or change --batch-size."
-        )
-
-
 class Experiment:
     """What stays fixed across training runs of one config: device, data, loaders, the teacher and its logits."""
 
@@ -195,34 +187,53 @@ class Experiment:
         """`data`: splits already loaded (the RL script's proxy runs train on a subset); default: load config.data."""
         from data import load_data
 
-        self.config = config
-        self.rank, self.world, self.device = init_distributed(pick_device(config.device))
-        self.dtype = amp_dtype(self.device, config.amp)
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
+        self.config, device = config, pick_device(config.device)
+        self.workers = default_workers() if config.workers is None else config.workers
         if data is None:
             noise_seed = seeds.derive(config.seed, "label-noise")  # paired runs at a seed share the noise
             data = load_data(config.data, config.image_size, seeds.augment_seed(config), config.min_scale,
                              label_noise=config.label_noise, noise_seed=noise_seed)  # fmt: skip
-        self.data = views.fast_splits(data, config.loader, config.cache_dir, config.workers)
+        # stores built before torchrun's processes start their process group: no rank waits for one in a collective
+        self.data = views.fast_splits(data, config.loader, config.cache_dir, self.workers)
+        self.rank, self.world, self.device = init_distributed(device)
+        self.dtype = amp_dtype(self.device, config.amp)
+        self.memory_format = memory_format_for(self.device, config.memory_format)
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
+        allow_tf32(config.tf32)
+        views.normalisation(self.device)  # made now, not in the first training step
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
         self.teacher = None
         if teachers.needs_teacher(config):
             names = config.teacher, config.teacher_checkpoint, config.teacher_weights
             self.teacher = teachers.load_teacher(self.data, *names).to(self.device, memory_format=self.memory_format)
-        eval_batch = 2 * config.batch_size  # no activations kept for backward: twice the batch fits
-        self.val_loader = make_loader(self.data.val, eval_batch, config.workers, self.device)
-        self.test_loader = make_loader(self.data.test, eval_batch, config.workers, self.device)
-        self.score_loader = make_loader(self.data.score, eval_batch, config.workers, self.device)
-        self.sampler = EpochSampler(len(self.data.train), config.seed, config.batch_size, self.rank, self.world)
-        self.train_loader = make_loader(self.data.train, config.batch_size, config.workers, self.device, self.sampler)
-        predict = lambda model: predict_logits(model, self.score_loader, self.device, self.dtype, "teacher logits")  # noqa: E731
+        self.make_loaders()
+        predict = lambda model: self.predict(model, self.score_loader, "teacher logits")  # noqa: E731
         self.source = teachers.choose_source(config, self.teacher, self.data, self.device, self.dtype, predict)
 
-    @property
-    def memory_format(self) -> torch.memory_format:
-        """Channels-last on GPUs: convolutions in NHWC use the tensor cores without transposes."""
-        return torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+    def make_loaders(self) -> None:
+        batch = self.config.batch_size
+        stored = isinstance(self.data.val, views.StoredView)  # then only the training loader has workers
+        check_shared_memory((1 if stored else 2) * batch * views.image_bytes(self.data), self.workers)
+        self.sampler = EpochSampler(len(self.data.train), self.config.seed, batch, self.rank, self.world)
+        self.train_loader = make_loader(self.data.train, batch, self.workers, self.device, self.sampler)
+        eval_batch = 2 * batch  # no activations kept for backward: twice the batch fits
+        self.val_loader, self.test_loader, self.score_loader = (
+            make_loader(view, eval_batch, self.evaluation_workers(view), self.device)
+            for view in (self.data.val, self.data.test, self.data.score)
+        )
+
+    def evaluation_workers(self, view) -> int:
+        """The training loader keeps its workers for the run; an evaluation loader of stored views has none: a
+        stored batch is a memory copy, which a worker makes no faster than this process once its transfer through
+        shared memory is paid (measured: docs/performance.md). Other views keep their workers between passes."""
+        return 0 if isinstance(base_view(view), views.StoredView) else self.workers
+
+    def predict(self, model, loader, desc: str) -> torch.Tensor:
+        return predict_logits(model, loader, self.device, self.dtype, desc, self.memory_format)
+
+    def evaluate(self, model, loader, desc: str) -> dict:
+        return evaluate(model, loader, self.device, self.dtype, desc, self.memory_format)
 
     def close(self) -> None:
         """Stop the loaders' worker processes: whoever made the experiment calls this where its runs end (a `with`
@@ -259,9 +270,11 @@ class TrainingRun:
         if experiment.world > 1:
             device_ids = [experiment.device] if experiment.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=device_ids)
-        if config.compile:
+        if config.compile:  # around DDP, so the compiled graphs break at DDP's gradient buckets (overlap)
             self.model = torch.compile(self.model)
-        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = adam(
+            self.student.parameters(), experiment.device, lr=config.lr, weight_decay=config.weight_decay
+        )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
         self.scaler = torch.amp.GradScaler(experiment.device.type, enabled=experiment.dtype == torch.float16)
         self.curriculum = Curriculum(
@@ -290,8 +303,9 @@ class TrainingRun:
             loader = exp.score_loader
             if stale is not None:  # a one-off loader: its workers end with the pass
                 stale_view = Subset(exp.data.score, stale)
-                loader = make_loader(stale_view, loader.batch_size, self.config.workers, exp.device, persistent=False)
-            student_logits = predict_logits(self.student, loader, exp.device, exp.dtype, "student logits")
+                workers = exp.evaluation_workers(stale_view)
+                loader = make_loader(stale_view, loader.batch_size, workers, exp.device, persistent=False)
+            student_logits = exp.predict(self.student, loader, "student logits")
         return exp.source.scoring_logits(), student_logits
 
     def refresh_scores(self) -> None:
@@ -327,7 +341,7 @@ class TrainingRun:
         if exp.world > 1:  # evaluate and save rank 0's BatchNorm statistics on every rank
             for buffer in self.student.buffers():
                 dist.broadcast(buffer, 0)
-        val = evaluate(self.student, exp.val_loader, exp.device, exp.dtype, "validate")
+        val = exp.evaluate(self.student, exp.val_loader, "validate")
         return {"epoch": self.epoch, "train_loss": train_loss, "val_acc": val["acc1"], "val_acc5": val["acc5"],
                 "val_loss": val["loss"], "lr": lr, **stats, "seconds": time.perf_counter() - start}  # fmt: skip
 
@@ -415,11 +429,11 @@ class TrainingRun:
     def finish(self) -> dict:
         """Test accuracy of the best-validation checkpoint (the reported figure) and of the last epoch's model."""
         exp = self.experiment
-        last = evaluate(self.student, exp.test_loader, exp.device, exp.dtype, "test (last)")
+        last = exp.evaluate(self.student, exp.test_loader, "test (last)")
         if dist.is_initialized():
             dist.barrier()  # rank 0 has written best.pt
-        best_model = models.model_from_checkpoint(load_checkpoint(self.folder / "best.pt")).to(exp.device)
-        best = evaluate(best_model, exp.test_loader, exp.device, exp.dtype, "test (best)")
+        best_model = models.model_from_checkpoint(load_checkpoint(self.folder / "best.pt"))
+        best = exp.evaluate(best_model.to(exp.device, memory_format=exp.memory_format), exp.test_loader, "test (best)")
         results = {
             "test_acc": best["acc1"],
             "test_acc5": best["acc5"],

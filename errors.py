@@ -29,6 +29,14 @@ def run_cli(main) -> None:
     except RuntimeError as err:
         if not str(err).startswith("DataLoader worker"):
             raise
+        if "Bus error" in str(err):  # torch's words when a worker's batch found no room in shared memory
+            print(
+                "error: a DataLoader worker was killed by a bus error: /dev/shm is too small for its batches; give "
+                "the container more shared memory (docker run --shm-size 8g) or lower --workers, then continue "
+                "with --resume RUN_FOLDER.",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         # torch's words for a worker that died; killed by signal 9 is most often the kernel's out-of-memory killer
         print(
             f"error: {str(err).strip().rstrip('.')} (signal 9, Killed, is most often the out-of-memory killer: see "

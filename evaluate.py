@@ -26,7 +26,7 @@ import models
 from bookkeeping import read_config, read_metrics
 from cli import field, parse_config
 from data import load_data
-from devices import amp_dtype, close_loader, make_loader, pick_device
+from devices import amp_dtype, close_loader, default_workers, make_loader, pick_device
 from engine import count_parameters, evaluate
 from errors import UserError, run_cli
 from files import check_writable_file, check_writable_folder, load_checkpoint, save_json
@@ -53,7 +53,7 @@ class Config:
     teacher_weights: str | None = field(None, "local weights file of --teacher (no network)")
     no_teacher: bool = field(False, "leave the teacher row out")
     batch_size: int = field(256, "evaluation batch size", group="run")
-    workers: int = field(4, "DataLoader worker processes")
+    workers: int | None = field(None, "DataLoader worker processes; default: the cores this process may use, less one")
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = field(False, "mixed precision inference")
     json: str | None = field(
@@ -244,7 +244,8 @@ def test_loader(data_name: str, image_size: int, cache: dict, config: Config, de
     key = (data_name, image_size)
     if key not in cache:
         data = load_data(data_name, image_size)
-        cache[key] = (data, make_loader(data.test, config.batch_size, config.workers, device))
+        workers = default_workers() if config.workers is None else config.workers
+        cache[key] = (data, make_loader(data.test, config.batch_size, workers, device))
     return cache[key][1]
 
 
@@ -291,7 +292,7 @@ def main(argv=None) -> None:
         check_writable_file(config.json, "--json")
     if config.report:
         check_writable_folder(config.report, "--report")
-    if config.batch_size < 1 or config.workers < 0:
+    if config.batch_size < 1 or (config.workers or 0) < 0:
         raise UserError("--batch-size must be at least 1 and --workers >= 0.")
     runs = read_runs(config.runs)
     for run in runs if config.report else ():  # a cut-short metrics.csv is refused before the slow part

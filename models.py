@@ -93,6 +93,29 @@ class SlicedTeacher(nn.Module):
         return self.model(images).index_select(1, self.class_indices)
 
 
+class Fp32Head(nn.Module):
+    """A timm classifier whose last layer (global pooling and classifier) runs in fp32 under autocast: its features
+    come in the autocast dtype, its logits in full precision. bf16 logits would round KD's targets (7 mantissa bits,
+    steps of 0.03 at logits near 8) before the softmax at T = 4, and make difficulty scores tie."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.model.forward_features(images)
+        with torch.autocast(images.device.type, enabled=False):
+            return self.model.forward_head(features.float())
+
+
+def with_fp32_head(teacher: nn.Module) -> nn.Module:
+    """The teacher with its timm model's last layer in fp32 (inside the slicing, if it is a SlicedTeacher)."""
+    if isinstance(teacher, SlicedTeacher):
+        teacher.model = Fp32Head(teacher.model)
+        return teacher
+    return Fp32Head(teacher)
+
+
 def imagenet_teacher(name: str, class_names: list[str], weights_file: str | None = None) -> SlicedTeacher:
     indices = imagenet_class_indices(class_names)  # fail on unknown classes before fetching any weights
     model = create_model(name, 1000, pretrained=True, weights_file=weights_file, flag="--teacher-weights")

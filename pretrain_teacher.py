@@ -28,7 +28,7 @@ from data import load_data
 from errors import run_cli
 
 # flags that change where or how fast the teacher trains, not what it learns
-NOT_THE_TEACHER = ("out", "overwrite", "resume", "workers", "device", "cache_dir")
+NOT_THE_TEACHER = ("out", "overwrite", "resume", "workers", "device", "cache_dir", "tf32", "memory_format")
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 import models
 from bookkeeping import is_main_process
 from curriculum_dataloader import SCORED, scores_from_train_pass
-from devices import autocast, sum_across_processes
+from devices import autocast, broadcast_from_main, share_from_main, sum_across_processes
 from errors import UserError
 from files import atomic_write, load_checkpoint, write_error
 
@@ -49,7 +49,8 @@ def batches_need_logits(config) -> bool:
 def load_teacher(data, name: str, checkpoint: str | None = None, weights: str | None = None) -> torch.nn.Module:
     """The teacher, in eval mode (the one place that sets it): the checkpoint of ours at `checkpoint`, else the timm
     ImageNet model `name` (weights from timm, or the local file `weights`), sliced to the data's classes. A checkpoint
-    trained on more classes than the data's (a superset) is sliced by WordNet id like ImageNet's."""
+    trained on more classes than the data's (a superset) is sliced by WordNet id like ImageNet's. Its last layer runs
+    in fp32 under --amp (models.Fp32Head): its logits are KD's targets and the difficulty scores' input."""
     if checkpoint:
         saved = load_checkpoint(checkpoint)
         try:
@@ -64,7 +65,7 @@ def load_teacher(data, name: str, checkpoint: str | None = None, weights: str | 
             teacher = models.SlicedTeacher(teacher, models.class_indices(data.class_names, saved["class_names"], where))
     else:
         teacher = models.imagenet_teacher(name, data.class_names, weights)
-    return teacher.eval().requires_grad_(False)
+    return models.with_fp32_head(teacher).eval().requires_grad_(False)
 
 
 def teacher_identity(config) -> dict:
@@ -99,13 +100,15 @@ def cached_logits(
     A cached file is used only if it holds a finite fp16 tensor of `shape` ([samples, classes]); anything else
     (truncated, garbage, another shape, NaN) is recomputed and replaced by an atomic rename, never deleted first, so
     several processes meeting one bad file do not race. Fresh logits are rounded through fp16 too, so a run that
-    computed them and a run that loaded them agree exactly.
+    computed them and a run that loaded them agree exactly. With several processes rank 0 alone reads the file and
+    sends what it found to the others: every rank takes the same branch (`compute` runs collectives), even while
+    another run writes the file, and works on the same logits.
     """
     cache_dir = Path(cache_dir).expanduser()
     path = cache_dir / f"teacher-logits-{cache_key(parts)}.pt"
-    cached = read_cached_logits(path, shape)
-    if cached is not None:
-        return cached.float(), True
+    cached = read_cached_logits(path, shape) if is_main_process() else None
+    if broadcast_from_main(cached is not None):
+        return share_from_main(cached, shape, torch.float16).float(), True
     logits = compute().half()
     if write:  # with several processes, rank 0 writes
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +247,7 @@ class EpochViews:
         rounded = logits.half()
         rounded = torch.where(self.stored_on_device[indices, None], self.table[indices], rounded)
         self.new[indices] = rounded.float()
-        self.new_rows[indices] = 1.0
+        self.new_rows.index_fill_(0, indices, 1.0)  # no Python number copied into device memory: no wait
         return rounded.float()
 
     def save(self, reduce=lambda tensor: tensor) -> int:
@@ -278,7 +281,7 @@ class LogitSource:
             "data": data.identity,
             "split": "train",
             "transform": f"eval/{data.image_size}",
-            "dtype": str(dtype),
+            "dtype": str(dtype) if dtype is None else f"{dtype}, fp32 head",  # bf16 heads before: other logits
         }  # fmt: skip
         self.shape = (len(data.score), len(data.class_names))
         self.scoring: torch.Tensor | None = None

@@ -18,7 +18,7 @@ import timm
 from bookkeeping import is_main_process, open_run_folder, results_line, start_run
 from cli import field
 from curriculum_dataloader import PACINGS, STRATEGIES, TARGET_SCALES
-from devices import end_distributed
+from devices import MEMORY_FORMATS, end_distributed
 from engine import Experiment, TrainingRun
 from errors import UserError, run_cli
 from files import check_writable_folder
@@ -39,7 +39,10 @@ class Config:
         0.0, "fraction of the training labels replaced by another class (chosen from --seed; validation and test "
         "stay clean)"
     )  # fmt: skip
-    workers: int = field(4, "DataLoader worker processes")
+    workers: int | None = field(
+        None, "DataLoader worker processes; default: the cores this process may use, shared among torchrun's "
+        "processes on the node, less one, at most 16"
+    )  # fmt: skip
     loader: str = field(
         "auto", "uint8: fixed views decoded once into a store in --cache-dir, training views finished on the device "
         "(docs/data-path.md); pil: every view decoded and augmented in the workers; auto: uint8 for JPEG data",
@@ -93,6 +96,11 @@ class Config:
     device: str = field("auto", "auto, cpu, cuda or cuda:N")
     amp: bool = field(False, "mixed precision (bf16 where supported, else fp16 with loss scaling)")
     compile: bool = field(False, "torch.compile the student's training step (GPU; slow first epoch)")
+    tf32: bool = field(True, "TF32 for fp32 matmuls and convolutions on Ampere and later GPUs (--no-tf32: full fp32)")
+    memory_format: str = field(
+        "auto", "layout of images and weights; auto: channels_last on a GPU, contiguous on a CPU",
+        choices=MEMORY_FORMATS,
+    )  # fmt: skip
     out: str = field("", "run folder; default runs/<student>-lw<label weight>-<curriculum>-s<seed>")
     overwrite: bool = field(False, "replace the run already in --out")
     resume: str | None = field(None, "continue the interrupted run in this folder after its last completed epoch")
@@ -114,7 +122,8 @@ def check_config(config) -> None:
             0 < config.start_fraction <= 1 and 0 < config.pace_epochs <= 1,
             "--start-fraction and --pace-epochs must lie in (0, 1]",
         ),
-        (config.rescore_every >= 1 and config.workers >= 0, "--rescore-every must be >= 1 and --workers >= 0"),
+        (config.rescore_every >= 1, "--rescore-every must be >= 1"),
+        (config.workers is None or config.workers >= 0, "--workers must be >= 0"),
         (config.image_size is None or config.image_size >= 16, "--image-size must be at least 16"),
         (config.min_scale is None or 0 < config.min_scale <= 1, "--min-scale must lie in (0, 1]"),
         (0 <= config.label_noise < 1, "--label-noise must lie in [0, 1) (a fraction of the training labels)"),

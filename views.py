@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
@@ -36,6 +35,11 @@ from data import IMAGENET_MEAN, IMAGENET_STD, DataSplits, HubImages, ImageFiles,
 from errors import UserError
 from files import atomic_write
 from teacher import cache_key
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; concurrent builders each rename a complete, identical store
+    fcntl = None
 
 LOADERS = ("auto", "pil", "uint8")
 STORE_VERSION = 1  # bump when the stored pixels change meaning
@@ -158,10 +162,13 @@ class CropView(SampleView):
 # The device part: one call turns any batch into the normalised float batch the model takes
 
 
-def to_device(images, device: torch.device) -> torch.Tensor:
-    """A loader's image batch on the device, normalised: float batches (the PIL path) are moved; uint8 batches
-    (fixed views) are normalised there; `(uint8, parameters)` batches (training views) get their flip and jitter
-    first. Channels-last on a GPU (what NHWC uint8 already is), contiguous on a CPU."""
+def to_device(
+    images, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> torch.Tensor:
+    """A loader's image batch on the device, normalised, in `memory_format`: float batches (the PIL path) are moved;
+    uint8 batches (fixed views) are normalised there; `(uint8, parameters)` batches (training views) get their flip
+    and jitter first. NHWC uint8 is already channels-last on the device. The host only queues work: the batch
+    comes from pinned memory without a wait, and the constants are the device's own."""
     if isinstance(images, (list, tuple)):
         pixels, params = images
         batch = scale_to_unit(pixels.to(device, non_blocking=True))
@@ -169,8 +176,8 @@ def to_device(images, device: torch.device) -> torch.Tensor:
     elif images.dtype == torch.uint8:
         batch = normalise(scale_to_unit(images.to(device, non_blocking=True)))
     else:
-        return images.to(device, non_blocking=True)
-    return batch.contiguous(memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+        batch = images.to(device, non_blocking=True)
+    return batch.contiguous(memory_format=memory_format)
 
 
 def scale_to_unit(pixels: torch.Tensor) -> torch.Tensor:
@@ -178,10 +185,23 @@ def scale_to_unit(pixels: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 3, 1, 2).float().div(255)
 
 
+_NORMALISATION: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std as `[3, 1, 1]` tensors on `device`, made once per device: a tensor built from Python
+    numbers is a blocking host-to-device copy, which in the step loop would make the host wait for the GPU."""
+    if device.type == "cuda" and device.index is None:  # a batch's device always names its index
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _NORMALISATION:
+        mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+        _NORMALISATION[device] = mean.to(device), std.to(device)
+    return _NORMALISATION[device]
+
+
 def normalise(batch: torch.Tensor) -> torch.Tensor:
     """Normalize's arithmetic, per channel: (x - mean) / std."""
-    mean = torch.tensor(IMAGENET_MEAN, device=batch.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, device=batch.device)[:, None, None]
+    mean, std = normalisation(batch.device)
     return batch.sub(mean).div(std)
 
 
@@ -234,15 +254,34 @@ class StoredView(SampleView):
 
 def fixed_view_store(view: SampleView, cache_dir, parts: dict, workers: int) -> StoredView:
     """The view's uint8 store under `cache_dir`, built if it is missing or fails validation. Keyed by `parts`
-    (data identity, split, transform), like the teacher-logit cache. With several processes, rank 0 builds."""
+    (data identity, split, transform), like the teacher-logit cache.
+
+    Processes that need one store take turns under a file lock: the first builds it, the others wait for the lock and
+    find it built. Experiment builds its stores before the processes of a torchrun start their process group, so no
+    rank waits for a build in a collective, whose timeout (NCCL's 10 minutes) a 50,000-image store can outlast."""
     size = view.transform.transforms[1].size[0]  # data.eval_transform: Resize, CenterCrop(size), ...
     shape = (len(view), size, size, 3)
     path = Path(cache_dir).expanduser() / f"fixed-views-{cache_key({**parts, 'version': STORE_VERSION})}.npy"
-    if not (dist.is_initialized() and dist.get_rank() != 0) and not valid_store(path, shape):
-        build_store(view, path, shape, workers)
-    if dist.is_initialized():
-        dist.barrier()
+    if valid_store(path, shape):
+        return StoredView(view, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_suffix(".lock"), "a")  # closed by the with below
+    except OSError as err:
+        raise store_error(path, shape, err) from None
+    with lock:
+        if fcntl is not None:  # waited for without a timeout; the kernel releases it when its holder exits
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if not valid_store(path, shape):  # another process may have built it while this one waited
+            build_store(view, path, shape, workers)
     return StoredView(view, path)
+
+
+def store_error(path: Path, shape: tuple, err: OSError) -> UserError:
+    return UserError(
+        f"cannot write the fixed-view store {path} ({err.strerror or err}); pass a --cache-dir with "
+        f"{np.prod(shape) / 1e9:.2f} GB free, or --loader pil."
+    )
 
 
 def marker(path: Path) -> Path:
@@ -290,10 +329,7 @@ def build_store(view: SampleView, path: Path, shape: tuple, workers: int) -> Non
         del array
         os.replace(tmp, path)
     except OSError as err:
-        raise UserError(
-            f"cannot write the fixed-view store {path} ({err.strerror or err}); pass a --cache-dir with "
-            f"{np.prod(shape) / 1e9:.2f} GB free, or --loader pil."
-        ) from None
+        raise store_error(path, shape, err) from None
     finally:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
@@ -316,6 +352,11 @@ class PixelView(Dataset):
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Choosing the path
+
+
+def image_bytes(data: DataSplits) -> int:
+    """Bytes of one image in a loader's batch: uint8 on the fast path, float32 on the PIL path."""
+    return data.image_size**2 * 3 * (1 if isinstance(data.train, CropView) else 4)
 
 
 def uses_uint8(data: DataSplits, loader: str) -> bool:

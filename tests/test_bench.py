@@ -42,3 +42,19 @@ def test_bench_loader_rows_write_the_speedups(tmp_path):
         assert figures[key] > 0, key
     assert "epoch_labels_s" not in figures  # only the loader rows ran
     assert "cores to feed 3,000 img/s" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_in_its_reduced_form_on_a_cpu_and_counts_no_host_syncs(tmp_path):
+    out = tmp_path / "gpu.json"
+    result = run_script("bench.py", "--only", "gpu", "--device", "cpu", "--repeats", 1, "--json", out,
+                        env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert "host syncs in the step loop: 0" in result.stdout.splitlines()
+    figures = json.loads(out.read_text())
+    assert figures["gpu_host_syncs"] == 0 and figures["gpu_sync_places"] == []
+    rows = {name: value for name, value, _ in figures["gpu_rows"]}
+    for name in ("loader alone: training views", "eager, online teacher: steps alone",
+                 "eager, online teacher: whole epochs", "eager, replay teacher: whole epochs",
+                 "evaluation pass, stored views, no workers (the run's)"):  # fmt: skip
+        assert rows[name] > 0, name
+    assert "epoch_labels_s" not in figures  # only the check ran

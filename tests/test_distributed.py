@@ -2,21 +2,24 @@
 across ranks, and agree with a single process of the same global batch."""
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 import bookkeeping
-from conftest import run_script, train_args
+from conftest import ROOT, run_script, run_to_exit, train_args
 
 pytestmark = pytest.mark.slow  # every test here trains (see pyproject.toml)
 
 
+# --standalone: the launcher binds its own free port and keeps it, where a port found free beforehand could be taken by
+# another job before the launcher binds it
+LAUNCHER = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+
+
 def torchrun(argv: list, processes: int = 2):
-    # --standalone: the launcher binds its own free port and keeps it, where a port found free beforehand could be
-    # taken by another job before the launcher binds it
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", processes]
-    return run_script(*launcher, *argv, env={"OMP_NUM_THREADS": "1"})
+    return run_script(*LAUNCHER, processes, *argv, env={"OMP_NUM_THREADS": "1"})
 
 
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_teacher, cache_dir):
@@ -90,3 +93,118 @@ def test_prioritised_draws_repeat_across_ranks_and_are_trained_and_stored_as_by_
     )
     # BatchNorm's smaller per-rank batch moves the scores by up to 0.04; a sum of two ranks' rows would move them ~0.5
     np.testing.assert_allclose(difficulty_two, difficulty_one, rtol=0, atol=0.1)
+
+
+# Every build of a fixed-view store, in every process of a run: which rank, and whether its process group had started.
+# And, where COMPILE_BACKEND is set, torch.compile's backend (a cheaper one than inductor).
+RANKS_SITE = f"""
+import os
+import sys
+
+if "RANK" in os.environ:  # the ranks, not the launcher
+    sys.path.insert(0, {str(ROOT)!r})
+    import functools
+
+    import torch
+    import torch.distributed as dist
+    import views
+
+    if os.environ.get("COMPILE_BACKEND"):
+        torch.compile = functools.partial(torch.compile, backend=os.environ["COMPILE_BACKEND"])
+
+    build = views.build_store
+
+    def recorded_build(*args, **kwargs):
+        with open(os.environ["STORE_BUILDS"], "a") as log:
+            log.write(f"{{os.environ['RANK']}} {{dist.is_initialized()}}\\n")
+        return build(*args, **kwargs)
+
+    views.build_store = recorded_build
+"""
+
+
+def test_uneven_shards_with_and_without_compile_finish_and_agree_with_one_process(tmp_path, tiny_teacher):
+    """33 selected samples at batch 16 per rank: one rank trains 2 batches (9 and 8 samples), the other 1 (16). DDP's
+    join() must absorb the difference, also under torch.compile's wrapper (found through `_orig_mod`; without it the
+    compiled run waited forever in DDP's forward). Under a timeout, so a hang fails the test. The fixed-view stores
+    are built before the process group starts (no rank waits for a build in a collective), each once.
+
+    The one-process run compiles with inductor (the test of --compile; a cold compile cache costs minutes on two
+    cores); the two-process one with aot_eager, which traces forward and backward as inductor does, through DDP's
+    graph splitting, but generates no C++: join's finding does not depend on the backend."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(RANKS_SITE)
+    builds = tmp_path / "store-builds.txt"
+    site = os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")]))
+    env = {"OMP_NUM_THREADS": "1", "STORE_BUILDS": str(builds), "PYTHONPATH": site}
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "resnet10t",
+             "--curriculum", "random_subset", "--fraction", "0.34375", "--loader", "uint8",
+             "--cache-dir", tmp_path / "cache"]  # fmt: skip
+    runs = {
+        "two": [*LAUNCHER, 2, *train_args(tmp_path / "two", *flags, "--batch-size", 16)],
+        "two-compiled": [*LAUNCHER, 2, *train_args(tmp_path / "two-compiled", *flags, "--batch-size", 16, "--compile")],
+        "one-compiled": train_args(tmp_path / "one-compiled", *flags, "--compile"),  # batch 32: the same global batch
+    }
+    for name, argv in runs.items():
+        backend = {"COMPILE_BACKEND": "aot_eager"} if name == "two-compiled" else {}
+        result = run_to_exit(*argv, env={**env, **backend}, timeout=480)
+        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
+    # three stores (validation, test, scoring), each built by one rank of the first run, none in a collective
+    built = builds.read_text().splitlines()
+    assert len(built) == 3 and all(line.endswith(" False") for line in built), built
+    coverage = np.load(tmp_path / "two" / "coverage.npy")
+    assert coverage.sum() == 33 and coverage.max() == 1
+    rows = {name: bookkeeping.read_metrics(tmp_path / name / "metrics.csv")[0] for name in runs}
+    for name in runs:
+        np.testing.assert_array_equal(np.load(tmp_path / name / "coverage.npy"), coverage)
+        assert rows[name]["selected"] == "33"
+    for key in ("train_loss", "val_loss"):
+        assert float(rows["two-compiled"][key]) == pytest.approx(float(rows["two"][key]), rel=1e-3)
+        # one process: 2 steps of 17 and 16 samples; two: 25 (9 + 16), then 8 (one rank joined)
+        assert float(rows["one-compiled"][key]) == pytest.approx(float(rows["two"][key]), rel=0.12)
+
+
+# Each rank looks for the teacher-logit cache in a folder of its own, where "another run" left a file for one of them
+CACHE_DECISION = f"""
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, {str(ROOT)!r})
+import torch
+import torch.distributed as dist
+
+from devices import sum_across_processes
+from teacher import cache_key, cached_logits
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+rank, shape, parts = dist.get_rank(), (6, 3), {{"teacher": "test"}}
+results = []
+for case, holder, value in (("a", 1, 3.0), ("b", 0, 5.0)):
+    folder = Path(sys.argv[1]) / case / f"rank{{rank}}"
+    if rank == holder:
+        folder.mkdir(parents=True)
+        torch.save(torch.full(shape, value).half(), folder / f"teacher-logits-{{cache_key(parts)}}.pt")
+    computed = []
+
+    def compute():  # as the teacher's scoring pass: a collective
+        computed.append(rank)
+        return sum_across_processes(torch.ones(shape))
+
+    logits, cached = cached_logits(folder, parts, compute, shape, write=rank == 0)
+    results.append([case, cached, len(computed), logits.unique().tolist()])
+print(json.dumps(results))
+dist.destroy_process_group()
+"""
+
+
+def test_the_teacher_logit_cache_is_decided_on_rank_0_for_every_rank(tmp_path):
+    """(a) only rank 1 finds a valid cache file: both ranks compute (a collective), as rank 0 decided; (b) only rank
+    0 finds one: both use its logits. Deciding alone, the ranks would call mismatched collectives."""
+    script = tmp_path / "decide.py"
+    script.write_text(CACHE_DECISION)
+    result = run_to_exit(*LAUNCHER, 2, script, tmp_path / "caches", env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("[")]
+    assert ranks == [[["a", False, 1, [2.0]], ["b", True, 0, [5.0]]]] * 2

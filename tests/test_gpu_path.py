@@ -1,0 +1,126 @@
+"""What a first GPU run must not meet, checked on the CPU: a step or evaluation loop that waits for the device
+(host_syncs.py counts the entry points), bf16 autocast with the teacher online, replayed and scoring from the
+training steps, channels-last forced, the teacher's logits in fp32, and the GPU defaults (fused Adam, workers from
+the cores, a too-small /dev/shm named)."""
+
+import pytest
+import timm
+import torch
+
+import devices
+import engine
+import models
+import train_student
+from cli import parse_config
+from conftest import TINY
+from errors import UserError, run_cli
+from host_syncs import HostSyncCounter
+
+
+def test_the_counter_counts_a_read_back_inside_a_loop_only():
+    """accuracy() reads a value back (.item()): counted inside the loop, not after it; the same read in a test file
+    is not the project's."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3), torch.arange(8) % 3), 4)
+    with HostSyncCounter(torch.device("cpu")) as counter:
+        for logits, labels in loader:
+            engine.accuracy(logits, labels)
+            logits.sum().item()  # this file's: not counted
+        engine.accuracy(logits, labels)  # after the loop: the documented after-epoch reduction
+    assert counter.count == 2 and all(place.startswith("engine.py:") for place in counter.places), counter.places
+    assert torch.Tensor.item is torch._C.TensorBase.item  # everything patched is put back
+
+
+def counted_epoch(experiment: engine.Experiment) -> tuple[list, list]:
+    """One epoch of a fresh TrainingRun, counting host syncs: the dtypes of the teacher's outputs, and
+    (training, dtype, channels-last input) of each student call."""
+    run, teacher_calls, student_calls = engine.TrainingRun(experiment), [], []
+    hooks = [
+        experiment.teacher.register_forward_hook(lambda module, args, out: teacher_calls.append(out.dtype)),
+        run.student.register_forward_hook(lambda module, args, out: student_calls.append(
+            (module.training, out.dtype, args[0].is_contiguous(memory_format=torch.channels_last)))),
+    ]  # fmt: skip
+    with HostSyncCounter(experiment.device) as counter:
+        row = run.train_epoch()
+    for hook in hooks:
+        hook.remove()
+    assert counter.count == 0, counter.places
+    assert row["train_loss"] > 0 and row["val_loss"] > 0  # finite: train_epoch refuses NaN
+    assert run.student.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    return teacher_calls, student_calls
+
+
+@pytest.mark.slow
+def test_amp_epochs_online_replayed_and_scored_from_the_steps_wait_for_nothing(tiny_teacher, tmp_path):
+    """Two one-epoch runs of one experiment under bf16 autocast, channels-last forced, with the uint8 path (device-side
+    normalisation) and a loader worker: the first runs the teacher on every batch and fills the view store, the
+    second replays it; both score from the training steps. Nothing inside their step and evaluation loops would wait
+    for a GPU."""
+    argv = ["--data", TINY, "--batch-size", "32", "--workers", "1", "--device", "cpu", "--student", "resnet10t",
+            "--teacher-checkpoint", str(tiny_teacher), "--cache-dir", str(tmp_path), "--loader", "uint8", "--amp",
+            "--memory-format", "channels_last", "--label-weight", "0.5", "--curriculum", "adaptive",
+            "--score-source", "train-pass", "--teacher-logits", "replay"]  # fmt: skip
+    with engine.Experiment(parse_config(train_student.Config, argv)) as experiment:
+        # the training batches come from a worker; the stored evaluation views need none (a memory copy)
+        assert experiment.train_loader.num_workers == 1 and experiment.val_loader.num_workers == 0
+        first, students = counted_epoch(experiment)
+        second, more_students = counted_epoch(experiment)
+    assert first and set(first) == {torch.float32}  # online on each batch (and the scoring pass): fp32 logits
+    assert second == []  # the second run replayed every view (its scores came from the scoring cache)
+    students += more_students
+    assert {dtype for training, dtype, _ in students if training} == {torch.bfloat16}  # steps under autocast
+    assert all(channels_last for _, _, channels_last in students)  # NHWC batches, training and evaluation
+
+
+def test_the_teachers_logits_stay_fp32_under_autocast():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=5).eval()
+    teacher = models.with_fp32_head(model)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = teacher(images)
+        features = model.forward_features(images)
+    assert logits.dtype == torch.float32
+    assert not torch.equal(logits, logits.bfloat16().float())  # not bf16 values in an fp32 tensor
+    with torch.inference_mode():
+        expected = model.forward_head(features.float())  # bf16 features, fp32 head
+        full = model(images)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert (logits - full).abs().max() < 0.05 * full.abs().max()  # close to the fp32 teacher: bf16 features only
+
+
+def test_gpu_defaults(monkeypatch):
+    parameter = [torch.nn.Parameter(torch.zeros(2))]
+    assert devices.adam(parameter, torch.device("cuda"), lr=1e-3, weight_decay=0).defaults["fused"] is True
+    assert not devices.adam(parameter, torch.device("cpu"), lr=1e-3, weight_decay=0).defaults["fused"]
+    assert devices.memory_format_for(torch.device("cuda")) == torch.channels_last
+    assert devices.memory_format_for(torch.device("cpu")) == torch.contiguous_format
+    assert devices.memory_format_for(torch.device("cpu"), "channels_last") == torch.channels_last
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    devices.allow_tf32(False)  # --no-tf32
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    devices.allow_tf32(True)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    for cores, processes, workers in ((64, 1, 16), (32, 4, 7), (2, 1, 1), (1, 1, 0)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, cores=cores: set(range(cores)), raising=False)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
+        assert devices.default_workers() == workers
+
+
+def test_a_too_small_shared_memory_is_one_line_naming_the_fix(tmp_path, capsys):
+    devices.check_shared_memory(10**6, workers=4, folder=str(tmp_path))  # fits
+    devices.check_shared_memory(10**18, workers=0, folder=str(tmp_path))  # no workers: no shared memory used
+    with pytest.raises(UserError, match=r"docker run --shm-size .* lower --workers"):
+        devices.check_shared_memory(10**18, workers=4, folder=str(tmp_path))
+
+    def bus_error():  # torch's words (torch/csrc/DataLoader.cpp) for a worker that found no room in /dev/shm
+        raise RuntimeError(
+            "DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that dataloader's workers "
+            "are out of shared memory. Please try to raise your shared memory limit."
+        )
+
+    with pytest.raises(SystemExit) as stop:
+        run_cli(bus_error)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--shm-size" in err and "--workers" in err
