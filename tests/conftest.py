@@ -21,6 +21,10 @@ sys.path.insert(0, str(ROOT))
 # cache go to a home of this session (of each xdist worker), which every script the tests run inherits.
 HOME = Path(tempfile.mkdtemp(prefix="kd-tests-home-"))
 os.environ["HOME"] = str(HOME)
+# One thread per process (this one and every script it runs, read by torch at import): pytest-xdist runs a worker per
+# core, and a second thread per process would only make the two fight over the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ENVIRONMENT = dict(os.environ)  # the script server's: a test that changed os.environ runs its scripts afresh
 
 TINY = "synthetic:classes=4,train=96,val=32,test=32,size=32,seed=0"
 WNIDS = ["n01443537", "n01440764"]  # written in unsorted order; class_names must come back sorted
@@ -29,15 +33,15 @@ COLOURS = {"n01440764": (200, 30, 30), "n01443537": (30, 30, 200)}
 
 def run_script(*args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
     """Run `python SCRIPT ARGS` from the repo root, as the README does: in a process forked from the script server
-    (tests/script_server.py: the slow imports paid once), or, with `env` (variables a library may read at import), in
-    a fresh interpreter."""
-    if env is None:
+    (tests/script_server.py: the slow imports paid once), or, with `env` or with this process's environment changed
+    since the server started (variables a library may read at import), in a fresh interpreter."""
+    if env is None and os.environ == ENVIRONMENT:
         result = script_server().run([str(arg) for arg in args], timeout)
     else:
         result = subprocess.run(
             [sys.executable, *map(str, args)],
             cwd=ROOT,
-            env={**os.environ, **env},
+            env={**os.environ, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -53,7 +57,10 @@ class ScriptServer:
     def __init__(self):
         self.folder = Path(tempfile.mkdtemp(prefix="script-output-"))
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "script_server.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, str(ROOT / "tests" / "script_server.py")],
+            env=ENVIRONMENT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         self.count = 0
 

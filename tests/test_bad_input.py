@@ -257,6 +257,7 @@ TABLE_ROWS = {
         "teacher-name-does-not-fit-weights",
     ],
     "a corrupt image": ["corrupt-image-in-worker"],
+    "loader workers whose batches do not fit in `/dev/shm`": [],  # test_gpu_path.py fakes a small /dev/shm instead
     "no network for hub weights": ["no-network-for-weights", "no-network-for-data"],
     "an existing run folder": ["existing-run-folder"],
     "`--out`, `--cache-dir`, `--json` or `--report`": ["out-under-a-file", "out-is-a-file", "cache-dir-under-a-file",

@@ -10,6 +10,9 @@ Each run goes under a timeout (conftest.run_to_exit), so a hang fails the test i
 
 import getpass
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -61,8 +64,7 @@ def test_a_finished_rl_run_with_workers_and_proxy_runs_exits_and_leaves_nothing_
     """The hang as users met it, at a reduced size: PPO, proxy runs, 2 workers per loader. And a run writes only into
     its folder and the cache dir: stable-baselines3's default logger made an empty SB3-<time> folder in the temp dir
     at every PPO run."""
-    temp = tmp_path / "temp"
-    temp.mkdir()
+    temp = Path(tempfile.mkdtemp(prefix="t"))  # a short path: torch's workers bind a Unix socket in it (108 bytes)
     proxies = ["--pretrain-episodes", "2", "--pretrain-epochs", "2", "--pretrain-subset", "0.5", "--agent-steps", "2"]
     flags = [*student(tiny_teacher, cache_dir), *proxies]
     argv = train_args(tmp_path / "rl", *flags, epochs=2, script="train_student_rl.py")
@@ -71,7 +73,9 @@ def test_a_finished_rl_run_with_workers_and_proxy_runs_exits_and_leaves_nothing_
     assert "test top-1" in output and (tmp_path / "rl" / "agent.zip").is_file()
     # torch's per-user compile cache (importing timm or torchvision imports torch._dynamo, which makes it) is shared by
     # every torch program of the user, not a run's leftover
-    assert [path.name for path in temp.iterdir()] in ([], [f"torchinductor_{getpass.getuser()}"])
+    left = [path.name for path in temp.iterdir()]
+    shutil.rmtree(temp)
+    assert left in ([], [f"torchinductor_{getpass.getuser()}"])
 
 
 @pytest.mark.slow
