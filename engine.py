@@ -55,13 +55,14 @@ class StepSettings:
 
 
 def train_one_epoch(
-    model, loader, source: LogitSource, settings: StepSettings, *, epoch=0, on_logits=None, seen=None, weights=None
-) -> float:
+    model, loader, source: LogitSource, settings: StepSettings, *, epoch=0, on_logits=None, seen=None, weights=None,
+    label_gate=None,
+) -> float:  # fmt: skip
     """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
     all processes). `on_logits(indices, teacher_logits, student_logits)` sees every batch (train-pass scoring);
     `seen[index] += 1` counts what was trained; `weights[index]` multiplies that sample's loss (a prioritised
-    sampler's importance weights). Nothing in the loop waits for the device: losses stay there and are
-    checked for NaN once, after the epoch.
+    sampler's importance weights); `label_gate[index]` multiplies its label term alone (a label gate). Nothing in
+    the loop waits for the device: losses stay there and are checked for NaN once, after the epoch.
     """
     device, optimizer, scaler = settings.device, settings.optimizer, settings.scaler
     model.train()
@@ -81,6 +82,7 @@ def train_one_epoch(
             loss = models.kd_loss(
                 student_logits, teacher_logits, labels, label_weight=settings.label_weight,
                 temperature=settings.temperature, sample_weights=None if weights is None else weights[indices],
+                label_gate=None if label_gate is None else label_gate[indices],
             )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -140,15 +142,23 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
     return 100.0 * hits.float().mean().item()
 
 
-def evaluate(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval") -> dict:
-    """Top-1 and top-5 accuracy (percent) and cross-entropy of a model on an order-preserving loader."""
+def evaluate(
+    model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval", teacher_logits=None,
+    temperature: float = 4.0,
+) -> dict:  # fmt: skip
+    """Top-1 and top-5 accuracy (percent) and cross-entropy of a model on an order-preserving loader; given the
+    teacher's logits of the same samples, also `kd_loss`, the teacher's term of the KD loss (label-free)."""
     logits = predict_logits(model, loader, device, dtype, desc)
     labels = torch.as_tensor(base_view(loader.dataset).labels)
-    return {
+    scores = {
         "acc1": accuracy(logits, labels, 1),
         "acc5": accuracy(logits, labels, 5),
         "loss": F.cross_entropy(logits, labels).item(),
     }
+    if teacher_logits is not None:
+        scores["kd_loss"] = models.kd_loss(logits, teacher_logits, labels, label_weight=0.0,
+                                           temperature=temperature).item()  # fmt: skip
+    return scores
 
 
 def count_parameters(model) -> int:
@@ -198,7 +208,7 @@ class Experiment:
         self.data = views.fast_splits(data, config.loader, config.cache_dir, config.workers)
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
-        self.teacher = None
+        self.teacher = self.val_teacher = None
         if teachers.needs_teacher(config):
             names = config.teacher, config.teacher_checkpoint, config.teacher_weights
             self.teacher = teachers.load_teacher(self.data, *names).to(self.device, memory_format=self.memory_format)
@@ -210,6 +220,13 @@ class Experiment:
         self.train_loader = make_loader(self.data.train, config.batch_size, config.workers, self.device, self.sampler)
         predict = lambda model: predict_logits(model, self.score_loader, self.device, self.dtype, "teacher logits")  # noqa: E731
         self.source = teachers.choose_source(config, self.teacher, self.data, self.device, self.dtype, predict)
+
+    def val_teacher_logits(self) -> torch.Tensor | None:
+        """The teacher's logits of the validation images (None without a teacher), computed once: the probe of the
+        label-free `val_kd_loss` every epoch logs (rl_curriculum_env.probe_reward reads it)."""
+        if self.teacher is not None and self.val_teacher is None:
+            self.val_teacher = predict_logits(self.teacher, self.val_loader, self.device, self.dtype, "teacher val")
+        return self.val_teacher
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -257,6 +274,7 @@ class TrainingRun:
             target_scale=config.target_scale,
             labels=experiment.data.train.labels,
             flipped=experiment.data.flipped,
+            label_gates=getattr(config, "label_gates", ("all",)),
         )
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
@@ -287,28 +305,33 @@ class TrainingRun:
                             temperature=self.temperature, device=exp.device, dtype=exp.dtype,
                             memory_format=exp.memory_format)  # fmt: skip
 
-    def train_epoch(self, target: float | None = None) -> dict:
-        """One epoch: the curriculum's plan (it rescores first when due), the training steps, validation."""
+    def train_epoch(self, target: float | None = None, gate: str | None = None) -> dict:
+        """One epoch: the curriculum's plan (it rescores first when due), the training steps, validation. `gate`:
+        the epoch's label gate (default: the run's)."""
         exp = self.experiment
         start = time.perf_counter()
         target = self.config.target if target is None else float(target)
-        plan = self.curriculum.plan_epoch(self.epoch + 1, target, self.score_pass, exp.device)
+        plan = self.curriculum.plan_epoch(self.epoch + 1, target, self.score_pass, exp.device, gate)
         self.epoch += 1
         seeds.seed_everything(seeds.derive(self.seed, "epoch", epoch=self.epoch))  # dropout etc.: exact resume
         exp.sampler.set_epoch(self.epoch, plan.indices)
         lr = self.optimizer.param_groups[0]["lr"]
         exp.source.start_epoch(self.epoch)
         train_loss = train_one_epoch(self.model, exp.train_loader, exp.source, self.step_settings(), epoch=self.epoch,
-                                     on_logits=plan.on_logits, seen=plan.seen, weights=plan.weights)  # fmt: skip
+                                     on_logits=plan.on_logits, seen=plan.seen, weights=plan.weights,
+                                     label_gate=plan.label_gate)  # fmt: skip
         exp.source.end_epoch()
         stats = self.curriculum.end_epoch(plan, reduce=sum_across_processes)
         self.scheduler.step()
         if exp.world > 1:  # evaluate and save rank 0's BatchNorm statistics on every rank
             for buffer in self.student.buffers():
                 dist.broadcast(buffer, 0)
-        val = evaluate(self.student, exp.val_loader, exp.device, exp.dtype, "validate")
+        val = evaluate(self.student, exp.val_loader, exp.device, exp.dtype, "validate", exp.val_teacher_logits(),
+                       self.config.temperature)  # fmt: skip
+        probe = {"val_kd_loss": val["kd_loss"]} if "kd_loss" in val else {}  # label-free: the teacher's term
         return {"epoch": self.epoch, "train_loss": train_loss, "val_acc": val["acc1"], "val_acc5": val["acc5"],
-                "val_loss": val["loss"], "lr": lr, **stats, "seconds": time.perf_counter() - start}  # fmt: skip
+                "val_loss": val["loss"], **probe, "lr": lr, **stats,
+                "seconds": time.perf_counter() - start}  # fmt: skip
 
     def model_payload(self) -> dict:
         """What rebuilds the model without the original flags (models.model_from_checkpoint)."""
