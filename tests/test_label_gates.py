@@ -12,6 +12,7 @@ import cli
 import curriculum_dataloader as cd
 import data
 import engine
+import evaluate
 import models
 import seeds
 import train_student
@@ -134,3 +135,11 @@ def test_gate_flags_that_cannot_work_are_refused(flags, message):
     config = cli.parse_config(train_student.Config, flags)
     with pytest.raises(UserError, match=message):
         train_student.check_config(config)
+
+
+def test_evaluate_names_a_gated_row():
+    config = {"student": "resnet10t", "label_weight": 0.6}
+    assert evaluate.describe({**config, "label_gate": "top2"}) == (
+        "Student (resnet10t, KD, 60% labels, 40% teacher, label gate top2)"
+    )
+    assert evaluate.describe(config) == "Student (resnet10t, KD, 60% labels, 40% teacher)"  # a run of before the gate
