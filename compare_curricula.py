@@ -14,6 +14,7 @@ each). scripts/compare_curricula.sh launches the runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
@@ -55,6 +56,7 @@ def t_cdf(t: float, dof: int, steps: int = 4000) -> float:
     return 0.5 + half if t >= 0 else 0.5 - half
 
 
+@functools.cache  # the power search asks for the same critical value at every step
 def t_quantile(p: float, dof: int) -> float:
     """The p-quantile of Student's t with `dof` degrees of freedom (bisection on t_cdf), for 0.5 <= p < 1."""
     low, high = 0.0, 1.0
