@@ -220,9 +220,9 @@ def plot_comparison(rows: list[dict], groups: dict, baseline: str, path: Path) -
                            mfc="C1" if filled else "none")  # fmt: skip
     left.set_yticks(list(ys), names)
     left.invert_yaxis()
-    left.set_xlabel("test top-1 (%): seeds and mean ± std (hollow: last epoch's mean)")
+    left.set_xlabel("test top-1 (%): seeds and mean ± std\n(hollow: the last epoch's mean)")
     right.axvline(0, color="0.3", lw=0.8)
-    right.set_xlabel(f"paired difference to {baseline} (points), 95% interval (hollow: last epoch)")
+    right.set_xlabel(f"paired difference to {baseline} (points), 95% interval\n(hollow: the last epochs')")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

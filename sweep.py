@@ -334,7 +334,8 @@ def plan_comparison(args) -> Plan:
                 flags, after = [*flags, "--reward-twin", str(out / f"none-s{seed}")], after | {name}
             runs[name] = [script, *flags, "--seed", seed, "--out", str(out / name),
                           *(["--overwrite"] if args.overwrite else []), *args.extra]  # fmt: skip
-    baselines = ["random_subset", *(name for name in ("none", "teacher-only") if lab and name in commands)]
+    # the lab's questions: against plain KD on all the data first (the figure's), then teacher-only KD, the control
+    baselines = [*(name for name in ("none", "teacher-only") if lab and name in commands), "random_subset"]
     gather = ["compare_curricula.py", *(str(out / name) for name in runs), "--baseline", ",".join(baselines),
               "--out", str(out)]  # fmt: skip
     teacher = teacher_step(args, pretrain, teacher_flags, cache)

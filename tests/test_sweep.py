@@ -50,7 +50,7 @@ def test_the_calibrated_lab_expands_into_its_deciding_rows():
     assert flag("rl-bandit-twin-s1", "--reward-twin") == os.path.join("o", "none-s1")  # its seed's plain-KD twin
     assert "--reward" not in plan.runs["rl-bandit-gates-s0"]  # the seed's reward
     assert plan.after == {"rl-bandit-twin-s0", "rl-bandit-twin-s1"}  # launched once the twins have finished
-    assert plan.gather[-4:] == ["--baseline", "random_subset,none,teacher-only", "--out", "o"]
+    assert plan.gather[-4:] == ["--baseline", "none,teacher-only,random_subset", "--out", "o"]
     assert plan.teacher[plan.teacher.index("--epochs") + 1] == sweep.LAB_TEACHER[-1]
     clean = sweep.plan_comparison(sweep.parse_args(["compare", "--lab", "calibrated", "--seeds", "0"]))
     assert "oracle-s0" not in clean.runs and "--label-noise" not in clean.runs["none-s0"]
