@@ -88,7 +88,7 @@ def test_an_arm_that_does_what_the_twin_did_earns_zero(tmp_path, tiny_teacher, c
 def test_gate_bandit_with_the_twin_reward_end_to_end_and_resumed_exactly(tmp_path, tiny_teacher, cache_dir):
     """Each epoch's gate is the bandit's seeded draw, its reward the twin reward recomputed from the two runs'
     validation losses, and a run killed part-way and resumed logs what the uninterrupted one did."""
-    epochs, twin, whole, killed = 5, tmp_path / "twin", tmp_path / "whole", tmp_path / "killed"
+    epochs, twin, whole, killed = 4, tmp_path / "twin", tmp_path / "whole", tmp_path / "killed"
     run_script(*train_args(twin, *gate_flags(tiny_teacher, cache_dir), "--label-noise", "0.25", data=DATA,
                            epochs=epochs))  # fmt: skip
     flags = [*gate_flags(tiny_teacher, cache_dir), "--label-noise", "0.25", "--agent", "bandit", "--arms",
