@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 
@@ -157,7 +157,7 @@ def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
         device="cpu",  # a 64x64 MLP: the GPU would only add transfers
         verbose=0,
     )
-    agent.set_logger(configure(None, [""]))
+    agent.set_logger(Logger(None, []))  # silent, and unlike configure(None, ...) no folder of its own in /tmp
     agent.reward_scale = RunningMeanStd(shape=()) if config.normalize_reward else None  # saved in agent.zip
     return agent
 
