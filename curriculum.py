@@ -20,6 +20,8 @@ from curriculum_dataloader import (
     REFERENCED,
     SCORED,
     TARGETED,
+    TEACHER_GATES,
+    label_gate,
     label_losses,
     pacing,
     prioritised_sample,
@@ -73,6 +75,8 @@ class EpochPlan:
     seen: torch.Tensor  # the steps count each sample they train on: seen[index] += 1
     recorder: TrainPassScores | None  # takes the steps' logits when train-pass scores are on
     weights: torch.Tensor | None = None  # prioritised: each sample's importance weight on its loss (by index)
+    gate: str = "all"  # the label gate of the epoch (curriculum_dataloader.label_gate)
+    label_gate: torch.Tensor | None = None  # its factor on each sample's label term (by index); None: 1 everywhere
 
     @property
     def on_logits(self):
@@ -98,13 +102,18 @@ class Curriculum:
         target_scale: str = "quantile",
         labels: np.ndarray | None = None,
         flipped: np.ndarray | None = None,
+        label_gates: tuple[str, ...] = ("all",),
     ):
         """`labels`: the training labels the reducible loss is measured on (reducible, prioritised); `flipped`: which
-        of them --label-noise replaced (only for the metrics: the share of noisy samples an epoch trained on)."""
+        of them --label-noise replaced (for the metrics: the share of noisy samples an epoch trained on; and the
+        oracle gate); `label_gates`: the label gates the run may use, the first by default (--label-gate, or an
+        agent's arms)."""
         if strategy in REFERENCED and labels is None:
             raise ValueError(f"the {strategy} strategy needs the training labels")
         self.strategy, self.num_samples, self.seed = strategy, num_samples, seed
         self.labels, self.flipped = labels, flipped
+        self.label_gates = tuple(label_gates)
+        self.gate_tables: dict[str, np.ndarray] = {}  # each gate's factors: fixed by the teacher and the labels
         self.target_scale = target_scale
         self.fraction, self.pacing_kind = fraction, pacing_kind
         self.start_fraction, self.full_data_epoch = start_fraction, full_data_epoch
@@ -142,9 +151,12 @@ class Curriculum:
             return None
         return np.flatnonzero(self.trained_epoch != epoch)
 
-    def plan_epoch(self, epoch: int, target: float, score_pass, device: torch.device) -> EpochPlan:
-        """What 1-based `epoch` trains on, around `target`: the scores are refreshed first when due (`score_pass`,
-        see refresh_scores), and the plan carries what the epoch's training steps must hand back (end_epoch)."""
+    def plan_epoch(
+        self, epoch: int, target: float, score_pass, device: torch.device, gate: str | None = None
+    ) -> EpochPlan:
+        """What 1-based `epoch` trains on, around `target`, and with which label `gate` (default: the run's): the
+        scores are refreshed first when due (`score_pass`, see refresh_scores), and the plan carries what the epoch's
+        training steps must hand back (end_epoch)."""
         self.refresh_scores(epoch - 1, score_pass)
         recorder = None
         if self.scores_from_train_pass:
@@ -153,7 +165,20 @@ class Curriculum:
         stats_target = target if self.strategy in TARGETED else None
         indices, weights = self.draw(epoch, target)
         weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
-        return EpochPlan(epoch, indices, stats_target, seen, recorder, weights)
+        gate = self.label_gates[0] if gate is None else gate
+        table = None if gate == "all" else torch.as_tensor(self.gate_table(gate, score_pass), dtype=torch.float32)
+        return EpochPlan(epoch, indices, stats_target, seen, recorder, weights, gate,
+                         None if table is None else table.to(device))  # fmt: skip
+
+    def gate_table(self, gate: str, score_pass) -> np.ndarray:
+        """A label gate's factor per training sample, computed once: it reads only the labels and the teacher's
+        logits of the un-augmented images (from the scoring cache: `score_pass` of no student rows)."""
+        if gate not in self.label_gates:
+            raise ValueError(f"label gate {gate!r} is not among this run's {self.label_gates}")
+        if gate not in self.gate_tables:
+            teacher_logits = score_pass(np.empty(0, dtype=np.int64))[0] if gate in TEACHER_GATES else None
+            self.gate_tables[gate] = label_gate(gate, self.labels, teacher_logits, self.flipped)
+        return self.gate_tables[gate]
 
     def end_epoch(self, plan: EpochPlan, reduce=lambda tensor: tensor) -> dict:
         """Take what the epoch's steps trained on and the logits the plan asked for (`reduce`: the sum across
@@ -162,7 +187,7 @@ class Curriculum:
         if plan.recorder is not None:
             indices, components, losses = plan.recorder.collect(reduce)
             self.update_some(indices, components, plan.epoch, losses)
-        return self.epoch_stats(plan.indices, plan.target)
+        return {**self.epoch_stats(plan.indices, plan.target), **self.gate_stats(plan)}
 
     def refresh_scores(self, epochs_done: int, score_pass) -> None:
         """Rescore when the scores are due (the one place that decides it). `score_pass(stale)` gives the teacher's
@@ -276,6 +301,20 @@ class Curriculum:
         stats["difficulty_all"] = float(self.scores.mean())
         for name, values in self.components.items():
             stats[f"difficulty_{name}"] = float(values.mean())
+        return stats
+
+    def gate_stats(self, plan: EpochPlan) -> dict:
+        """metrics.csv columns of runs that may gate labels: the epoch's `label_gate`, `labels_kept` (the mean factor
+        on the label term over the epoch's draws) and with --label-noise `noisy_label_weight` (the share of that
+        weight on replaced labels; no gate: about the noise rate)."""
+        if self.label_gates == ("all",):
+            return {}
+        chosen = plan.indices
+        factors = self.gate_tables[plan.gate][chosen] if plan.gate != "all" else np.ones(len(chosen))
+        stats = {"label_gate": plan.gate, "labels_kept": float(factors.mean()) if len(chosen) else float("nan")}
+        if self.flipped is not None:
+            kept = factors.sum()
+            stats["noisy_label_weight"] = float((factors * self.flipped[chosen]).sum() / kept) if kept else 0.0
         return stats
 
     def selection_extras(self, chosen: np.ndarray) -> dict:

@@ -31,6 +31,9 @@ SOFT_WIDTH = 0.15  # soft: std of the Gaussian weight around the target, in diff
 SOFT_FLOOR = 0.05  # soft: weight every sample keeps, however far from the target
 LOSSES = ("student", "teacher")  # the label losses (CE against the training label) the reducible loss subtracts
 PRIORITY_FLOOR = 0.1  # prioritised: share every sample keeps, in units of the mean clipped reducible loss
+# Label gates: which samples' label term a run keeps (label_gate); the teacher's term stays on every sample
+LABEL_GATES = ("all", "none", "top1", "top2", "top3", "prob", "oracle")
+TEACHER_GATES = ("top1", "top2", "top3", "prob")  # read the teacher's logits of the un-augmented training images
 
 
 def scores_from_train_pass(strategy: str, score_source: str) -> bool:
@@ -156,6 +159,45 @@ def label_losses(
     teacher's: the two terms of the reducible loss."""
     logits = {"student": student_logits, "teacher": teacher_logits}
     return {name: F.cross_entropy(logits[name].double(), labels, reduction="none").float() for name in LOSSES}
+
+
+def label_gate(gate: str, labels: np.ndarray, teacher_logits: torch.Tensor | None = None, flipped=None) -> np.ndarray:
+    """Each training sample's factor in [0, 1] on the label term of the KD loss (models.kd_loss's `label_gate`):
+    `all` 1 (plain KD), `none` 0 (the teacher's term alone), `topK` 1 where the label is among the teacher's K
+    largest logits (a tie counts for the label: its rank is the number of classes the teacher scores strictly
+    higher), `prob` the teacher's probability of the label, p_t(y) (temperature 1), and `oracle` 1 exactly where
+    --label-noise left the label alone (`flipped`: which labels it replaced): the ceiling of any noise filter."""
+    labels = np.asarray(labels, dtype=np.int64)
+    if gate in ("all", "none"):
+        return np.full(len(labels), 1.0 if gate == "all" else 0.0)
+    if gate == "oracle":
+        if flipped is None:
+            raise ValueError("the oracle gate needs to know the replaced labels: run with --label-noise")
+        return 1.0 - np.asarray(flipped, dtype=np.float64)
+    logits = torch.as_tensor(teacher_logits).double()
+    own = logits.gather(1, torch.as_tensor(labels)[:, None])
+    if gate == "prob":
+        return (own - torch.logsumexp(logits, dim=1, keepdim=True)).exp()[:, 0].numpy()
+    if gate in TEACHER_GATES:
+        rank = (logits > own).sum(dim=1).numpy()
+        return (rank < int(gate[3:])).astype(np.float64)
+    raise ValueError(f"unknown label gate {gate!r}; choose one of {LABEL_GATES}")
+
+
+def gate_precision_recall(gate: np.ndarray, flipped: np.ndarray) -> dict[str, float]:
+    """How well a gate (factors in [0, 1]) drops the replaced labels, counting a factor g as 1 - g of a drop:
+    `precision` the share of what it drops that was replaced, `recall` the share of the replaced labels it drops,
+    `clean_kept` the share of the untouched labels it keeps, `noisy_weight` the share of the label term's weight
+    left on replaced labels (no gate: the noise rate)."""
+    gate, flipped = np.asarray(gate, dtype=np.float64), np.asarray(flipped, dtype=np.float64)
+    dropped, clean = 1.0 - gate, 1.0 - flipped
+    share = lambda part, whole: float(part.sum() / whole.sum()) if whole.sum() > 0 else float("nan")  # noqa: E731
+    return {
+        "precision": share(dropped * flipped, dropped),
+        "recall": share(dropped * flipped, flipped),
+        "clean_kept": share(gate * clean, clean),
+        "noisy_weight": share(gate * flipped, gate),
+    }
 
 
 def select_samples(

@@ -67,14 +67,16 @@ class StepSettings:
 
 
 def train_one_epoch(
-    model, loader, source: LogitSource, settings: StepSettings, *, epoch=0, on_logits=None, seen=None, weights=None
-) -> float:
+    model, loader, source: LogitSource, settings: StepSettings, *, epoch=0, on_logits=None, seen=None, weights=None,
+    label_gate=None,
+) -> float:  # fmt: skip
     """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
     all processes). `on_logits(indices, teacher_logits, student_logits)` sees every batch (train-pass scoring);
     `seen[index] += 1` counts what was trained; `weights[index]` multiplies that sample's loss (a prioritised
-    sampler's importance weights). Between the first batch and the last nothing waits for the device (no value
-    read back, no tensor built from Python data; tests/test_gpu_path.py guards it): losses stay there and are checked
-    for NaN once, after the epoch, and batch sizes are counted on the host.
+    sampler's importance weights); `label_gate[index]` multiplies its label term alone (a label gate). Between the
+    first batch and the last nothing waits for the device (no value read back, no tensor built from Python data;
+    tests/test_gpu_path.py guards it): losses stay there and are checked for NaN once, after the epoch, and batch
+    sizes are counted on the host.
     """
     device, optimizer, scaler = settings.device, settings.optimizer, settings.scaler
     model.train()
@@ -92,6 +94,7 @@ def train_one_epoch(
             loss = models.kd_loss(
                 student_logits, teacher_logits, labels, label_weight=settings.label_weight,
                 temperature=settings.temperature, sample_weights=None if weights is None else weights[indices],
+                label_gate=None if label_gate is None else label_gate[indices],
             )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -160,16 +163,22 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
 
 
 def evaluate(
-    model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval", memory_format=None
-) -> dict:
-    """Top-1 and top-5 accuracy (percent) and cross-entropy of a model on an order-preserving loader."""
+    model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval", memory_format=None,
+    teacher_logits=None, temperature: float = 4.0,
+) -> dict:  # fmt: skip
+    """Top-1 and top-5 accuracy (percent) and cross-entropy of a model on an order-preserving loader; given the
+    teacher's logits of the same samples, also `kd_loss`, the teacher's term of the KD loss (label-free)."""
     logits = predict_logits(model, loader, device, dtype, desc, memory_format)
     labels = torch.as_tensor(base_view(loader.dataset).labels)
-    return {
+    scores = {
         "acc1": accuracy(logits, labels, 1),
         "acc5": accuracy(logits, labels, 5),
         "loss": F.cross_entropy(logits, labels).item(),
     }
+    if teacher_logits is not None:
+        scores["kd_loss"] = models.kd_loss(logits, teacher_logits, labels, label_weight=0.0,
+                                           temperature=temperature).item()  # fmt: skip
+    return scores
 
 
 def count_parameters(model) -> int:
@@ -203,7 +212,7 @@ class Experiment:
         views.normalisation(self.device)  # made now, not in the first training step
         self.num_classes = len(self.data.class_names)
         check_epoch_size(config, len(self.data.train), self.world)
-        self.teacher = None
+        self.teacher = self.val_teacher = None
         if teachers.needs_teacher(config):
             names = config.teacher, config.teacher_checkpoint, config.teacher_weights
             self.teacher = teachers.load_teacher(self.data, *names).to(self.device, memory_format=self.memory_format)
@@ -232,8 +241,15 @@ class Experiment:
     def predict(self, model, loader, desc: str) -> torch.Tensor:
         return predict_logits(model, loader, self.device, self.dtype, desc, self.memory_format)
 
-    def evaluate(self, model, loader, desc: str) -> dict:
-        return evaluate(model, loader, self.device, self.dtype, desc, self.memory_format)
+    def evaluate(self, model, loader, desc: str, teacher_logits=None, temperature: float = 4.0) -> dict:
+        return evaluate(model, loader, self.device, self.dtype, desc, self.memory_format, teacher_logits, temperature)
+
+    def val_teacher_logits(self) -> torch.Tensor | None:
+        """The teacher's logits of the validation images (None without a teacher), computed once: the probe of the
+        label-free `val_kd_loss` every epoch logs (rl_curriculum_env.probe_reward reads it)."""
+        if self.teacher is not None and self.val_teacher is None:
+            self.val_teacher = self.predict(self.teacher, self.val_loader, "teacher val")
+        return self.val_teacher
 
     def close(self) -> None:
         """Stop the loaders' worker processes: whoever made the experiment calls this where its runs end (a `with`
@@ -290,6 +306,7 @@ class TrainingRun:
             target_scale=config.target_scale,
             labels=experiment.data.train.labels,
             flipped=experiment.data.flipped,
+            label_gates=getattr(config, "label_gates", ("all",)),
         )
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
@@ -322,28 +339,32 @@ class TrainingRun:
                             temperature=self.temperature, device=exp.device, dtype=exp.dtype,
                             memory_format=exp.memory_format)  # fmt: skip
 
-    def train_epoch(self, target: float | None = None) -> dict:
-        """One epoch: the curriculum's plan (it rescores first when due), the training steps, validation."""
+    def train_epoch(self, target: float | None = None, gate: str | None = None) -> dict:
+        """One epoch: the curriculum's plan (it rescores first when due), the training steps, validation. `gate`:
+        the epoch's label gate (default: the run's)."""
         exp = self.experiment
         start = time.perf_counter()
         target = self.config.target if target is None else float(target)
-        plan = self.curriculum.plan_epoch(self.epoch + 1, target, self.score_pass, exp.device)
+        plan = self.curriculum.plan_epoch(self.epoch + 1, target, self.score_pass, exp.device, gate)
         self.epoch += 1
         seeds.seed_everything(seeds.derive(self.seed, "epoch", epoch=self.epoch))  # dropout etc.: exact resume
         exp.sampler.set_epoch(self.epoch, plan.indices)
         lr = self.optimizer.param_groups[0]["lr"]
         exp.source.start_epoch(self.epoch)
         train_loss = train_one_epoch(self.model, exp.train_loader, exp.source, self.step_settings(), epoch=self.epoch,
-                                     on_logits=plan.on_logits, seen=plan.seen, weights=plan.weights)  # fmt: skip
+                                     on_logits=plan.on_logits, seen=plan.seen, weights=plan.weights,
+                                     label_gate=plan.label_gate)  # fmt: skip
         exp.source.end_epoch()
         stats = self.curriculum.end_epoch(plan, reduce=sum_across_processes)
         self.scheduler.step()
         if exp.world > 1:  # evaluate and save rank 0's BatchNorm statistics on every rank
             for buffer in self.student.buffers():
                 dist.broadcast(buffer, 0)
-        val = exp.evaluate(self.student, exp.val_loader, "validate")
+        val = exp.evaluate(self.student, exp.val_loader, "validate", exp.val_teacher_logits(), self.config.temperature)
+        probe = {"val_kd_loss": val["kd_loss"]} if "kd_loss" in val else {}  # label-free: the teacher's term
         return {"epoch": self.epoch, "train_loss": train_loss, "val_acc": val["acc1"], "val_acc5": val["acc5"],
-                "val_loss": val["loss"], "lr": lr, **stats, "seconds": time.perf_counter() - start}  # fmt: skip
+                "val_loss": val["loss"], **probe, "lr": lr, **stats,
+                "seconds": time.perf_counter() - start}  # fmt: skip
 
     def model_payload(self) -> dict:
         """What rebuilds the model without the original flags (models.model_from_checkpoint)."""

@@ -112,6 +112,8 @@ def describe(config: dict) -> str:
         kind = f"KD + {config['curriculum']} curriculum"
     else:
         kind = "KD" if weight < 1 else ""
+    gate = config.get("label_gate", "all")  # absent from runs of before --label-gate
+    loss += f", label gate {gate}" if gate != "all" else ""
     details = ", ".join(part for part in (kind, loss) if part)
     return f"Student ({config['student']}, {details})"
 

@@ -136,14 +136,19 @@ def kd_loss(
     label_weight: float,
     temperature: float,
     sample_weights: torch.Tensor | None = None,
+    label_gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hinton et al. (2015) distillation loss, batch mean:
     `label_weight * CE(s, y) + (1 - label_weight) * T^2 * KL(softmax(t/T) || softmax(s/T))`.
     The T^2 keeps the soft term's gradient scale independent of T. With `sample_weights` (the importance weights of
-    a prioritised sampler) each sample's loss is multiplied by its weight before the mean.
+    a prioritised sampler) each sample's loss is multiplied by its weight before the mean. With `label_gate` (a
+    factor in [0, 1] per sample: a label gate, docs/curriculum.md) only the label term is multiplied by it, sample by
+    sample, `label_weight * g_i * CE_i + (1 - label_weight) * T^2 * KL_i`: the teacher's term stays on every sample.
     """
     student_logits = student_logits.float()
     loss = label_weight * F.cross_entropy(student_logits, labels, reduction="none") if label_weight > 0 else 0.0
+    if label_gate is not None:
+        loss = loss * label_gate
     if label_weight < 1:
         log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
         log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)

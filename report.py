@@ -114,7 +114,7 @@ def plot_curriculum(group: dict, path: Path) -> None:
     if is_rl:
         ax = axes[1, 0]
         lines = [plot_mean(ax, metrics, "reward", color="black", linewidth=2, label="reward")]
-        for name in REWARD_COLUMNS:
+        for name in (name for name in REWARD_COLUMNS if has_column(metrics[0], name)):  # none with --reward twin
             lines.append(plot_mean(ax, metrics, name, linewidth=1, label=name.replace("reward_", "R_")))
         ax.axhline(0, color="grey", linewidth=0.5)
         clipped = clip_outliers(ax, lines)

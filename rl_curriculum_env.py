@@ -1,8 +1,10 @@
 """A gymnasium environment whose step is one training epoch of the student, and the curriculum reward.
 
-The agent picks the epoch's target difficulty (and optionally nudges the KD temperature); the environment trains one
-epoch of KD on the samples the curriculum strategy selects around that target, validates, and returns the reward of
-docs/formulas.md. An episode is one training run of `num_epochs` epochs.
+The agent picks the epoch's target difficulty (and optionally nudges the KD temperature), or the epoch's label gate
+(`gates`: an arm per gate); the environment trains one epoch of KD on the samples the curriculum strategy selects
+around that target, validates, and returns the reward of docs/formulas.md: `curriculum_reward` (the default), or
+`twin_reward`, the change of the run's lead over a same-seed twin run on a probe loss. An episode is one training run
+of `num_epochs` epochs.
 
 Observation (float32, every entry in [-1, 1]):
 
@@ -56,6 +58,17 @@ def curriculum_reward(
     return sum(reward_components(val_acc, prev_val_acc, train_loss, prev_train_loss, epoch, num_epochs).values())
 
 
+def twin_reward(
+    probe_loss: float, twin_probe_loss: float, prev_probe_loss: float | None, prev_twin_probe_loss: float | None
+) -> float:
+    """`R = 100 (lead_t - lead_{t-1})` with `lead_t = twin_probe_loss_t - probe_loss_t`: how much this epoch moved the
+    run ahead of (or behind) its twin, a run of the same seed that differs only in its actions (docs/formulas.md).
+    Before the first epoch both runs are the same student, so the previous losses are None and the lead is 0. Both
+    runs go through the same phase of training at the same epoch, so the phase cancels: only the actions remain."""
+    prev_lead = 0.0 if prev_probe_loss is None else prev_twin_probe_loss - prev_probe_loss
+    return 100.0 * ((twin_probe_loss - probe_loss) - prev_lead)
+
+
 def squash(loss: float) -> float:
     return loss / (1.0 + loss) if math.isfinite(loss) else 1.0
 
@@ -67,7 +80,12 @@ class CurriculumEnv(gym.Env):
     5); `"box"`: `Box(-1, 1, (1,))`, mapped affinely to the target `(a + 1) / 2` in [0, 1] (stable-baselines3 asks for
     a symmetric, normalised Box: a Gaussian policy starts centred on it, at target 0.5). With `control_temperature`
     the action gains a second part that moves the KD temperature by -0.5, 0 or +0.5 within [2, 8], as the reference's
-    agent could.
+    agent could. With `gates` (label gates, curriculum_dataloader.label_gate) the action is `Discrete(len(gates))`:
+    the epoch's label gate, at the run's own target.
+
+    `twin` (the probe loss per epoch of a finished run of the same seed, e.g. its plain-KD twin) replaces the reward
+    by `twin_reward` on the metrics column `probe` (`val_loss`, the validation cross-entropy, or the label-free
+    `val_kd_loss`).
     """
 
     metadata = {"render_modes": []}
@@ -79,13 +97,22 @@ class CurriculumEnv(gym.Env):
         bins: int = 11,
         control_temperature: bool = False,
         log: MetricsLog | None = None,
+        gates: list[str] | None = None,
+        twin: list[float] | None = None,
+        probe: str = "val_loss",
     ):
         super().__init__()
         self.experiment, self.log = experiment, log  # handed to each run; the env itself writes nothing
         self.num_epochs = experiment.config.epochs
         self.action_mode, self.control_temperature = action_mode, control_temperature
         self.targets = np.linspace(0.0, 1.0, bins)
-        if action_mode == "discrete":
+        self.gates, self.twin, self.probe = gates, twin, probe
+        self.prev_probe: float | None = None
+        if gates is not None:
+            if action_mode != "discrete" or control_temperature:
+                raise ValueError("gate arms are a discrete action of their own: no box action, no temperature")
+            self.action_space = spaces.Discrete(len(gates))
+        elif action_mode == "discrete":
             self.action_space = spaces.MultiDiscrete([bins, 3]) if control_temperature else spaces.Discrete(bins)
         elif action_mode == "box":
             self.action_space = spaces.Box(-1.0, 1.0, shape=(2 if control_temperature else 1,), dtype=np.float32)
@@ -101,8 +128,10 @@ class CurriculumEnv(gym.Env):
     # -- action decoding
 
     def decode(self, action) -> tuple[float, float]:
-        """(target difficulty, temperature change) of an action."""
+        """(target difficulty, temperature change) of an action (with gate arms: the run's target, no change)."""
         action = np.asarray(action).reshape(-1)
+        if self.gates is not None:
+            return self.experiment.config.target, 0.0
         if self.action_mode == "discrete":
             target = float(self.targets[int(action[0])])
             change = TEMPERATURE_STEP * (int(action[1]) - 1) if self.control_temperature else 0.0
@@ -129,6 +158,7 @@ class CurriculumEnv(gym.Env):
                                                                    episode=self.episode)  # fmt: skip
         self.run = self.new_run()
         self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, self.experiment.config.target
+        self.prev_probe = None  # the probe loss after the last epoch (twin reward), None before the first
         self.run.refresh_scores()  # the first observation already describes the difficulty of the data
         self.agent_clock = time.perf_counter()
         return self.observation(), {}
@@ -137,18 +167,10 @@ class CurriculumEnv(gym.Env):
         agent_seconds = time.perf_counter() - self.agent_clock  # the agent's time since the last step returned
         run = self.run
         target, change = self.decode(action)
+        gate = None if self.gates is None else self.gates[int(np.asarray(action).reshape(-1)[0])]
         run.temperature = float(np.clip(run.temperature + change, *TEMPERATURE_RANGE))
-        row = run.train_epoch(target)
-        outcome = (
-            row["val_acc"],
-            self.prev_val_acc,
-            row["train_loss"],
-            self.prev_train_loss,
-            run.epoch,
-            self.num_epochs,
-        )
-        reward = curriculum_reward(*outcome)
-        components = reward_components(*outcome)  # the four terms, logged beside their sum
+        row = run.train_epoch(target, gate)
+        reward, components = self.reward(row)
         row.update(
             episode=self.episode, reward=reward, **components, temperature=run.temperature, agent_seconds=agent_seconds
         )
@@ -157,12 +179,25 @@ class CurriculumEnv(gym.Env):
         self.last_target = target
         observation = self.observation(row)
         self.prev_val_acc, self.prev_train_loss = row["val_acc"], row["train_loss"]
+        self.prev_probe = row.get(self.probe)
         info = {"val_acc": row["val_acc"], "train_loss": row["train_loss"], **components}
         terminated = run.epoch >= self.num_epochs
         if terminated:
             self.episodes_done, self.completed_run = self.episodes_done + 1, run
         self.agent_clock = time.perf_counter()
         return observation, float(reward), terminated, False, info
+
+    def reward(self, row: dict) -> tuple[float, dict]:
+        """The epoch's reward and its logged terms: curriculum_reward's four, or the twin reward with the twin's probe
+        loss of the same epoch."""
+        if self.twin is None:
+            outcome = (row["val_acc"], self.prev_val_acc, row["train_loss"], self.prev_train_loss, self.run.epoch,
+                       self.num_epochs)  # fmt: skip
+            return curriculum_reward(*outcome), reward_components(*outcome)
+        epoch = self.run.epoch
+        twin_now, twin_before = self.twin[epoch - 1], self.twin[epoch - 2] if epoch > 1 else None
+        reward = twin_reward(row[self.probe], twin_now, self.prev_probe, twin_before)
+        return reward, {"twin_probe_loss": twin_now, "twin_lead": twin_now - row[self.probe]}
 
     # -- the episode's run, for the agent's loop
 
@@ -186,7 +221,7 @@ class CurriculumEnv(gym.Env):
     def state_dict(self) -> dict:
         return {"episode": self.episode, "episodes_done": self.episodes_done, "prev_val_acc": self.prev_val_acc,
                 "prev_train_loss": self.prev_train_loss, "last_target": self.last_target,
-                "run_seed": self.run_seed}  # fmt: skip
+                "run_seed": self.run_seed, "prev_probe": self.prev_probe}  # fmt: skip
 
     def load_state(self, state: dict, checkpoint: dict) -> None:
         """Resume mid-run: the episode's counters, and its training run from the checkpoint."""

@@ -51,6 +51,14 @@ BENCH_BATCH = "32"
 # agent steps) keep the demo within its time; the default 30 (300 steps, what tests/test_agent_learns.py shows is
 # enough to learn) costs about 3 minutes more on a CPU.
 BENCH_RL = ["--pretrain-episodes", "10"]
+# The calibrated lab (`sweep.py compare --lab calibrated`, docs/curriculum.md): the benchmark's training images with
+# 5x the validation and 4x the test images (evaluation is cheap at 32 px), and a teacher chosen by a pilot so that
+# labels carry information it lacks
+LAB_STUDENT_DATA = "synthetic:classes=10,train=200,val=500,test=2000,size=32,seed=0,jitter=0.4"
+LAB_TEACHER = ["--student", "resnet10t", "--epochs", "1"]  # the pilot's pick (docs/curriculum.md): 1 epoch, not 4
+LAB_LABEL_WEIGHT = "0.6"  # clean and noisy: in the lab the labels add to the teacher
+LAB_GATE = "top2"  # the label-gate row's gate: the pilot's best trade-off of precision and recall
+LAB_ARMS = "all,none,top2"  # the gate bandits' arms: every label, none (the teacher alone), the gate
 # --quick: the same design, tiny (4 of 8 classes)
 QUICK_STUDENT_DATA = "synthetic:classes=4,train=96,val=32,test=32"
 QUICK_PRETRAIN_DATA = "synthetic:classes=8,train=256,val=32,test=32"
@@ -77,6 +85,11 @@ STRATEGIES = [
 # rows of the comparison that are not a fixed strategy of train_student.py: plain KD on all the data for 60% of the
 # epochs (the 60% strategies' budget), and the two agents (train_student_rl.py), whose targets are rank quantiles
 OTHER_ROWS = ["equal-compute", "rl-bandit", "rl-ppo"]
+# rows of the calibrated lab (`--lab calibrated`): teacher-only KD, the label gate and the oracle on all the data, and
+# the bandit over label gates with the seed's reward and with the twin reward (its twin: the `none` run of its seed)
+LAB_OTHER_ROWS = ["teacher-only", "label-gate", "oracle", "rl-bandit-gates", "rl-bandit-twin"]
+LAB_ROWS = ["none", "teacher-only", "label-gate", "oracle", "random_subset", "reducible", "rl-bandit-gates",
+            "rl-bandit-twin"]  # fmt: skip
 NOISY_LABEL_WEIGHT = "0.6"  # --label-noise: labels only matter to KD that uses them (the reference's "60% labels")
 # where the pretrained synthetic teacher's best.pt goes in a run's command once it exists (it is trained first)
 TEACHER_CHECKPOINT = "<pretrained teacher>"
@@ -94,8 +107,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--seeds", help="seeds, comma-separated (default: table 0, compare 0,1,2,3,4)")
     parser.add_argument("--targets", default="0.2,0.4,0.6", help="compare: adaptive's targets (default: 0.2,0.4,0.6)")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES + OTHER_ROWS),
-                        help="compare: the strategies and rows (default: all)")  # fmt: skip
+    parser.add_argument("--lab", choices=("benchmark", "calibrated"), default="benchmark",
+                        help="compare: the synthetic benchmark (the demo's), or the calibrated lab: 5x the validation "
+                        "and 4x the test images, a weaker teacher, KD with labels (docs/curriculum.md)")  # fmt: skip
+    parser.add_argument("--strategies", help="compare: the strategies and rows (default: all of the benchmark's; "
+                        f"the lab: {','.join(LAB_ROWS)})")  # fmt: skip
     parser.add_argument("--label-noise", type=float, default=0.0,
                         help=f"compare: the noisy variant, this share of training labels replaced, with --label-weight "
                         f"{NOISY_LABEL_WEIGHT} (default 0: clean)")  # fmt: skip
@@ -159,6 +175,7 @@ class Plan:
     gather: list[str]
     products: list[str]  # the first is the table's markdown
     table: str | None  # the file the gathering command's stdout is saved to (the table's markdown)
+    after: set[str] = dataclasses.field(default_factory=set)  # runs that read others' results: launched last
 
     def spec(self) -> dict:
         return {
@@ -246,37 +263,18 @@ def replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
     return [*argv[:position], value, *argv[position + 1 :]]
 
 
-def plan_comparison(args) -> Plan:
-    """Every curriculum strategy at fraction 0.6, teacher-only KD, the same seeds (scripts/compare_curricula.sh)."""
-    data = args.data or "synthetic"
-    if not data.startswith("synthetic"):
-        raise UserError("only --data synthetic[:OPTIONS] is wired up for the comparison; see docs/sweeps.md.")
-    out, seeds = Path(args.out or "runs/compare"), seeds_of(args.seeds or "0,1,2,3,4")
-    strategies = [name.strip() for name in args.strategies.split(",") if name.strip()]
-    unknown = sorted(set(strategies) - set(STRATEGIES + OTHER_ROWS))
+def comparison_rows(args, common: list[str], epochs: int) -> dict[str, tuple[str, list[str]]]:
+    """Each row of the comparison: its script and flags (the seed and folder come later)."""
+    strategies = [name.strip() for name in (args.strategies or default_rows(args)).split(",") if name.strip()]
+    known = STRATEGIES + OTHER_ROWS + LAB_OTHER_ROWS
+    unknown = sorted(set(strategies) - set(known))
     if unknown or "random_subset" not in strategies:
-        raise UserError(f"--strategies: pick from {', '.join(STRATEGIES + OTHER_ROWS)}, with random_subset (the "
-                        "baseline).")  # fmt: skip
-    if not 0 <= args.label_noise < 1:
-        raise UserError(f"--label-noise {args.label_noise}: give a share of the training labels in [0, 1), e.g. 0.3.")
-    cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
-    pretrain, teacher_flags, data = (
-        BENCH_PRETRAIN_DATA,
-        BENCH_TEACHER,
-        BENCH_STUDENT_DATA if data == "synthetic" else data,
-    )
-    epochs = args.epochs or BENCH_EPOCHS
-    if args.quick:
-        data, pretrain, teacher_flags, epochs = QUICK_STUDENT_DATA, QUICK_PRETRAIN_DATA, QUICK_TEACHER, args.epochs or 1
-    # --target-scale absolute: the comparison was measured with targets on the difficulty scale (the reference's);
-    # pass -- --target-scale quantile to compare the rank bands that train_student.py defaults to
-    common = ["--data", data, "--epochs", str(epochs), "--device", args.device, "--workers", BENCH_WORKERS,
-              "--batch-size", BENCH_BATCH, "--student", "resnet10t", "--teacher-checkpoint", TEACHER_CHECKPOINT,
-              "--label-weight", "0", "--fraction", "0.6", "--target-scale", "absolute", "--teacher-logits", "replay",
-              *cache]  # fmt: skip
-    if args.label_noise:
-        common = [*replace_flag(common, "--label-weight", NOISY_LABEL_WEIGHT), "--label-noise", str(args.label_noise)]
-    agent = replace_flag(common, "--target-scale", "quantile")
+        raise UserError(f"--strategies: pick from {', '.join(known)}, with random_subset (the baseline).")
+    if "oracle" in strategies and not args.label_noise:
+        raise UserError("--strategies oracle drops the labels --label-noise replaced: give --label-noise, e.g. 0.3.")
+    if "rl-bandit-twin" in strategies and "none" not in strategies:
+        raise UserError("--strategies rl-bandit-twin reads its twin, the none run of its seed: add none.")
+    gates = ["--agent", "bandit", "--arms", LAB_ARMS, "--curriculum", "none"]
     commands = {}  # row -> (script, its flags)
     for strategy in strategies:
         if strategy == "adaptive":
@@ -286,28 +284,72 @@ def plan_comparison(args) -> Plan:
         elif strategy == "equal-compute":
             commands[strategy] = "train_student.py", [*replace_flag(common, "--epochs", str(round(0.6 * epochs))),
                                                       "--curriculum", "none"]  # fmt: skip
+        elif strategy == "teacher-only":
+            commands[strategy] = "train_student.py", [*replace_flag(common, "--label-weight", "0"), "--curriculum",
+                                                      "none"]  # fmt: skip
+        elif strategy in ("label-gate", "oracle"):
+            gate = LAB_GATE if strategy == "label-gate" else "oracle"
+            commands[strategy] = "train_student.py", [*common, "--curriculum", "none", "--label-gate", gate]
         elif strategy == "rl-bandit":
-            commands[strategy] = "train_student_rl.py", [*agent, "--agent", "bandit"]
+            commands[strategy] = "train_student_rl.py", [*common, "--agent", "bandit"]
+        elif strategy == "rl-bandit-gates":
+            commands[strategy] = "train_student_rl.py", [*common, *gates]
+        elif strategy == "rl-bandit-twin":  # --reward-twin is filled in per seed (plan_comparison)
+            commands[strategy] = "train_student_rl.py", [*common, *gates, "--reward", "twin"]
         elif strategy == "rl-ppo":
-            commands[strategy] = "train_student_rl.py", [*agent, *(QUICK_RL if args.quick else BENCH_RL)]
+            commands[strategy] = "train_student_rl.py", [*common, *(QUICK_RL if args.quick else BENCH_RL)]
         else:
             commands[strategy] = "train_student.py", [*common, "--curriculum", strategy]
-    runs = {}
+    return commands
+
+
+def default_rows(args) -> str:
+    """The benchmark's every row, or the lab's deciding rows (the oracle only with noisy labels)."""
+    if args.lab == "benchmark":
+        return ",".join(STRATEGIES + OTHER_ROWS)
+    return ",".join(row for row in LAB_ROWS if row != "oracle" or args.label_noise)
+
+
+def plan_comparison(args) -> Plan:
+    """Every curriculum strategy at fraction 0.6, the same seeds (scripts/compare_curricula.sh): on the benchmark
+    with teacher-only KD (--label-noise: 60% labels), in the calibrated lab with 60% labels."""
+    data = args.data or "synthetic"
+    if not data.startswith("synthetic"):
+        raise UserError("only --data synthetic[:OPTIONS] is wired up for the comparison; see docs/sweeps.md.")
+    if not 0 <= args.label_noise < 1:
+        raise UserError(f"--label-noise {args.label_noise}: give a share of the training labels in [0, 1), e.g. 0.3.")
+    out, seeds = Path(args.out or "runs/compare"), seeds_of(args.seeds or "0,1,2,3,4")
+    cache = ["--cache-dir", args.cache_dir] if args.cache_dir else []
+    lab = args.lab == "calibrated"
+    pretrain, teacher_flags = BENCH_PRETRAIN_DATA, LAB_TEACHER if lab else BENCH_TEACHER
+    if data == "synthetic":
+        data = LAB_STUDENT_DATA if lab else BENCH_STUDENT_DATA
+    epochs = args.epochs or BENCH_EPOCHS
+    if args.quick:
+        data, pretrain, teacher_flags, epochs = QUICK_STUDENT_DATA, QUICK_PRETRAIN_DATA, QUICK_TEACHER, args.epochs or 1
+    label_weight = LAB_LABEL_WEIGHT if lab else NOISY_LABEL_WEIGHT if args.label_noise else "0"
+    # one target scale for every row: the agents' and adaptive's targets are rank quantiles
+    common = ["--data", data, "--epochs", str(epochs), "--device", args.device, "--workers", BENCH_WORKERS,
+              "--batch-size", BENCH_BATCH, "--student", "resnet10t", "--teacher-checkpoint", TEACHER_CHECKPOINT,
+              "--label-weight", label_weight, "--fraction", "0.6", "--target-scale", "quantile",
+              "--teacher-logits", "replay", *cache]  # fmt: skip
+    if args.label_noise:
+        common += ["--label-noise", str(args.label_noise)]
+    commands = comparison_rows(args, common, epochs)
+    runs, after = {}, set()
     for seed in seeds:  # seed by seed: a cut-off sequential comparison still holds every strategy's first seeds
         for strategy, (script, flags) in commands.items():
             name = f"{strategy}-s{seed}"
+            if strategy == "rl-bandit-twin":  # launched once its twin has finished (main)
+                flags, after = [*flags, "--reward-twin", str(out / f"none-s{seed}")], after | {name}
             runs[name] = [script, *flags, "--seed", seed, "--out", str(out / name),
                           *(["--overwrite"] if args.overwrite else []), *args.extra]  # fmt: skip
-    gather = [
-        "compare_curricula.py",
-        *(str(out / name) for name in runs),
-        "--baseline",
-        "random_subset",
-        "--out",
-        str(out),
-    ]
+    # the lab's questions: against plain KD on all the data first (the figure's), then teacher-only KD, the control
+    baselines = [*(name for name in ("none", "teacher-only") if lab and name in commands), "random_subset"]
+    gather = ["compare_curricula.py", *(str(out / name) for name in runs), "--baseline", ",".join(baselines),
+              "--out", str(out)]  # fmt: skip
     teacher = teacher_step(args, pretrain, teacher_flags, cache)
-    return Plan(out, teacher, runs, gather, ["comparison.md", "comparison.json"], table=None)
+    return Plan(out, teacher, runs, gather, ["comparison.md", "comparison.json"], table=None, after=after)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -437,7 +479,10 @@ def main(argv=None) -> None:
         for step in steps.values():
             step.argv = with_teacher(step.argv, checkpoint)
         plan.gather = with_teacher(plan.gather, checkpoint)
-        results = run_steps(steps, progress, args, plan.out) if steps else {}
+        results = {}
+        for stage in (False, True):  # the runs that read other runs' results (a twin's) once those are done
+            some = {number: step for number, step in steps.items() if (step.name in plan.after) == stage}
+            results.update(run_steps(some, progress, args, plan.out) if some else {})
     except KeyboardInterrupt:
         print(f"sweep: interrupted; {progress.summary()[7:]}; run the same command to continue it", file=sys.stderr)
         sys.exit(130)

@@ -22,7 +22,7 @@ import torch
 
 import models
 from bookkeeping import is_main_process
-from curriculum_dataloader import SCORED, scores_from_train_pass
+from curriculum_dataloader import SCORED, TEACHER_GATES, scores_from_train_pass
 from devices import autocast, broadcast_from_main, share_from_main, sum_across_processes
 from errors import UserError
 from files import atomic_write, load_checkpoint, write_error
@@ -38,7 +38,8 @@ def needs_teacher(config) -> bool:
 
 def fills_cache(config) -> bool:
     """Whether a run may write its teacher's logits into --cache-dir (the scoring cache or the view store)."""
-    return config.curriculum in SCORED or config.teacher_logits != "online"
+    teacher_gate = getattr(config, "label_gate", "all") in TEACHER_GATES  # reads the scoring cache
+    return config.curriculum in SCORED or config.teacher_logits != "online" or teacher_gate
 
 
 def batches_need_logits(config) -> bool:

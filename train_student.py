@@ -17,7 +17,7 @@ import timm
 
 from bookkeeping import is_main_process, open_run_folder, results_line, start_run
 from cli import field
-from curriculum_dataloader import PACINGS, STRATEGIES, TARGET_SCALES
+from curriculum_dataloader import LABEL_GATES, PACINGS, STRATEGIES, TARGET_SCALES
 from devices import MEMORY_FORMATS, end_distributed
 from engine import Experiment, TrainingRun
 from errors import UserError, run_cli
@@ -59,6 +59,11 @@ class Config:
         "weight of the label CE; 1 - it on the teacher's KL (1 = labels only, no teacher)",
         group="loss and optimisation",
     )
+    label_gate: str = field(
+        "all", "which samples keep the label term (the teacher's term stays on all): all; none; top1/top2/top3, "
+        "labels among the teacher's K most likely classes; prob, weighted by the teacher's p(label); oracle, exactly "
+        "the labels --label-noise left alone (docs/curriculum.md)", choices=LABEL_GATES,
+    )  # fmt: skip
     temperature: float = field(4.0, "KD temperature T")
     epochs: int = field(100, "training epochs")
     batch_size: int = field(128, "training batch size")
@@ -105,6 +110,11 @@ class Config:
     overwrite: bool = field(False, "replace the run already in --out")
     resume: str | None = field(None, "continue the interrupted run in this folder after its last completed epoch")
 
+    @property
+    def label_gates(self) -> tuple[str, ...]:
+        """The label gates a run may use (the Curriculum's), the first by default."""
+        return (self.label_gate,)
+
 
 def check_config(config) -> None:
     """Flag values a run cannot use, each with its fix."""
@@ -127,6 +137,14 @@ def check_config(config) -> None:
         (config.image_size is None or config.image_size >= 16, "--image-size must be at least 16"),
         (config.min_scale is None or 0 < config.min_scale <= 1, "--min-scale must lie in (0, 1]"),
         (0 <= config.label_noise < 1, "--label-noise must lie in [0, 1) (a fraction of the training labels)"),
+        (
+            config.label_gate == "all" or 0 < config.label_weight < 1,
+            f"--label-gate {config.label_gate} gates the label term of KD: give a --label-weight between 0 and 1",
+        ),
+        (
+            config.label_gate != "oracle" or config.label_noise > 0,
+            "--label-gate oracle drops the labels --label-noise replaced: give --label-noise > 0",
+        ),
     ]
     for ok, message in rules:
         if not ok:

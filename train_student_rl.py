@@ -35,13 +35,14 @@ import seeds
 from bandit import ThompsonBandit
 from bookkeeping import MetricsLog, is_main_process, open_run_folder, read_metrics, results_line, start_run
 from cli import field
-from curriculum_dataloader import TARGETED
+from curriculum_dataloader import STRATEGIES
 from data import data_subset
 from devices import broadcast_from_main, end_distributed
 from engine import Experiment
 from errors import UserError, run_cli
 from files import atomic_write, load_checkpoint, save_json
 from rl_curriculum_env import CurriculumEnv
+from rl_options import check_arms_and_reward, check_bandit_config, read_twin
 from signals import exit_if_stop_requested
 from train_student import Config, check_config
 
@@ -57,7 +58,9 @@ class RLConfig(Config):
     )
     # the reference row: teacher-only KD on the 60% of the data nearest the agent's target
     label_weight: float = field(0.0, "weight of the label CE (the reference's RL row: 0, teacher only)")
-    curriculum: str = field("adaptive", "strategy the agent's target steers", choices=TARGETED)
+    curriculum: str = field(
+        "adaptive", "strategy the agent's target steers (with gate --arms: any strategy)", choices=STRATEGIES
+    )
     fraction: float = field(0.6, "fraction of the training set per epoch (the reference's RL run: 0.6)")
     agent: str = field(
         "ppo", "ppo: learns over proxy runs first (below); bandit: Thompson sampling over --bins targets, learning "
@@ -66,6 +69,20 @@ class RLConfig(Config):
     bins: int | None = field(
         None, "number of evenly spaced targets over [0, 1] with --action discrete (default: 11 for ppo; 5, the "
         "reference's count, for bandit, which must try each bin a few times within one run)",
+    )  # fmt: skip
+    arms: str = field(
+        "targets", "targets: the agent picks one of --bins targets; or label gates, comma-separated (e.g. "
+        "all,none,top2): it picks each epoch's label gate (--label-gate's choices; docs/rl-agent.md)",
+    )  # fmt: skip
+    reward: str = field(
+        "curriculum", "curriculum: curriculum_reward (accuracy and loss changes); twin: the change of the run's lead "
+        "over --reward-twin, a run of the same seed, on --reward-probe (docs/formulas.md)",
+        choices=("curriculum", "twin"),
+    )  # fmt: skip
+    reward_twin: str | None = field(None, "--reward twin: the twin's run folder (finished, same seed, data and epochs)")
+    reward_probe: str = field(
+        "val_loss", "--reward twin: the validation loss compared with the twin's: val_loss (cross-entropy on the "
+        "labels) or val_kd_loss (the teacher's term alone, label-free)", choices=("val_loss", "val_kd_loss"),
     )  # fmt: skip
     bandit_prior_sd: float = field(5.0, "--agent bandit: prior sd of a bin's mean reward (the reward's units)")
     bandit_discount: float = field(1.0, "--agent bandit: each past reward's weight shrinks by this per epoch (1: none)")
@@ -108,6 +125,15 @@ class RLConfig(Config):
         if self.pretrain_episodes is None:
             self.pretrain_episodes = 0 if bandit else PPO_PRETRAIN_EPISODES
 
+    @property
+    def gate_arms(self) -> list[str] | None:
+        """The label gates the agent picks from (--arms), or None when it picks targets."""
+        return None if self.arms == "targets" else [gate.strip() for gate in self.arms.split(",")]
+
+    @property
+    def label_gates(self) -> tuple[str, ...]:
+        return tuple(self.gate_arms) if self.gate_arms else (self.label_gate,)
+
 
 BUFFER_FIELDS = ("observations", "actions", "rewards", "returns", "episode_starts", "values", "log_probs", "advantages")
 
@@ -137,7 +163,13 @@ def make_agent(config: RLConfig, env: CurriculumEnv) -> PPO:
 
 
 def make_bandit(config: RLConfig) -> ThompsonBandit:
-    return ThompsonBandit(config.bins, prior_sd=config.bandit_prior_sd, discount=config.bandit_discount)
+    arms = len(config.gate_arms) if config.gate_arms else config.bins
+    return ThompsonBandit(arms, prior_sd=config.bandit_prior_sd, discount=config.bandit_discount)
+
+
+def make_env(config: RLConfig, experiment: Experiment, log: MetricsLog, twin: list[float] | None = None):
+    return CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, log,
+                         gates=config.gate_arms, twin=twin, probe=config.reward_probe)  # fmt: skip
 
 
 def load_agent(path: str, env: CurriculumEnv) -> PPO:
@@ -208,14 +240,18 @@ def learn_from(agent: Agent, transition: tuple, next_observation: np.ndarray, do
 
 
 def agent_columns(agent: Agent, env: CurriculumEnv) -> dict:
-    """Metrics columns of the agent's belief after a step: for the bandit, how often it would now pull each target
-    (`bandit_p<target>`) and its most likely target; none for PPO."""
+    """Metrics columns of the agent's belief after a step: for the bandit, how often it would now pull each arm
+    (`bandit_p<target>` or `bandit_p<gate>`) and its most likely arm; none for PPO."""
     if not isinstance(agent, ThompsonBandit):
         return {}
     probabilities = agent.probabilities()
     best = int(np.argmax(probabilities))
-    columns = {"bandit_best_target": float(env.targets[best]), "bandit_best_probability": float(probabilities[best])}
-    columns.update({f"bandit_p{target:g}": float(p) for target, p in zip(env.targets, probabilities, strict=True)})
+    if env.gates:
+        names, columns = env.gates, {"bandit_best_gate": env.gates[best]}
+    else:
+        names, columns = [f"{target:g}" for target in env.targets], {"bandit_best_target": float(env.targets[best])}
+    columns["bandit_best_probability"] = float(probabilities[best])
+    columns.update({f"bandit_p{name}": float(p) for name, p in zip(names, probabilities, strict=True)})
     return columns
 
 
@@ -325,7 +361,7 @@ def pretrain(agent: PPO, experiment: Experiment, config: RLConfig, folder: Path)
     resume = load_checkpoint(last) if config.resume and last.exists() else None
     log = MetricsLog(proxy_folder)
     with proxy_experiment(config, experiment) as proxies:  # their loaders' workers end with the proxy runs
-        env = CurriculumEnv(proxies, config.action, config.bins, config.control_temperature, log)
+        env = make_env(config, proxies, log)
         if resume is not None:
             load_agent_state(agent, resume["agent"])
         try:
@@ -366,6 +402,7 @@ def check_rl_config(config: RLConfig) -> None:
     for ok, message in rules:
         if not ok:
             raise UserError(message + ".")
+    check_arms_and_reward(config)
     if config.agent == "bandit":
         check_bandit_config(config)
         return
@@ -378,19 +415,6 @@ def check_rl_config(config: RLConfig) -> None:
             "--full-run replay needs a trained agent: give --pretrain-episodes >= 1 or --policy, "
             "or use --full-run learn (an untrained agent's most likely target is one constant)."
         )
-
-
-def check_bandit_config(config: RLConfig) -> None:
-    """The bandit learns during the run, over one of --bins targets: the PPO agent's other options are refused."""
-    conflicts = [
-        (config.pretrain_episodes > 0, "--pretrain-episodes (it runs no proxy runs: it learns during the run)"),
-        (config.policy is not None, "--policy (it replays a PPO agent.zip)"),
-        (config.action != "discrete", "--action box (the bandit picks one of --bins targets)"),
-        (config.control_temperature, "--control-temperature (the bandit picks only the target)"),
-    ]
-    for conflict, flag in conflicts:
-        if conflict:
-            raise UserError(f"--agent bandit does not take {flag}; drop it, or use --agent ppo.")
 
 
 def default_out(config: RLConfig) -> str:
@@ -408,7 +432,7 @@ def train_and_test(config: RLConfig, experiment: Experiment, checkpoint: dict | 
     """The agent learns over the proxy runs (PPO, unless resumed past them or replaying a --policy), steers the full
     run, and the full run's student is tested; agent.zip is saved for a later --policy."""
     log = MetricsLog(Path(config.out))  # writes nothing before its first row
-    env = CurriculumEnv(experiment, config.action, config.bins, config.control_temperature, log)
+    env = make_env(config, experiment, log, read_twin(config))
     agent = build_agent(config, env)
     folder = open_run_folder(config, "train_student_rl.py")  # only now: a --policy of another space is refused first
     if not config.policy and config.pretrain_episodes and checkpoint is None:

@@ -7,11 +7,14 @@
 #
 #   scripts/compare_curricula.sh --data synthetic                # the synthetic benchmark, 3 seeds (~45 min, 2 cores)
 #   scripts/compare_curricula.sh --data synthetic --quick --seeds 0   # a smoke test: tiny data, 1 epoch
+#   scripts/compare_curricula.sh --lab calibrated --label-noise 0.3 --seeds 0,1,2,3,4,5,6,7 --parallel 2 --device cpu
 #   scripts/compare_curricula.sh --seeds 0,1,2,3,4 --parallel 8  # 8 runs at once, one per GPU
 #
 # Options: --data D (synthetic: the benchmark, or synthetic:OPTIONS for the students)  --out DIR (default
-#          runs/compare)  --epochs N  --seeds S,S,... (default 0,1,2)  --targets T,T,... (adaptive's fixed targets,
+#          runs/compare)  --epochs N  --seeds S,S,... (default 0-4)  --targets T,T,... (adaptive's fixed targets,
 #          default 0.2,0.4,0.6)  --strategies S,S,... (default all; random_subset, the baseline, must be one)
+#          --lab benchmark|calibrated (the calibrated lab: larger validation and test splits, a weaker teacher, KD
+#          with labels, the label gate, oracle and gate-bandit rows; docs/curriculum.md)  --label-noise F
 #          --device DEV  --cache-dir DIR  --quick  --overwrite (replace the runs and table in --out)
 #          --launcher local|slurm  --parallel N (runs at once; default 1 locally)  --gpus-per-job N; Slurm:
 #          --partition P  --account A  --time MINUTES  --cpus-per-job N   (see docs/sweeps.md)

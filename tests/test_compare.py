@@ -46,10 +46,24 @@ def test_compare_rows_and_table():
     assert rows[1]["mean"] == pytest.approx(82.0) and rows[1]["std"] == pytest.approx(2.0)
     table = compare.markdown_table(rows, "random_subset", 0.95)
     # differences 1, 2, 3: sd 1, so 3 seeds detect 3.26 points (test_minimum_detectable_difference)
-    assert "| adaptive | 3 | 82.00 ± 2.00% | 6.00 | +2.00 [-0.48, +4.48] | 3.26 |" in table
-    assert "| random_subset | 3 | 80.00 ± 1.00% | 6.00 | (baseline) | — |" in table
+    assert "| adaptive | 3 | 82.00 ± 2.00% | — | 6.00 | +2.00 [-0.48, +4.48] | 3.26 | — | — |" in table
+    assert "| random_subset | 3 | 80.00 ± 1.00% | — | 6.00 | (baseline) | — | (baseline) | — |" in table
     with pytest.raises(UserError, match="baseline"):
         compare.compare(groups, "soft")
+
+
+def test_last_epoch_accuracies_are_paired_too():
+    # last epochs: adaptive 81, 83, 82 against 80, 80, 80: differences 1, 3, 2 (mean 2, sd 1, the same interval)
+    groups = {
+        "random_subset": {"acc": {0: 79.0, 1: 80.0, 2: 81.0}, "last": {0: 80.0, 1: 80.0, 2: 80.0}, "budget": {0: 6.0}},
+        "adaptive": {"acc": {0: 80.0, 1: 82.0, 2: 84.0}, "last": {0: 81.0, 1: 83.0, 2: 82.0}, "budget": {0: 6.0}},
+    }
+    adaptive = compare.compare(groups, "random_subset")[1]
+    assert adaptive["last_mean"] == pytest.approx(82.0) and adaptive["last_std"] == pytest.approx(1.0)
+    assert adaptive["last_vs_baseline"]["mean"] == pytest.approx(2.0)
+    assert adaptive["last_vs_baseline"]["low"] == pytest.approx(2 - 2.484138, abs=1e-5)
+    table = compare.markdown_table(compare.compare(groups, "adaptive"), "adaptive", 0.95)
+    assert "| random_subset | 3 | 80.00 ± 1.00% | 80.00 ± 0.00% | 6.00 | -2.00 [-4.48, +0.48] | 3.26 | -2.00" in table
 
 
 def test_paired_t_power_by_hand():
@@ -86,10 +100,10 @@ def test_run_budget_counts_the_agents_proxy_runs(tmp_path):
     assert evaluate.run_budget(tmp_path, 100) == pytest.approx(1.44)
 
 
-def write_run(folder, seed, acc, selected):
+def write_run(folder, seed, acc, selected, last=None):
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"data": TINY, "seed": seed}))
-    (folder / "results.json").write_text(json.dumps({"test_acc": acc}))
+    (folder / "results.json").write_text(json.dumps({"test_acc": acc, **({"last_test_acc": last} if last else {})}))
     rows = "".join(f"{epoch},{selected}\n" for epoch in (1, 2))
     (folder / "metrics.csv").write_text("epoch,selected\n" + rows)
 
@@ -101,11 +115,31 @@ def test_cli_writes_table_json_and_figure(tmp_path, capsys):
     folders = sorted(str(path) for path in tmp_path.iterdir())
     compare.main([*folders, "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
-    assert "| soft | 2 | 56.50 ± 6.36% | 1.00 |" in printed  # two epochs of half the data
+    assert "| soft | 2 | 56.50 ± 6.36% | — | 1.00 |" in printed  # two epochs of half the data; no last epoch
     # differences 2 and 1: mean 1.5, sd 0.7071, t_{0.975,1} = 12.7062: half width 6.353
     assert "+1.50 [-4.85, +7.85]" in printed
     assert json.loads((tmp_path / "out" / "comparison.json").read_text())[1]["vs_baseline"]["n"] == 2
     assert (tmp_path / "out" / "comparison.png").stat().st_size > 0
+
+
+def test_cli_pairs_with_several_baselines_and_the_last_epoch(tmp_path, capsys):
+    for seed, (base, other, plain) in enumerate([(50.0, 52.0, 55.0), (60.0, 61.0, 65.0)]):
+        write_run(tmp_path / f"random_subset-s{seed}", seed, base, 48, last=base + 1)
+        write_run(tmp_path / f"soft-s{seed}", seed, other, 48, last=other)
+        write_run(tmp_path / f"none-s{seed}", seed, plain, 96, last=plain)
+    folders = sorted(str(path) for path in tmp_path.iterdir())
+    compare.main([*folders, "--baseline", "random_subset,none", "--out", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert "Paired difference to random_subset" in printed and "Paired difference to none" in printed
+    # against random_subset: best-val differences 2 and 1, last epochs 52 - 51 and 61 - 61 (sd 0.7071 both: half width
+    # 12.7062 x 0.7071 / sqrt 2 = 6.353; 2 seeds detect 11.55 sd); against none: -3 and -4 both
+    versus_random = "+1.50 [-4.85, +7.85] | 8.17 | +0.50 [-5.85, +6.85] | 8.17 |"
+    assert f"| soft | 2 | 56.50 ± 6.36% | 56.50 ± 6.36% | 1.00 | {versus_random}" in printed
+    assert "| soft | 2 | 56.50 ± 6.36% | 56.50 ± 6.36% | 1.00 | -3.50 [-9.85, +2.85] | 8.17 | -3.50" in printed
+    rows = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    soft = next(row for row in rows if row["strategy"] == "soft")
+    assert soft["versus"]["none"]["vs_baseline"]["mean"] == pytest.approx(-3.5)
+    assert soft["versus"]["random_subset"]["last_vs_baseline"]["mean"] == pytest.approx(0.5)
 
 
 def test_script_refuses_an_out_with_finished_runs_unless_overwrite(tmp_path):

@@ -37,6 +37,37 @@ def test_table_expands_into_its_rows_per_seed():
     assert real.teacher is None and str(real.out) == "runs/table" and "resnet152.tv_in1k" in real.runs["kd"]
 
 
+def test_the_calibrated_lab_expands_into_its_deciding_rows():
+    args = sweep.parse_args(["compare", "--lab", "calibrated", "--label-noise", "0.3", "--seeds", "0,1", "--out", "o"])
+    plan = sweep.plan_comparison(args)
+    assert list(plan.runs) == [f"{row}-s{seed}" for seed in (0, 1) for row in sweep.LAB_ROWS]
+    flag = lambda name, option: plan.runs[name][plan.runs[name].index(option) + 1]  # noqa: E731  (the last given)
+    assert all(flag(name, "--data") == sweep.LAB_STUDENT_DATA for name in plan.runs)
+    assert all(flag(name, "--target-scale") == "quantile" for name in plan.runs)  # one scale for every row
+    assert flag("none-s0", "--label-weight") == "0.6" and flag("teacher-only-s0", "--label-weight") == "0"
+    assert flag("label-gate-s1", "--label-gate") == sweep.LAB_GATE and flag("oracle-s0", "--label-gate") == "oracle"
+    twin = plan.runs["rl-bandit-twin-s1"]
+    assert twin[0] == "train_student_rl.py" and flag("rl-bandit-twin-s1", "--arms") == sweep.LAB_ARMS
+    assert flag("rl-bandit-twin-s1", "--reward-twin") == os.path.join("o", "none-s1")  # its seed's plain-KD twin
+    assert "--reward" not in plan.runs["rl-bandit-gates-s0"]  # the seed's reward
+    assert plan.after == {"rl-bandit-twin-s0", "rl-bandit-twin-s1"}  # launched once the twins have finished
+    assert plan.gather[-4:] == ["--baseline", "none,teacher-only,random_subset", "--out", "o"]
+    assert plan.teacher[plan.teacher.index("--epochs") + 1] == sweep.LAB_TEACHER[-1]
+    clean = sweep.plan_comparison(sweep.parse_args(["compare", "--lab", "calibrated", "--seeds", "0"]))
+    assert "oracle-s0" not in clean.runs and "--label-noise" not in clean.runs["none-s0"]
+    with pytest.raises(UserError, match="oracle drops the labels"):
+        sweep.plan_comparison(sweep.parse_args(["compare", "--strategies", "random_subset,oracle"]))
+    with pytest.raises(UserError, match="add none"):
+        sweep.plan_comparison(sweep.parse_args(["compare", "--strategies", "random_subset,rl-bandit-twin"]))
+    benchmark = sweep.plan_comparison(sweep.parse_args(["compare", "--seeds", "0"]))  # the default rows, as before
+    adaptive = [f"adaptive-t{target}" for target in ("0.2", "0.4", "0.6")]
+    rows = ["none", "random_subset", *adaptive, *sweep.STRATEGIES[3:], *sweep.OTHER_ROWS]
+    assert list(benchmark.runs) == [f"{row}-s0" for row in rows]
+    assert benchmark.runs["adaptive-t0.4-s0"][benchmark.runs["adaptive-t0.4-s0"].index("--target-scale") + 1] == (
+        "quantile"
+    )  # fmt: skip
+
+
 def test_spec_ignores_where_a_run_computes_and_where_the_sweep_lies():
     out = sweep.Path("/s/out")
     argv = ["train_student.py", "--device", "cuda", "--epochs", "3", "--workers", "8", "--overwrite",
