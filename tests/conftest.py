@@ -24,7 +24,19 @@ os.environ["HOME"] = str(HOME)
 # One thread per process (this one and every script it runs, read by torch at import): pytest-xdist runs a worker per
 # core, and a second thread per process would only make the two fight over the cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-ENVIRONMENT = dict(os.environ)  # the script server's: a test that changed os.environ runs its scripts afresh
+ENVIRONMENT = dict(os.environ)  # the script server's
+# Variables a library reads once, at import: after a test changed one, its scripts run in a fresh interpreter (the
+# script server imported torch, timm and Hugging Face under ENVIRONMENT). Any other change reaches the forked script.
+READ_AT_IMPORT = ("HF_", "HUGGINGFACE_", "TORCH_", "PYTORCH_", "OMP_", "MKL_", "CUDA_", "PYTHON")
+
+
+def forkable() -> bool:
+    """No variable a library reads at import differs from the script server's (libraries set some of their own,
+    e.g. gymnasium's PYGAME_HIDE_SUPPORT_PROMPT, and pytest sets PYTEST_CURRENT_TEST during each test)."""
+    names = os.environ.keys() | ENVIRONMENT.keys()
+    changed = [name for name in names if os.environ.get(name) != ENVIRONMENT.get(name)]
+    return not any(name.startswith(READ_AT_IMPORT) for name in changed)
+
 
 TINY = "synthetic:classes=4,train=96,val=32,test=32,size=32,seed=0"
 WNIDS = ["n01443537", "n01440764"]  # written in unsorted order; class_names must come back sorted
@@ -33,9 +45,9 @@ COLOURS = {"n01440764": (200, 30, 30), "n01443537": (30, 30, 200)}
 
 def run_script(*args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
     """Run `python SCRIPT ARGS` from the repo root, as the README does: in a process forked from the script server
-    (tests/script_server.py: the slow imports paid once), or, with `env` or with this process's environment changed
-    since the server started (variables a library may read at import), in a fresh interpreter."""
-    if env is None and os.environ == ENVIRONMENT:
+    (tests/script_server.py: the slow imports paid once) with this process's environment, or, with `env` or a changed
+    variable of READ_AT_IMPORT, in a fresh interpreter."""
+    if env is None and forkable():
         result = script_server().run([str(arg) for arg in args], timeout)
     else:
         result = subprocess.run(
@@ -67,7 +79,7 @@ class ScriptServer:
     def run(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess:
         self.count += 1
         stdout, stderr = self.folder / f"{self.count}.out", self.folder / f"{self.count}.err"
-        request = {"argv": argv, "stdout": str(stdout), "stderr": str(stderr)}
+        request = {"argv": argv, "environ": dict(os.environ), "stdout": str(stdout), "stderr": str(stderr)}
         self.process.stdin.write((json.dumps(request) + "\n").encode())
         self.process.stdin.flush()
         pid = int(self.answer(None).removeprefix("started "))

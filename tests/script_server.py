@@ -5,8 +5,9 @@ A forked process runs `python SCRIPT ARGS` as the interpreter would: the script 
 SystemExit turned into the exit code, a traceback for anything else, and the exit hooks run before it exits (the
 libraries' and the script's own, e.g. the folder locks' release and the loaders' safety net).
 
-Protocol, one line each way: the client writes a JSON request `{"argv": [...], "stdout": PATH, "stderr": PATH}`; this
-server answers `started PID` at once and `exited CODE` when that process ends (CODE is -N for a signal N).
+Protocol, one line each way: the client writes a JSON request `{"argv": [...], "environ": {...}, "stdout": PATH,
+"stderr": PATH}` (environ: the script's os.environ); this server answers `started PID` at once and `exited CODE` when
+that process ends (CODE is -N for a signal N).
 """
 
 import atexit
@@ -52,6 +53,8 @@ def serve() -> None:
         pid = os.fork()
         if pid == 0:
             os.setsid()  # its own process group: a timeout kills it with its DataLoader workers
+            os.environ.clear()
+            os.environ.update(request["environ"])
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             for fd, name in ((1, request["stdout"]), (2, request["stderr"])):
                 os.dup2(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)

@@ -19,7 +19,7 @@ from stable_baselines3 import PPO
 
 import bookkeeping
 import models
-from conftest import ROOT, run_script, train_args, write_image_folder
+from conftest import ROOT, run_script, script_server, train_args, write_image_folder
 from files import load_checkpoint, save_checkpoint
 from synthetic import synthetic_class_names
 
@@ -220,8 +220,11 @@ def test_bad_input_ends_in_one_line(files, tmp_path, case, argv, expected, env):
     out = tmp_path / "new-run"
     args = argv(files, out)
     if env is None:
+        forked = script_server().count
         result = run_script(*args, check=False)
         code, err = result.returncode, result.stderr
+        # forked from the script server, as the module says: a fresh interpreter per case costs minutes in all
+        assert script_server().count == forked + 1, "the case ran in a fresh interpreter (see conftest.run_script)"
     else:
         environment = {**os.environ, **env, "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
         result = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=environment, capture_output=True,
