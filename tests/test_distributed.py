@@ -194,7 +194,9 @@ for case, holder, value in (("a", 1, 3.0), ("b", 0, 5.0)):
 
     logits, cached = cached_logits(folder, parts, compute, shape, write=rank == 0)
     results.append([case, cached, len(computed), logits.unique().tolist()])
-print(json.dumps(results))
+# a file per rank: two ranks printing at once can interleave their lines on the shared stdout
+Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
+(Path(sys.argv[1]) / f"rank{{rank}}.json").write_text(json.dumps(results))
 dist.destroy_process_group()
 """
 
@@ -206,5 +208,5 @@ def test_the_teacher_logit_cache_is_decided_on_rank_0_for_every_rank(tmp_path):
     script.write_text(CACHE_DECISION)
     result = run_to_exit(*LAUNCHER, 2, script, tmp_path / "caches", env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("[")]
+    ranks = [json.loads((tmp_path / "caches" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks == [[["a", False, 1, [2.0]], ["b", True, 0, [5.0]]]] * 2
