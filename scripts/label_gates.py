@@ -5,7 +5,7 @@ mean and range over the noise of several seeds (a run's noise is drawn from its 
 
     python scripts/label_gates.py --teacher-checkpoint TEACHER --data DATA --label-noise 0.3 --seeds 0,1,2,3,4
 
-DATA defaults to the calibrated lab's students' data (sweep.py's LAB_STUDENT_DATA); TEACHER is a best.pt (the lab's
+DATA defaults to the calibrated lab's students' data (sweep_plans.LAB_STUDENT_DATA); TEACHER is a best.pt (the lab's
 cached teacher: the path `sweep.py compare --lab calibrated` prints in its teacher log). The teacher's logits come
 from (and go to) the scoring cache in --cache-dir, as a run's would.
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
 import seeds  # noqa: E402
-import sweep  # noqa: E402
+import sweep_plans  # noqa: E402
 import train_student  # noqa: E402
 from curriculum_dataloader import LABEL_GATES, gate_precision_recall, label_gate  # noqa: E402
 from data import noisy_labels  # noqa: E402
@@ -53,7 +53,7 @@ def cell(values: list[float]) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher-checkpoint", required=True, help="the teacher (a best.pt)")
-    parser.add_argument("--data", default=sweep.LAB_STUDENT_DATA, help="the students' data (default: the lab's)")
+    parser.add_argument("--data", default=sweep_plans.LAB_STUDENT_DATA, help="the students' data (default: the lab's)")
     parser.add_argument("--label-noise", type=float, default=0.3, help="share of training labels replaced")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="the runs' seeds, whose noise is measured")
     parser.add_argument("--cache-dir", default="~/.cache/kd-curriculum", help="the teacher-logit cache")

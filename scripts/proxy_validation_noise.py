@@ -5,8 +5,8 @@ and on the --pretrain-subset share of them that proxies validated on before --pr
 
     python scripts/proxy_validation_noise.py --teacher-checkpoint TEACHER --seeds 8
 
-The settings are the synthetic benchmark's RL row (the settings at the top of sweep.py: its student data, a resnet10t
-student, teacher-only KD on 60% per epoch, batch 32, 15 epochs); TEACHER is its cached teacher's best.pt.
+The settings are the synthetic benchmark's RL row (the settings at the top of sweep_plans.py: its student data, a
+resnet10t student, teacher-only KD on 60% per epoch, batch 32, 15 epochs); TEACHER is its cached teacher's best.pt.
 """
 
 import argparse
@@ -19,14 +19,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cli  # noqa: E402
-import sweep  # noqa: E402
+import sweep_plans  # noqa: E402
 import train_student_rl  # noqa: E402
 from data import data_subset  # noqa: E402
 from engine import Experiment, TrainingRun, predict_logits  # noqa: E402
 
-BENCH_STUDENT_DATA = sweep.BENCH_STUDENT_DATA  # the benchmark is defined in one place: sweep.py
-BENCH_FLAGS = ["--student", "resnet10t", "--batch-size", sweep.BENCH_BATCH, "--workers", sweep.BENCH_WORKERS,
-               "--epochs", str(sweep.BENCH_EPOCHS)]  # fmt: skip
+BENCH_STUDENT_DATA = sweep_plans.BENCH_STUDENT_DATA  # the benchmark, defined in sweep_plans.py
+BENCH_FLAGS = ["--student", "resnet10t", "--batch-size", sweep_plans.BENCH_BATCH,
+               "--workers", sweep_plans.BENCH_WORKERS, "--epochs", str(sweep_plans.BENCH_EPOCHS)]  # fmt: skip
 
 
 def proxy_correctness(proxy: Experiment, target: float, seed: int) -> np.ndarray:

@@ -16,8 +16,8 @@
 # Running the same command again in the same --out continues it: finished rows are skipped, interrupted ones resumed,
 # the rest started, then the table is gathered; a finished sweep prints its table. An --out that holds another sweep
 # or finished rows of no sweep is refused before anything runs, unless --overwrite.
-# `--data synthetic` is the benchmark defined at the top of sweep.py (a teacher pretrained on a wider synthetic set,
-# sliced to the students' classes); `--data synthetic:OPTIONS` trains the students on those options instead.
+# `--data synthetic` is the benchmark defined at the top of sweep_plans.py (a teacher pretrained on a wider synthetic
+# set, sliced to the students' classes); `--data synthetic:OPTIONS` trains the students on those options instead.
 # With one seed a row's run folder is $out/<row>; with several, $out/<row>-s<seed>; each run's output is in
 # $out/logs/<row>.log. The report (figures beside the table) lands in $out/report/report.md.
 # Extra flags after -- go to every train_student.py call (e.g. -- --amp --workers 8).

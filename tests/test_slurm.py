@@ -21,6 +21,7 @@ import submitit
 
 import slurm_jobs
 import sweep
+import sweep_plans
 from conftest import ROOT
 from errors import UserError
 
@@ -252,7 +253,7 @@ def test_what_slurm_refuses_ends_in_one_line_naming_the_flag(cluster, tmp_path):
         ("--cpus-per-job", "8"): ("--cpus-per-job 8, --gpus-per-job 0: Slurm keeps job ", True),  # the node has 2
     }  # fmt: skip
     for (flag, value), (start, submitted) in cases.items():
-        flags = sweep.replace_flag(ON_SLURM, flag, value) if flag in ON_SLURM else [*ON_SLURM, flag, value]
+        flags = sweep_plans.replace_flag(ON_SLURM, flag, value) if flag in ON_SLURM else [*ON_SLURM, flag, value]
         out = tmp_path / flag.strip("-")
         result = subprocess.run(table_command(out, tmp_path / "cache", *flags), cwd=ROOT, env=cluster.env,
                                 capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
@@ -301,7 +302,7 @@ def test_a_driver_killed_after_submitting_is_rerun_without_submitting_twice(clus
         left = cluster.queue()
         assert sorted(left.values()) == [("PENDING", "PartitionDown")] * 6, left
         second = start_driver(command, cluster.env, tmp_path / "second.err")
-        for row in sweep.TABLE_ROWS:
+        for row in sweep_plans.TABLE_ROWS:
             wait_for_line(tmp_path / "second.err", rf"^sweep: reattached {row} \(slurm job \d+_\d+, left by", second)
         cluster.run("scontrol", "update", "PartitionName=cpu", "State=UP")
         assert second.wait(timeout=TIMEOUT) == 0, (tmp_path / "second.err").read_text()[-3000:]
@@ -317,7 +318,7 @@ def test_a_driver_killed_after_submitting_is_rerun_without_submitting_twice(clus
     for path in (out / ".submitit").glob("*_submitted.pkl"):
         job = submitit.SlurmJob(out / ".submitit", path.name.removesuffix("_submitted.pkl"))
         jobs[job.submission().function.name] += 1
-    assert jobs == dict.fromkeys(["teacher", *sweep.TABLE_ROWS, "table"], 1)
+    assert jobs == dict.fromkeys(["teacher", *sweep_plans.TABLE_ROWS, "table"], 1)
     reattached = {re.search(rf"^sweep: reattached {row} \(slurm job ([^,]+),", stderr, re.M).group(1)
-                  for row in sweep.TABLE_ROWS}  # fmt: skip
+                  for row in sweep_plans.TABLE_ROWS}  # fmt: skip
     assert reattached == set(left)  # the very jobs the first driver left

@@ -17,6 +17,7 @@ import bookkeeping
 import launch
 import slurm_jobs
 import sweep
+import sweep_plans
 from conftest import ROOT, run_to_exit
 from errors import UserError
 
@@ -24,44 +25,45 @@ STRATEGIES = "none,random_subset,soft"
 
 
 def test_table_expands_into_its_rows_per_seed():
-    plan = sweep.plan_table(sweep.parse_args(["table", "--data", "synthetic", "--seeds", "0,1", "--out", "o"]))
-    assert list(plan.runs) == [f"{row}-s{seed}" for row in sweep.TABLE_ROWS for seed in (0, 1)]
+    plan = sweep_plans.plan_table(sweep.parse_args(["table", "--data", "synthetic", "--seeds", "0,1", "--out", "o"]))
+    assert list(plan.runs) == [f"{row}-s{seed}" for row in sweep_plans.TABLE_ROWS for seed in (0, 1)]
     rl = plan.runs["rl-s1"]
     assert rl[0] == "train_student_rl.py" and rl[rl.index("--out") + 1] == os.path.join("o", "rl-s1")
-    assert rl[rl.index("--teacher-checkpoint") + 1] == sweep.TEACHER_CHECKPOINT  # filled in once it is trained
+    assert rl[rl.index("--teacher-checkpoint") + 1] == sweep_plans.TEACHER_CHECKPOINT  # filled in once it is trained
     equal = plan.runs["kd-teacher-only-equal-compute-s0"]  # its own --epochs comes last: round(0.6 x 15) = 9
     assert equal[equal.index("--epochs") + 1] == "15" and equal[-2:] == ["--epochs", "9"]
     assert plan.gather[:13] == ["evaluate.py", *(os.path.join("o", name) for name in plan.runs)]
-    assert plan.teacher[:3] == ["pretrain_teacher.py", "--data", sweep.BENCH_PRETRAIN_DATA]
-    real = sweep.plan_table(sweep.parse_args(["table"]))  # the reference table: no teacher to pretrain
+    assert plan.teacher[:3] == ["pretrain_teacher.py", "--data", sweep_plans.BENCH_PRETRAIN_DATA]
+    real = sweep_plans.plan_table(sweep.parse_args(["table"]))  # the reference table: no teacher to pretrain
     assert real.teacher is None and str(real.out) == "runs/table" and "resnet152.tv_in1k" in real.runs["kd"]
 
 
 def test_the_calibrated_lab_expands_into_its_deciding_rows():
     args = sweep.parse_args(["compare", "--lab", "calibrated", "--label-noise", "0.3", "--seeds", "0,1", "--out", "o"])
-    plan = sweep.plan_comparison(args)
-    assert list(plan.runs) == [f"{row}-s{seed}" for seed in (0, 1) for row in sweep.LAB_ROWS]
+    plan = sweep_plans.plan_comparison(args)
+    assert list(plan.runs) == [f"{row}-s{seed}" for seed in (0, 1) for row in sweep_plans.LAB_ROWS]
     flag = lambda name, option: plan.runs[name][plan.runs[name].index(option) + 1]  # noqa: E731  (the last given)
-    assert all(flag(name, "--data") == sweep.LAB_STUDENT_DATA for name in plan.runs)
+    assert all(flag(name, "--data") == sweep_plans.LAB_STUDENT_DATA for name in plan.runs)
     assert all(flag(name, "--target-scale") == "quantile" for name in plan.runs)  # one scale for every row
     assert flag("none-s0", "--label-weight") == "0.6" and flag("teacher-only-s0", "--label-weight") == "0"
-    assert flag("label-gate-s1", "--label-gate") == sweep.LAB_GATE and flag("oracle-s0", "--label-gate") == "oracle"
+    assert flag("label-gate-s1", "--label-gate") == sweep_plans.LAB_GATE
+    assert flag("oracle-s0", "--label-gate") == "oracle"
     twin = plan.runs["rl-bandit-twin-s1"]
-    assert twin[0] == "train_student_rl.py" and flag("rl-bandit-twin-s1", "--arms") == sweep.LAB_ARMS
+    assert twin[0] == "train_student_rl.py" and flag("rl-bandit-twin-s1", "--arms") == sweep_plans.LAB_ARMS
     assert flag("rl-bandit-twin-s1", "--reward-twin") == os.path.join("o", "none-s1")  # its seed's plain-KD twin
     assert "--reward" not in plan.runs["rl-bandit-gates-s0"]  # the seed's reward
     assert plan.after == {"rl-bandit-twin-s0", "rl-bandit-twin-s1"}  # launched once the twins have finished
     assert plan.gather[-4:] == ["--baseline", "none,teacher-only,random_subset", "--out", "o"]
-    assert plan.teacher[plan.teacher.index("--epochs") + 1] == sweep.LAB_TEACHER[-1]
-    clean = sweep.plan_comparison(sweep.parse_args(["compare", "--lab", "calibrated", "--seeds", "0"]))
+    assert plan.teacher[plan.teacher.index("--epochs") + 1] == sweep_plans.LAB_TEACHER[-1]
+    clean = sweep_plans.plan_comparison(sweep.parse_args(["compare", "--lab", "calibrated", "--seeds", "0"]))
     assert "oracle-s0" not in clean.runs and "--label-noise" not in clean.runs["none-s0"]
     with pytest.raises(UserError, match="oracle drops the labels"):
-        sweep.plan_comparison(sweep.parse_args(["compare", "--strategies", "random_subset,oracle"]))
+        sweep_plans.plan_comparison(sweep.parse_args(["compare", "--strategies", "random_subset,oracle"]))
     with pytest.raises(UserError, match="add none"):
-        sweep.plan_comparison(sweep.parse_args(["compare", "--strategies", "random_subset,rl-bandit-twin"]))
-    benchmark = sweep.plan_comparison(sweep.parse_args(["compare", "--seeds", "0"]))  # the default rows, as before
+        sweep_plans.plan_comparison(sweep.parse_args(["compare", "--strategies", "random_subset,rl-bandit-twin"]))
+    benchmark = sweep_plans.plan_comparison(sweep.parse_args(["compare", "--seeds", "0"]))  # the default rows
     adaptive = [f"adaptive-t{target}" for target in ("0.2", "0.4", "0.6")]
-    rows = ["none", "random_subset", *adaptive, *sweep.STRATEGIES[3:], *sweep.OTHER_ROWS]
+    rows = ["none", "random_subset", *adaptive, *sweep_plans.STRATEGIES[3:], *sweep_plans.OTHER_ROWS]
     assert list(benchmark.runs) == [f"{row}-s0" for row in rows]
     assert benchmark.runs["adaptive-t0.4-s0"][benchmark.runs["adaptive-t0.4-s0"].index("--target-scale") + 1] == (
         "quantile"
@@ -72,7 +74,7 @@ def test_spec_ignores_where_a_run_computes_and_where_the_sweep_lies():
     out = sweep.Path("/s/out")
     argv = ["train_student.py", "--device", "cuda", "--epochs", "3", "--workers", "8", "--overwrite",
             "--out", "/s/out/kd", "--cache-dir", "/c", "--teacher-checkpoint", "/s/outside.pt"]  # fmt: skip
-    assert sweep.spec_of(argv, out) == ["train_student.py", "--epochs", "3", "--out", "<out>/kd",
+    assert sweep_plans.spec_of(argv, out) == ["train_student.py", "--epochs", "3", "--out", "<out>/kd",
                                         "--teacher-checkpoint", "/s/outside.pt"]  # fmt: skip
     assert launch.resume_argv(argv, "/s/out/kd") == ["train_student.py", "--resume", "/s/out/kd", "--device", "cuda",
                                                       "--workers", "8", "--cache-dir", "/c"]  # fmt: skip
@@ -254,5 +256,5 @@ def test_every_sweep_command_in_the_docs_parses(tmp_path, monkeypatch):
         except SystemExit as exit_info:  # --help
             assert exit_info.code == 0, command
             continue
-        plan = sweep.plan_table(args) if args.sweep == "table" else sweep.plan_comparison(args)
+        plan = sweep_plans.plan_table(args) if args.sweep == "table" else sweep_plans.plan_comparison(args)
         assert plan.runs, command
