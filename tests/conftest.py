@@ -25,9 +25,10 @@ os.environ["HOME"] = str(HOME)
 # core, and a second thread per process would only make the two fight over the cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ENVIRONMENT = dict(os.environ)  # the script server's
-# Variables a library reads once, at import: after a test changed one, its scripts run in a fresh interpreter (the
-# script server imported torch, timm and Hugging Face under ENVIRONMENT). Any other change reaches the forked script.
-READ_AT_IMPORT = ("HF_", "HUGGINGFACE_", "TORCH_", "PYTORCH_", "OMP_", "MKL_", "CUDA_", "PYTHON")
+# Variables read once, at import or first use: after a test changed one, its scripts run in a fresh interpreter (the
+# script server imported torch, timm and Hugging Face, and chose its temp dir, under ENVIRONMENT). Any other change
+# reaches the forked script.
+READ_AT_IMPORT = ("HF_", "HUGGINGFACE_", "TORCH_", "PYTORCH_", "OMP_", "MKL_", "CUDA_", "PYTHON", "TMPDIR")
 
 
 def forkable() -> bool:
