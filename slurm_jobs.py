@@ -99,8 +99,11 @@ def given(value) -> str:
 def check_time_limit(args) -> None:
     """--time within the partition's time limit (sinfo's TIMELIMIT), checked before anything is submitted: a cluster
     that admits longer jobs (EnforcePartLimits=NO, Slurm's default) would keep them pending for good."""
-    listed = subprocess.run(["sinfo", "--noheader", "--format=%P|%l"], capture_output=True, text=True, timeout=120)
-    rows = [row.split("|") for row in listed.stdout.split()]
+    try:
+        listed = subprocess.run(["sinfo", "--noheader", "--format=%P|%l"], capture_output=True, text=True, timeout=120)
+    except (subprocess.SubprocessError, OSError):
+        return  # no limit to read: sbatch still refuses what the partition does not admit
+    rows = [row.split("|") for row in listed.stdout.split() if row.count("|") == 1]
     limits = {name.rstrip("*"): limit for name, limit in rows}
     partition = args.partition or next((name.rstrip("*") for name, _ in rows if name.endswith("*")), None)
     limit = minutes(limits.get(partition, "infinite"))  # a partition sinfo lacks: sbatch says so
@@ -153,8 +156,8 @@ def earlier_checkpoint(folder: Path, step) -> str | None:
         job = submitit.SlurmJob(folder, path.name.removesuffix("_submitted.pkl"))
         if not job.paths.result_pickle.exists() or job.submission().function.argv != step.argv:
             continue
-        outcome, (code, stdout) = submitit.core.utils.pickle_load(job.paths.result_pickle)
-        lines = stdout.strip().splitlines() if outcome == "success" and code == 0 else []
+        outcome, result = submitit.core.utils.pickle_load(job.paths.result_pickle)  # ("error", traceback) if it raised
+        lines = result[1].strip().splitlines() if outcome == "success" and result[0] == 0 else []
         if lines and (Path(lines[-1]).parent / "results.json").is_file():
             return lines[-1]
     return None

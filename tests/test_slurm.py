@@ -19,6 +19,7 @@ import time
 import pytest
 import submitit
 
+import launch
 import slurm_jobs
 import sweep
 import sweep_plans
@@ -78,6 +79,29 @@ def test_slurm_refusals_name_the_flag_to_fix(login_node):
         "",
         "fix the flag it concerns (--partition, --account, --time, --cpus-per-job, --gpus-per-job)",
     )
+
+
+def test_a_killed_sweeps_teacher_job_is_reused_only_if_it_succeeded(tmp_path):
+    """slurm_jobs.earlier_checkpoint over submitit's pickles: a job that raised (submitit saves ("error", traceback))
+    or exited non-zero is passed over, a successful one gives the checkpoint it printed last, while its run's
+    results.json is there."""
+    step = launch.Step("teacher", ["pretrain_teacher.py", "--seed", "0"], str(tmp_path / "teacher.log"))
+    checkpoint = tmp_path / "teacher-run" / "best.pt"
+    outcomes = {"1": ("error", "Traceback ...\nTimeoutError"), "2": ("success", (1, f"{checkpoint}\n"))}
+    for job_id, outcome in outcomes.items():
+        job = submitit.SlurmJob(tmp_path, job_id)
+        submitit.core.utils.cloudpickle_dump(submitit.core.utils.DelayedSubmission(step), job.paths.submitted_pickle)
+        submitit.core.utils.cloudpickle_dump(outcome, job.paths.result_pickle)
+    assert slurm_jobs.earlier_checkpoint(tmp_path, step) is None
+    job = submitit.SlurmJob(tmp_path, "3")
+    submitit.core.utils.cloudpickle_dump(submitit.core.utils.DelayedSubmission(step), job.paths.submitted_pickle)
+    submitit.core.utils.cloudpickle_dump(("success", (0, f"epoch 1\n{checkpoint}\n")), job.paths.result_pickle)
+    assert slurm_jobs.earlier_checkpoint(tmp_path, step) is None  # its run's results.json is gone
+    checkpoint.parent.mkdir()
+    (checkpoint.parent / "results.json").write_text("{}")
+    assert slurm_jobs.earlier_checkpoint(tmp_path, step) == str(checkpoint)
+    other = launch.Step("teacher", ["pretrain_teacher.py", "--seed", "1"], str(tmp_path / "teacher.log"))
+    assert slurm_jobs.earlier_checkpoint(tmp_path, other) is None  # another command
 
 
 # ----------------------------------------------------------------------------------------------------------------------
