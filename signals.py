@@ -9,6 +9,7 @@ and exit code 130; the epoch in progress is lost, the earlier ones are kept.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -46,7 +47,8 @@ def sigterm_from_parent_only(worker_id: int) -> None:
     if not hasattr(signal, "sigwaitinfo"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return
-    parent = os.getppid()
+    # the process that started this worker (under forkserver or spawn, os.getppid() would name the server instead)
+    parent = multiprocessing.parent_process().pid
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before any other thread starts: they inherit it
 
     def wait_for_parent() -> None:

@@ -9,13 +9,16 @@ pass over a loader (a sitecustomize.py on PYTHONPATH), so the outcome does not d
 Each run goes under a timeout (conftest.run_to_exit), so a hang fails the test instead of hanging the suite."""
 
 import getpass
+import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
+import signals
 from conftest import TINY, run_to_exit, train_args
 
 EXIT_BOUND = 60  # seconds from a script's last output to its exit: a hang is unbounded, an exit takes seconds
@@ -105,3 +108,23 @@ def test_pretrain_teacher_with_workers_exits(tmp_path, collecting):
             "--batch-size", "32", "--workers", "2", "--device", "cpu", "--cache-dir", tmp_path]  # fmt: skip
     output = assert_exits(*argv, env=collecting)
     assert output.strip().splitlines()[-1].endswith("best.pt")
+
+
+def wait_as_a_loader_worker(ready) -> None:
+    signals.sigterm_from_parent_only(0)  # what every DataLoader worker runs first
+    ready.set()
+    time.sleep(120)
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_worker_obeys_the_sigterm_of_the_process_that_started_it(method):
+    """The terminate() with which torch and multiprocessing's exit hook end a worker comes from the process that
+    started it; under forkserver the worker's os.getppid() is the server instead, so that is not what it may check."""
+    context = multiprocessing.get_context(method)
+    ready = context.Event()
+    worker = context.Process(target=wait_as_a_loader_worker, args=(ready,), daemon=True)
+    worker.start()
+    assert ready.wait(60)
+    worker.terminate()
+    worker.join(60)
+    assert worker.exitcode == signals.STOPPED
