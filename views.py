@@ -14,6 +14,7 @@ docs/data-path.md has the measurements and how to pick a path.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -271,7 +272,10 @@ def fixed_view_store(view: SampleView, cache_dir, parts: dict, workers: int) -> 
         raise store_error(path, shape, err) from None
     with lock:
         if fcntl is not None:  # waited for without a timeout; the kernel releases it when its holder exits
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            # a file system without locks (Lustre without -o flock, some NFS) builds unlocked: concurrent builds are
+            # safe (build_store renames a finished file into place), only repeated
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_EX)
         if not valid_store(path, shape):  # another process may have built it while this one waited
             build_store(view, path, shape, workers)
     return StoredView(view, path)
