@@ -217,6 +217,8 @@ def read_config(folder: Path, flag: str) -> dict:
 
 # Flags that may differ on --resume: they change where and how fast a run computes, not what it computes.
 RESUME_MAY_CHANGE = {"resume", "workers", "device", "cache_dir", "overwrite", "tf32", "memory_format"}
+# the flags of RESUME_MAY_CHANGE that a sweep passes its runs: a sweep continued with other values is the same sweep
+WHERE_FLAGS = ("--device", "--workers", "--cache-dir")
 
 
 def resume_config(config_class, argv, script: str):

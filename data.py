@@ -377,6 +377,11 @@ def add_label_noise(sources: dict, num_classes: int, label_noise: float, noise_s
     return sources["train"].labels != clean
 
 
+def is_hub_name(data: str) -> bool:
+    """A `user/name` that is not a local path: --data read from the Hugging Face hub."""
+    return data.count("/") == 1 and not Path(data).expanduser().exists() and not data.startswith((".", "/", "~"))
+
+
 def load_data(
     data: str,
     image_size: int | None = None,
@@ -412,7 +417,7 @@ def load_data(
             is_parquet = next(path.rglob("*.parquet"), None) is not None
             sources, class_names = load_parquet_folder(path) if is_parquet else load_image_folder(path)
             identity = json.dumps({"folder": str(path.resolve()), "files": folder_fingerprint(sources)})
-        elif data.count("/") == 1 and not path.exists() and not data.startswith((".", "/", "~")):
+        elif is_hub_name(data):
             sources, class_names = load_hub(data)
             identity = json.dumps({"hub": data, "files": folder_fingerprint(sources)})
         else:

@@ -123,9 +123,12 @@ MAX_DEFAULT_WORKERS = 16  # ~5 cores feed 3,000 training views/s (docs/data-path
 PREFETCH = 2  # DataLoader's prefetch_factor: batches each worker keeps ready in shared memory
 
 
-def default_workers() -> int:
-    """--workers' default: the cores this process may use (its CPU affinity, which a scheduler or a container sets),
-    shared among torchrun's processes on the node, less one for the process itself, at most MAX_DEFAULT_WORKERS."""
+def default_workers(requested: int | None = None) -> int:
+    """--workers, or with none given its default: the cores this process may use (its CPU affinity, which a scheduler
+    or a container sets), shared among torchrun's processes on the node, less one for the process itself, at most
+    MAX_DEFAULT_WORKERS."""
+    if requested is not None:
+        return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(0, min(MAX_DEFAULT_WORKERS, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
 

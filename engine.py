@@ -197,7 +197,7 @@ class Experiment:
         from data import load_data
 
         self.config, device = config, pick_device(config.device)
-        self.workers = default_workers() if config.workers is None else config.workers
+        self.workers = default_workers(config.workers)
         if data is None:
             noise_seed = seeds.derive(config.seed, "label-noise")  # paired runs at a seed share the noise
             data = load_data(config.data, config.image_size, seeds.augment_seed(config), config.min_scale,

@@ -246,7 +246,7 @@ def test_loader(data_name: str, image_size: int, cache: dict, config: Config, de
     key = (data_name, image_size)
     if key not in cache:
         data = load_data(data_name, image_size)
-        workers = default_workers() if config.workers is None else config.workers
+        workers = default_workers(config.workers)
         cache[key] = (data, make_loader(data.test, config.batch_size, workers, device))
     return cache[key][1]
 

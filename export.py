@@ -199,12 +199,13 @@ def export_record(config: Config, run_config: dict, checkpoint: dict, model, dat
     }
 
 
-def write_timm(model, checkpoint: dict, folder: Path, license: str, data, images: torch.Tensor) -> str:
-    """The timm folder, then timm rebuilds the student from it alone: identical logits on the test views and the
-    same preprocessing as training's evaluation, or one line and no export."""
+def write_timm(model, checkpoint: dict, folder: Path, license: str, data, images: torch.Tensor,
+               logits: torch.Tensor) -> str:  # fmt: skip
+    """The timm folder, then timm rebuilds the student from it alone: identical logits (the student's on `images`:
+    `logits`) on the test views and the same preprocessing as training's evaluation, or one line and no export."""
     hf_export.save_timm_folder(model, checkpoint["class_names"], checkpoint["image_size"], folder, license)
     rebuilt = hf_export.load_timm_folder(folder)
-    if not torch.equal(logits_of(rebuilt, images), logits_of(model, images)):
+    if not torch.equal(logits_of(rebuilt, images), logits):
         raise UserError(f"timm rebuilt the student from {folder.name} with other logits; nothing was written: "
                         "report the versions of timm and torch.")  # fmt: skip
     transform = create_transform(**resolve_data_config(model=rebuilt))
@@ -218,14 +219,16 @@ def write_timm(model, checkpoint: dict, folder: Path, license: str, data, images
     )
 
 
-def write_onnx(model, checkpoint: dict, folder: Path, images: torch.Tensor, config: Config) -> tuple[dict, dict]:
-    """model.onnx, its agreement with the torch model on the test views (bounded), and the CPU latency of both."""
+def write_onnx(model, checkpoint: dict, folder: Path, images: torch.Tensor, logits: torch.Tensor,
+               config: Config) -> tuple[dict, dict]:  # fmt: skip
+    """model.onnx, its agreement with the torch model (`logits` on `images`, the test views; bounded), and the CPU
+    latency of both."""
     path = folder / "model.onnx"
     size = checkpoint["image_size"]
     metadata = {"class_names": checkpoint["class_names"], **hf_export.data_config(size)}
     exported = onnx_export.export_onnx(model, size, path, metadata)
     session = onnx_export.onnx_session(path, config.threads)
-    check = onnx_export.compare_logits(logits_of(model, images), onnx_export.run_session(session, images))
+    check = onnx_export.compare_logits(logits, onnx_export.run_session(session, images))
     onnx_export.check_agreement(check)
     latency = onnx_export.cpu_latency(model, session, images[: config.latency_batch], config.threads, config.repeats)
     return {**exported, "file": path.name, "check": check}, latency
@@ -243,13 +246,14 @@ def main(argv=None) -> None:
     model = models.model_from_checkpoint(checkpoint).eval()
     data = load_data(config.data or run_config["data"], checkpoint["image_size"])
     images = sample_views(data.test, config.check_images)
+    logits = logits_of(model, images)  # what each format must reproduce
     record = export_record(config, run_config, checkpoint, model, data, formats)
     lines, latency = [], []
     with staging(out) as folder:
         if "timm" in formats:
-            lines.append(write_timm(model, checkpoint, folder, config.license, data, images))
+            lines.append(write_timm(model, checkpoint, folder, config.license, data, images, logits))
         if "onnx" in formats:
-            record["onnx"], record["latency"] = write_onnx(model, checkpoint, folder, images, config)
+            record["onnx"], record["latency"] = write_onnx(model, checkpoint, folder, images, logits, config)
             latency = onnx_export.latency_lines(record["latency"])
             lines += [onnx_export.agreement_line(record["onnx"]["check"]), *latency]
         (folder / "README.md").write_text(hf_export.model_card(record, config.push_to_hub, latency))

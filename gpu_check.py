@@ -307,7 +307,7 @@ def main(bench, tmp: Path) -> dict:
     os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")  # the set's arrow copy goes with it, not to ~/.cache
     device = pick_device(bench.device)
     form = GPU_FORM if device.type == "cuda" else CPU_FORM
-    workers = default_workers() if bench.gpu_workers is None else bench.gpu_workers
+    workers = default_workers(bench.gpu_workers)
     compile_too = bench.gpu_compile == "on" or (bench.gpu_compile == "auto" and device.type == "cuda")
     processes = bench.gpu_processes or (min(2, torch.cuda.device_count()) if device.type == "cuda" else 1)
     data = write_jpeg_set(tmp / "jpegs", form, max(1, workers))  # before CUDA starts: forked generators

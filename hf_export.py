@@ -21,7 +21,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 import hub
-from data import IMAGENET_MEAN, IMAGENET_STD
+from data import IMAGENET_MEAN, IMAGENET_STD, is_hub_name
 from errors import UserError
 
 EXPORT_FILE = "export.json"
@@ -109,9 +109,7 @@ def dataset_source(data: str) -> tuple[str, bool]:
     hub; data.load_data reads a `user/name` that is not a local path from the hub."""
     if data.startswith("synthetic"):
         return "synthetic", False
-    if Path(data).expanduser().exists() or data.startswith((".", "/", "~")) or data.count("/") != 1:
-        return "imagefolder", False
-    return data, True
+    return (data, True) if is_hub_name(data) else ("imagefolder", False)
 
 
 def card_metadata(info: dict, repo_id: str | None) -> str:

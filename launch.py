@@ -27,9 +27,6 @@ from errors import UserError
 
 ROOT = Path(__file__).resolve().parent
 
-# flags whose values say where and how fast a run computes, not what: a sweep continued with other values is the same
-# sweep, and they are what a --resume may change (bookkeeping.RESUME_MAY_CHANGE)
-WHERE_FLAGS = ("--device", "--workers", "--cache-dir")
 QUEUE_POLL_S = 10  # how often a Slurm sweep reads the queue (squeue)
 RESULT_GRACE_S = 30  # how long a job that left the queue may take to show its result
 
@@ -129,7 +126,7 @@ def copy_stream(source, sinks, lock: threading.Lock) -> bytes:
 
 def resume_argv(argv: list[str], folder: str) -> list[str]:
     """`SCRIPT --resume FOLDER` plus the flags a resume may change: the run's other flags are in its config.json."""
-    where = [part for flag in WHERE_FLAGS if flag in argv for part in (flag, argv[argv.index(flag) + 1])]
+    where = [part for flag in bookkeeping.WHERE_FLAGS if flag in argv for part in (flag, argv[argv.index(flag) + 1])]
     return [argv[0], "--resume", folder, *where]
 
 

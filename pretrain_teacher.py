@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import train_student
+from bookkeeping import RESUME_MAY_CHANGE
 from cli import config_dict, parse_config
 from data import load_data
 from errors import run_cli
 
 # flags that change where or how fast the teacher trains, not what it learns
-NOT_THE_TEACHER = ("out", "overwrite", "resume", "workers", "device", "cache_dir", "tf32", "memory_format")
+NOT_THE_TEACHER = RESUME_MAY_CHANGE | {"out"}  # where and how fast it computes, not what
 
 
 @dataclass

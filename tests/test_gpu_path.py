@@ -104,7 +104,8 @@ def test_gpu_defaults(monkeypatch):
     for cores, processes, workers in ((64, 1, 16), (32, 4, 7), (2, 1, 1), (1, 1, 0)):
         monkeypatch.setattr("os.sched_getaffinity", lambda pid, cores=cores: set(range(cores)), raising=False)
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes))
-        assert devices.default_workers() == workers
+        assert devices.default_workers() == devices.default_workers(None) == workers
+        assert devices.default_workers(3) == 3  # a given --workers stands
 
 
 def test_a_too_small_shared_memory_is_one_line_naming_the_fix(tmp_path, capsys):
