@@ -38,7 +38,8 @@ def check_arms_and_reward(config) -> None:
 
 # a twin differs from the run only in what the agent decides: every setting that shapes the training otherwise
 TWIN_MATCH = ("data", "seed", "augment_seed", "epochs", "label_noise", "student", "label_weight", "temperature",
-              "batch_size", "lr", "weight_decay", "image_size", "min_scale")  # fmt: skip
+              "batch_size", "lr", "weight_decay", "image_size", "min_scale", "teacher", "teacher_checkpoint",
+              "teacher_weights", "pretrained", "student_weights")  # fmt: skip
 
 
 def read_twin(config) -> list[float] | None:
