@@ -24,23 +24,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import engine
-import files
-import gpu_check
 import models
-import onnx_export
 import prepare_data
-import teacher
-import train_student
 import train_student_rl
-import views
-from cli import field, parse_config
-from curriculum import TrainPassScores
-from data import load_data
-from devices import pick_device, sum_across_processes
-from errors import run_cli
+from analysis import gpu_check
+from common import files
+from common.cli import field, parse_config
+from common.errors import run_cli
+from data import views
+from data.jpegs import write_imagenet_like_set
+from data.splits import load_data
+from data.synthetic import synthetic_class_names
+from exporters import onnx_file as onnx_export
 from rl_curriculum_env import CurriculumEnv
-from synthetic import synthetic_class_names
+from training import loop, teacher
+from training.config import TrainConfig
+from training.curriculum import TrainPassScores
+from training.devices import pick_device, sum_across_processes
+from training.experiment import Experiment, TrainingRun
 
 RESCORE_EVERY = 5  # train_student.py's default
 
@@ -96,7 +97,7 @@ def timed(functions: dict, repeats: int, device: torch.device) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def make_config(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, config_class=train_student.Config,
+def make_config(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, config_class=TrainConfig,
                 **overrides):  # fmt: skip
     data = f"synthetic:classes={bench.classes},train={bench.train},val=64,test=64,size=32"
     argv = ["--data", data, "--image-size", str(bench.image_size), "--student", bench.student,
@@ -109,14 +110,14 @@ def make_config(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, c
     return config
 
 
-def make_run(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, **overrides) -> engine.TrainingRun:
-    return engine.TrainingRun(engine.Experiment(make_config(bench, teacher_checkpoint, cache_dir, **overrides)))
+def make_run(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, **overrides) -> TrainingRun:
+    return TrainingRun(Experiment(make_config(bench, teacher_checkpoint, cache_dir, **overrides)))
 
 
 def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path) -> dict:
     """A short PPO-steered run: the agent's time per epoch (prediction and PPO updates) beside the epoch's time."""
     config = make_config(bench, teacher_checkpoint, cache_dir, train_student_rl.RLConfig, epochs=bench.agent_epochs)
-    with engine.Experiment(config) as experiment:
+    with Experiment(config) as experiment:
         env = CurriculumEnv(experiment)
         train_student_rl.steer(
             train_student_rl.make_agent(config, env), env, config.episodes, learn=True, purpose="agent-full"
@@ -126,7 +127,7 @@ def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path)
     return {"agent_s_per_epoch": statistics.mean(agent_seconds), "rl_epoch_s": statistics.mean(epoch_seconds)}
 
 
-def epoch_fn(run: engine.TrainingRun, cached: bool = False, train_pass: bool = False, replay: bool = False):
+def epoch_fn(run: TrainingRun, cached: bool = False, train_pass: bool = False, replay: bool = False):
     """One training epoch over the whole training set, as TrainingRun.train_epoch runs it (without validation).
     `replay`: the teacher's logits of the epoch's views read from the store (filled here first), as a run with
     --teacher-logits replay after the first does, reading the epoch's file included."""
@@ -136,13 +137,13 @@ def epoch_fn(run: engine.TrainingRun, cached: bool = False, train_pass: bool = F
     source = teacher.choose_source(config, exp.teacher, exp.data, exp.device, exp.dtype, exp.source.predict)
     if replay:  # fill the store
         source.start_epoch(1)
-        engine.train_one_epoch(run.model, exp.train_loader, source, run.step_settings())
+        loop.train_one_epoch(run.model, exp.train_loader, source, run.step_settings())
         source.end_epoch()
 
     def epoch():
         recorder = TrainPassScores(len(exp.data.train), exp.device) if train_pass else None
         source.start_epoch(1)
-        engine.train_one_epoch(run.model, exp.train_loader, source, run.step_settings(),
+        loop.train_one_epoch(run.model, exp.train_loader, source, run.step_settings(),
                                on_logits=recorder.record if recorder else None)  # fmt: skip
         if recorder:
             recorder.collect(sum_across_processes)
@@ -157,7 +158,7 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
     exp.source.scoring_logits()  # fill the cache
 
     def recompute():
-        exp.source.scoring = engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
+        exp.source.scoring = loop.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
         kd.rescore()
 
     def stale_pass():
@@ -175,7 +176,7 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
             "epoch_kd_cached_s": epoch_fn(kd, cached=True),
             "epoch_kd_replay_s": epoch_fn(kd, replay=True),
             "epoch_kd_train_pass_s": epoch_fn(kd, train_pass=True),
-            "teacher_forward_s": lambda: engine.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t"),
+            "teacher_forward_s": lambda: loop.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t"),
             "score_cached_s": kd.rescore,
             "score_recompute_s": recompute,
             "score_stale_pass_s": stale_pass,
@@ -230,7 +231,7 @@ def measure_loader(images: int, size: int, prepared_side: int, repeats: int) -> 
         tmp = Path(tmp)
         names = ["n01440764", "n01443537", "n01484850", "n01491361"]
         counts = {"train": images, "val": images, "test": 2}
-        folder = prepare_data.write_imagenet_like_set(tmp / "full", names, counts)
+        folder = write_imagenet_like_set(tmp / "full", names, counts)
         start = time.perf_counter()
         prepare_data.prepare(prepare_data.PrepareConfig(str(folder), str(tmp / "small"), prepared_side, workers=1))
         prepare_s = (time.perf_counter() - start) / (2 * images + 2)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
 
-import seeds
-from errors import UserError
+from common import seeds
+from common.errors import UserError
 
 STRATEGIES = (
     "none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft", "reducible",

@@ -21,17 +21,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import hf_export
 import models
-from bookkeeping import read_config, read_metrics
-from cli import field, parse_config
-from data import load_data
-from devices import amp_dtype, close_loader, default_workers, make_loader, pick_device
-from engine import count_parameters, evaluate
-from errors import UserError, run_cli
-from files import check_writable_file, check_writable_folder, load_checkpoint, save_json
-from report import write_report
-from teacher import load_teacher
+from analysis.report import write_report
+from analysis.runs import describe, run_budget
+from common.cli import field, parse_config
+from common.errors import UserError, run_cli
+from common.files import check_writable_file, check_writable_folder, load_checkpoint, save_json
+from common.metrics import read_metrics
+from common.run_folder import read_config
+from data.splits import load_data
+from exporters import hf_folder as hf_export
+from training.devices import amp_dtype, close_loader, default_workers, make_loader, pick_device
+from training.loop import count_parameters, evaluate
+from training.teacher import load_teacher
 
 # config entries that do not change what is trained: runs differing only in these are seeds of one row
 NOT_THE_CONFIGURATION = ("seed", "out", "overwrite", "resume", "policy")
@@ -97,27 +99,6 @@ def read_runs(paths: list[str]) -> list[dict]:
     return runs
 
 
-def describe(config: dict) -> str:
-    """A row label in the reference table's words, from a run's config."""
-    weight = config["label_weight"]
-    if weight == 1:
-        loss = "labels only"
-    elif weight == 0:
-        loss = "teacher only"
-    else:
-        loss = f"{weight:.0%} labels, {1 - weight:.0%} teacher"
-    if config.get("script") == "train_student_rl.py":
-        kind = "KD + curriculum chosen by the " + ("bandit" if config.get("agent") == "bandit" else "RL agent")
-    elif config.get("curriculum", "none") != "none":
-        kind = f"KD + {config['curriculum']} curriculum"
-    else:
-        kind = "KD" if weight < 1 else ""
-    gate = config.get("label_gate", "all")  # absent from runs of before --label-gate
-    loss += f", label gate {gate}" if gate != "all" else ""
-    details = ", ".join(part for part in (kind, loss) if part)
-    return f"Student ({config['student']}, {details})"
-
-
 def teacher_row(config: Config, first_run: dict, data, loader, device, dtype) -> dict:
     """Evaluate the teacher named by the flags, or else by the first run's config."""
     source = first_run["config"] if first_run else {}
@@ -137,19 +118,6 @@ def teacher_row(config: Config, first_run: dict, data, loader, device, dtype) ->
     else:
         label = f"Teacher ({name}, ImageNet weights)"
     return {"model": label, "top1": scores["acc1"], "top5": scores["acc5"], "params": count_parameters(teacher)}
-
-
-def training_budget(metrics: list[dict], train_size: int) -> float:
-    """Samples trained on, in epochs of the full training set: each epoch counts its `selected` samples (a
-    curriculum's), or the whole set (plain training). A 60% curriculum over 10 epochs is a budget of 6."""
-    return sum(int(row["selected"]) / train_size if row.get("selected") else 1.0 for row in metrics)
-
-
-def run_budget(folder: Path, train_size: int) -> float:
-    """A run's training budget with its RL agent's proxy runs (`proxy/metrics.csv`) counted in: a curriculum is
-    compared with the others at equal total compute."""
-    logs = [path for path in (folder / "metrics.csv", folder / "proxy" / "metrics.csv") if path.is_file()]
-    return sum(training_budget(read_metrics(path), train_size) for path in logs)
 
 
 def export_row(run: dict, data_cache: dict, config: Config, device, dtype) -> dict:

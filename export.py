@@ -23,22 +23,24 @@ from pathlib import Path
 import torch
 from timm.data import create_transform, resolve_data_config
 
-import hf_export
 import models
-import onnx_export
-import train_student
 import train_student_rl
-from bookkeeping import read_config, read_metrics
-from cli import command_line, field, parse_config
-from data import eval_transform, load_data
-from devices import make_loader
-from engine import count_parameters, evaluate
-from errors import UserError, run_cli
-from evaluate import describe, run_budget
-from files import FILE_MODE, check_writable_folder, load_checkpoint, save_json
+from analysis.runs import describe, run_budget
+from common.cli import command_line, field, parse_config
+from common.errors import UserError, run_cli
+from common.files import FILE_MODE, check_writable_folder, load_checkpoint, save_json
+from common.metrics import read_metrics
+from common.run_folder import read_config
+from data.splits import load_data
+from data.transforms import eval_transform
+from exporters import hf_folder as hf_export
+from exporters import onnx_file as onnx_export
+from training.config import TrainConfig
+from training.devices import make_loader
+from training.loop import count_parameters, evaluate
 
 FORMATS = ("timm", "onnx")
-SCRIPTS = {"train_student.py": train_student.Config, "train_student_rl.py": train_student_rl.RLConfig}
+SCRIPTS = {"train_student.py": TrainConfig, "train_student_rl.py": train_student_rl.RLConfig}
 # which figures of results.json belong to each checkpoint: (its epoch, test top-1, test top-5)
 RESULT_KEYS = {
     "best": ("best_epoch", "test_acc", "test_acc5"),
@@ -182,7 +184,7 @@ def export_record(config: Config, run_config: dict, checkpoint: dict, model, dat
         "name": run.resolve().name,
         "description": describe(run_config),
         "source": {"run": str(run), "checkpoint": f"{config.checkpoint}.pt", "epoch": checkpoint["epoch"]},
-        "command": command_line(SCRIPTS.get(script, train_student.Config), run_config, script),
+        "command": command_line(SCRIPTS.get(script, TrainConfig), run_config, script),
         "config": run_config,
         "model": checkpoint["model"],
         "parameters": count_parameters(model),

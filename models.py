@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import hub
-from errors import UserError
+from common import hub
+from common.errors import UserError
 
 DIFFICULTY_WEIGHTS = {"conf": 0.3, "entropy": 0.3, "kl": 0.4}
 KL_SCALE = 5.0  # D_kl = min(KL / 5, 1)

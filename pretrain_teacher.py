@@ -23,17 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import train_student
-from bookkeeping import RESUME_MAY_CHANGE
-from cli import config_dict, parse_config
-from data import load_data
-from errors import run_cli
+from common.cli import config_dict, parse_config
+from common.errors import run_cli
+from common.run_folder import RESUME_MAY_CHANGE
+from data.splits import load_data
+from training.config import TrainConfig, check_config
 
 # flags that change where or how fast the teacher trains, not what it learns
 NOT_THE_TEACHER = RESUME_MAY_CHANGE | {"out"}  # where and how fast it computes, not what
 
 
 @dataclass
-class TeacherConfig(train_student.Config):
+class TeacherConfig(TrainConfig):
     # the cache picks the teacher's run folder: these are no flags here
     NOT_APPLICABLE = dict.fromkeys(("out", "overwrite", "resume"), "the teacher's folder is <--cache-dir>/teachers/")
 
@@ -48,7 +49,7 @@ def teacher_key(config) -> str:
 def pretrained_teacher(argv: list[str]) -> tuple[Path, bool]:
     """`(best.pt, reused)`: the cached teacher for train_student.py flags `argv`, trained first if not cached."""
     config = parse_config(TeacherConfig, argv, __doc__)
-    train_student.check_config(config)
+    check_config(config)
     folder = Path(config.cache_dir).expanduser() / "teachers" / f"{config.student}-{teacher_key(config)}"
     if (folder / "results.json").is_file():  # written last: a cut-off training run is redone
         return folder / "best.pt", True

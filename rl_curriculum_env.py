@@ -29,9 +29,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-import seeds
-from bookkeeping import MetricsLog
-from engine import Experiment, TrainingRun
+from common import seeds
+from common.metrics import MetricsLog
+from training.experiment import Experiment, TrainingRun
 
 OBSERVATION_SIZE = 12
 TEMPERATURE_RANGE = (2.0, 8.0)

@@ -24,13 +24,12 @@ import shutil
 import sys
 from pathlib import Path
 
-import bookkeeping
-import cli
-import files
-import slurm_jobs
-from errors import UserError, run_cli
-from launch import Progress, Step, prepare_driver, run_steps
-from sweep_plans import LAB_ROWS, NOISY_LABEL_WEIGHT, Plan, plan_comparison, plan_table, with_teacher
+from common import cli, files
+from common import run_folder as bookkeeping
+from common.errors import UserError, run_cli
+from sweeps import slurm as slurm_jobs
+from sweeps.launch import Progress, Step, prepare_driver, run_steps
+from sweeps.plans import LAB_ROWS, NOISY_LABEL_WEIGHT, Plan, plan_comparison, plan_table, with_teacher
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

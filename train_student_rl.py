@@ -31,27 +31,28 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.utils import obs_as_tensor
 
-import seeds
-from bandit import ThompsonBandit
-from bookkeeping import MetricsLog, is_main_process, open_run_folder, read_metrics, results_line, start_run
-from cli import field
+from agents.bandit import ThompsonBandit
+from agents.options import check_arms_and_reward, check_bandit_config, read_twin
+from common import seeds
+from common.cli import field
+from common.errors import UserError, run_cli
+from common.files import atomic_write, load_checkpoint, save_json
+from common.metrics import MetricsLog, read_metrics
+from common.run_folder import is_main_process, open_run_folder, results_line, start_run
+from common.signals import exit_if_stop_requested
 from curriculum_dataloader import STRATEGIES
-from data import data_subset
-from devices import broadcast_from_main, end_distributed
-from engine import Experiment
-from errors import UserError, run_cli
-from files import atomic_write, load_checkpoint, save_json
+from data.splits import data_subset
 from rl_curriculum_env import CurriculumEnv
-from rl_options import check_arms_and_reward, check_bandit_config, read_twin
-from signals import exit_if_stop_requested
-from train_student import Config, check_config
+from training.config import TrainConfig, check_config
+from training.devices import broadcast_from_main, end_distributed
+from training.experiment import Experiment
 
 Agent = PPO | ThompsonBandit
 PPO_BINS, BANDIT_BINS, PPO_PRETRAIN_EPISODES = 11, 5, 30  # the agents' own defaults (RLConfig.__post_init__)
 
 
 @dataclass
-class RLConfig(Config):
+class RLConfig(TrainConfig):
     # not flags of this script: the agent picks every epoch's target and steers only strategies that have one
     NOT_APPLICABLE = {"target": "the agent picks every epoch's target"} | dict.fromkeys(
         ("pacing", "start_fraction", "pace_epochs"), "only easy_to_hard / hard_to_easy pace, the agent steers neither"

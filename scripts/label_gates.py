@@ -18,13 +18,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
-import seeds  # noqa: E402
-import sweep_plans  # noqa: E402
-import train_student  # noqa: E402
+from common import (
+    cli,  # noqa: E402
+    seeds,  # noqa: E402
+)
 from curriculum_dataloader import LABEL_GATES, gate_precision_recall, label_gate  # noqa: E402
-from data import noisy_labels  # noqa: E402
-from engine import Experiment  # noqa: E402
+from data.splits import noisy_labels  # noqa: E402
+from sweeps import plans as sweep_plans  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.experiment import Experiment  # noqa: E402
 
 COLUMNS = ("precision", "recall", "clean_kept", "noisy_weight")
 
@@ -61,7 +63,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     flags = ["--data", args.data, "--teacher-checkpoint", args.teacher_checkpoint, "--cache-dir", args.cache_dir,
              "--device", args.device, "--student", "resnet10t", "--workers", "0", "--label-weight", "0.6"]  # fmt: skip
-    experiment = Experiment(cli.parse_config(train_student.Config, flags))
+    experiment = Experiment(cli.parse_config(TrainConfig, flags))
     teacher_logits = experiment.source.scoring_logits()
     clean = np.asarray(experiment.data.train.labels)
     run_seeds = [int(seed) for seed in args.seeds.split(",")]

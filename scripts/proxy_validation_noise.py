@@ -18,11 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cli  # noqa: E402
-import sweep_plans  # noqa: E402
 import train_student_rl  # noqa: E402
-from data import data_subset  # noqa: E402
-from engine import Experiment, TrainingRun, predict_logits  # noqa: E402
+from common import cli  # noqa: E402
+from data.splits import data_subset  # noqa: E402
+from sweeps import plans as sweep_plans  # noqa: E402
+from training.experiment import Experiment, TrainingRun  # noqa: E402
+from training.loop import predict_logits  # noqa: E402
 
 BENCH_STUDENT_DATA = sweep_plans.BENCH_STUDENT_DATA  # the benchmark, defined in sweep_plans.py
 BENCH_FLAGS = ["--student", "resnet10t", "--batch-size", sweep_plans.BENCH_BATCH,

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import bookkeeping  # noqa: E402
+from common import metrics as bookkeeping  # noqa: E402
 from rl_curriculum_env import curriculum_reward, twin_reward  # noqa: E402
 
 REWARDS = ("curriculum", "twin val_loss", "twin val_kd_loss", "twin val_acc")

@@ -20,8 +20,8 @@ from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import seeds  # noqa: E402
 import train_student_rl as rl  # noqa: E402
+from common import seeds  # noqa: E402
 from rl_curriculum_env import OBSERVATION_SIZE, curriculum_reward, squash  # noqa: E402
 
 BEST = 0.2  # the surrogate's best target

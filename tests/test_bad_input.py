@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
-import bookkeeping
 import models
+from common import run_folder as bookkeeping
+from common.files import load_checkpoint, save_checkpoint
 from conftest import ROOT, run_script, script_server, train_args, write_image_folder
-from files import load_checkpoint, save_checkpoint
-from synthetic import synthetic_class_names
+from data.synthetic import synthetic_class_names
 
 
 @dataclass

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from bandit import ThompsonBandit
+from agents.bandit import ThompsonBandit
 
 
 def test_posterior_by_hand():

@@ -9,30 +9,31 @@ import sys
 import pytest
 
 import compare_curricula as compare
-import evaluate
+from analysis.runs import run_budget, training_budget
+from analysis.stats import minimum_detectable_difference, paired_difference, paired_t_power, t_quantile
+from common.errors import UserError
 from conftest import ROOT, TINY
-from errors import UserError
 
 
 def test_t_quantiles_match_closed_forms():
     # 1 dof is the Cauchy distribution: t_p = tan(pi (p - 1/2)); 2 dof: t_p = q sqrt(2 / (1 - q^2)), q = 2p - 1
-    assert compare.t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-6)
-    assert compare.t_quantile(0.975, 2) == pytest.approx(0.95 * math.sqrt(2 / (1 - 0.95**2)), abs=1e-6)
-    assert compare.t_quantile(0.95, 2) == pytest.approx(0.9 * math.sqrt(2 / (1 - 0.9**2)), abs=1e-6)
-    assert compare.t_quantile(0.5, 4) == pytest.approx(0.0, abs=1e-9)
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-6)
+    assert t_quantile(0.975, 2) == pytest.approx(0.95 * math.sqrt(2 / (1 - 0.95**2)), abs=1e-6)
+    assert t_quantile(0.95, 2) == pytest.approx(0.9 * math.sqrt(2 / (1 - 0.9**2)), abs=1e-6)
+    assert t_quantile(0.5, 4) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_paired_difference_by_hand():
     # differences 1, 2, 3 (seed 7 has no partner): mean 2, sd 1, half width t_{0.975,2} / sqrt(3) = 4.30265 / 1.73205
     values, baseline = {0: 80.0, 1: 82.0, 2: 84.0, 7: 99.0}, {0: 79.0, 1: 80.0, 2: 81.0}
-    result = compare.paired_difference(values, baseline)
+    result = paired_difference(values, baseline)
     assert result["mean"] == pytest.approx(2.0) and result["n"] == 3 and result["seeds"] == [0, 1, 2]
     assert result["low"] == pytest.approx(2 - 2.484138, abs=1e-5)
     assert result["high"] == pytest.approx(2 + 2.484138, abs=1e-5)
-    one = compare.paired_difference({0: 80.0}, {0: 78.5})
+    one = paired_difference({0: 80.0}, {0: 78.5})
     assert one["mean"] == pytest.approx(1.5) and one["low"] is None
     with pytest.raises(UserError, match="same --seeds"):
-        compare.paired_difference({0: 1.0}, {1: 1.0})
+        paired_difference({0: 1.0}, {1: 1.0})
 
 
 def test_compare_rows_and_table():
@@ -69,35 +70,35 @@ def test_last_epoch_accuracies_are_paired_too():
 def test_paired_t_power_by_hand():
     # at no true difference the test rejects with probability `level`, whatever n and sd
     for n, sd in [(2, 1.0), (5, 0.3), (12, 4.0)]:
-        assert compare.paired_t_power(0.0, sd, n) == pytest.approx(0.05, abs=1e-6)
-        assert compare.paired_t_power(0.0, sd, n, level=0.2) == pytest.approx(0.2, abs=1e-6)
+        assert paired_t_power(0.0, sd, n) == pytest.approx(0.05, abs=1e-6)
+        assert paired_t_power(0.0, sd, n, level=0.2) == pytest.approx(0.2, abs=1e-6)
     # n = 3, difference 2, sd 1.3: noncentral t with 2 dof, ncp 2.6647; scipy.stats.nct gives 0.327967
-    assert compare.paired_t_power(2.0, 1.3, 3) == pytest.approx(0.327967, abs=1e-6)
-    assert compare.paired_t_power(1.0, 1.3, 10) == pytest.approx(0.583035, abs=1e-6)  # scipy.stats.nct: 0.583035
+    assert paired_t_power(2.0, 1.3, 3) == pytest.approx(0.327967, abs=1e-6)
+    assert paired_t_power(1.0, 1.3, 10) == pytest.approx(0.583035, abs=1e-6)  # scipy.stats.nct: 0.583035
 
 
 def test_minimum_detectable_difference():
     # scipy.stats.nct solved for power 0.8: 3.2640 sd at 3 seeds, 1.6820 sd at 5, 0.9960 sd at 10
     for n, expected in [(3, 3.2640), (5, 1.6820), (10, 0.9960)]:
-        assert compare.minimum_detectable_difference(1.0, n) == pytest.approx(expected, abs=1e-3)
-        assert compare.minimum_detectable_difference(2.5, n) == pytest.approx(2.5 * expected, abs=3e-3)  # scales
+        assert minimum_detectable_difference(1.0, n) == pytest.approx(expected, abs=1e-3)
+        assert minimum_detectable_difference(2.5, n) == pytest.approx(2.5 * expected, abs=3e-3)  # scales
     # many seeds: near the normal approximation (z_0.975 + z_0.8) sd / sqrt(n) = 2.8016 / sqrt(n)
-    assert compare.minimum_detectable_difference(1.0, 400) == pytest.approx(2.8016 / 20, rel=5e-3)  # t, not z: 0.14042
+    assert minimum_detectable_difference(1.0, 400) == pytest.approx(2.8016 / 20, rel=5e-3)  # t, not z: 0.14042
     assert (
-        compare.minimum_detectable_difference(1.0, 1) is None and compare.minimum_detectable_difference(0.0, 5) is None
+        minimum_detectable_difference(1.0, 1) is None and minimum_detectable_difference(0.0, 5) is None
     )
 
 
 def test_training_budget_counts_selected_samples():
-    assert evaluate.training_budget([{"selected": "60"}, {"selected": "30"}], 100) == pytest.approx(0.9)
-    assert evaluate.training_budget([{"epoch": "1"}, {"epoch": "2"}, {"epoch": "3"}], 100) == 3.0
+    assert training_budget([{"selected": "60"}, {"selected": "30"}], 100) == pytest.approx(0.9)
+    assert training_budget([{"epoch": "1"}, {"epoch": "2"}, {"epoch": "3"}], 100) == 3.0
 
 
 def test_run_budget_counts_the_agents_proxy_runs(tmp_path):
     (tmp_path / "proxy").mkdir()
     (tmp_path / "metrics.csv").write_text("epoch,selected\n1,60\n2,60\n")  # 1.2 epochs of 100 samples
     (tmp_path / "proxy" / "metrics.csv").write_text("epoch,selected\n1,6\n2,6\n1,6\n2,6\n")  # 0.24 more
-    assert evaluate.run_budget(tmp_path, 100) == pytest.approx(1.44)
+    assert run_budget(tmp_path, 100) == pytest.approx(1.44)
 
 
 def write_run(folder, seed, acc, selected, last=None):

@@ -14,8 +14,8 @@ from hypothesis.extra.numpy import arrays
 
 import curriculum_dataloader as cd
 import models
-import teacher
-from curriculum import Curriculum
+from training import logit_stores as teacher
+from training.curriculum import Curriculum
 
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
 score_arrays = arrays(np.float64, st.integers(0, 60), elements=unit) | arrays(

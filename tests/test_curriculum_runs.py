@@ -5,19 +5,18 @@ import json
 import numpy as np
 import pytest
 
-import bookkeeping
-import cli
-import engine
-import files
-import train_student
+from common import cli, files
+from common import metrics as bookkeeping
 from conftest import run_script, train_args
-from curriculum import TrainPassScores
+from training import experiment as engine
+from training.config import TrainConfig
+from training.curriculum import TrainPassScores
 
 
 def make_experiment(cache_dir, teacher, **overrides):
     argv = train_args("unused", "--teacher-checkpoint", teacher, "--label-weight", "0", "--curriculum", "adaptive",
                       "--cache-dir", cache_dir)[1:]  # fmt: skip
-    config = cli.parse_config(train_student.Config, argv)
+    config = cli.parse_config(TrainConfig, argv)
     for name, value in overrides.items():
         setattr(config, name, value)
     return engine.Experiment(config)

@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from timm.data import ImageNetInfo
 
-import data
+from common.errors import UserError
 from conftest import write_image_folder
-from errors import UserError
+from data import splits as data
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = "synthetic:classes=4,train=40,val=12,test=12,size=32,seed=1"
@@ -228,14 +228,14 @@ def test_unreachable_hub_is_one_fast_error_naming_the_offline_ways(tmp_path):
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"
     # Counted, not timed: every TCP connection attempt goes through socket.connect; one check, no retries.
     code = (
-        "import socket, datasets, data, errors\n"
+        "import socket, datasets\nfrom common import errors\nfrom data import splits\n"
         "attempts, connect = [], socket.socket.connect\n"
         "def counted(self, address):\n"
         "    attempts.append(address)\n"
         "    return connect(self, address)\n"
         "socket.socket.connect = counted\n"
         "try:\n"
-        "    data.load_data('timm/mini-imagenet')\n"
+        "    splits.load_data('timm/mini-imagenet')\n"
         "except errors.UserError as err:\n"
         "    print(len(attempts))\n"
         "    print(err)\n"

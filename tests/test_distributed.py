@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-import bookkeeping
+from common import metrics as bookkeeping
 from conftest import ROOT, run_script, run_to_exit, train_args
 
 pytestmark = pytest.mark.slow  # every test here trains (see pyproject.toml)
@@ -107,7 +107,7 @@ if "RANK" in os.environ:  # the ranks, not the launcher
 
     import torch
     import torch.distributed as dist
-    import views
+    from data import views
 
     if os.environ.get("COMPILE_BACKEND"):
         torch.compile = functools.partial(torch.compile, backend=os.environ["COMPILE_BACKEND"])
@@ -175,8 +175,9 @@ sys.path.insert(0, {str(ROOT)!r})
 import torch
 import torch.distributed as dist
 
-from devices import sum_across_processes
-from teacher import cache_key, cached_logits
+from common.files import cache_key
+from training.devices import sum_across_processes
+from training.logit_stores import cached_logits
 
 dist.init_process_group("gloo", timeout=timedelta(seconds=60))
 rank, shape, parts = dist.get_rank(), (6, 3), {{"teacher": "test"}}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import signals
+from common import signals
 from conftest import TINY, run_to_exit, train_args
 
 EXIT_BOUND = 60  # seconds from a script's last output to its exit: a hang is unbounded, an exit takes seconds

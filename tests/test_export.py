@@ -17,19 +17,20 @@ from huggingface_hub import ModelCard, constants
 from timm.data import create_transform, resolve_data_config
 
 import bench
-import cli
 import evaluate
 import export
-import hf_export
-import hub
 import models
-import onnx_export
 import train_student
 import train_student_rl
+from common import cli, hub
+from common.errors import UserError, run_cli
+from common.files import load_checkpoint
 from conftest import TINY, run_script, train_args
-from data import eval_transform, load_data
-from errors import UserError, run_cli
-from files import load_checkpoint
+from data.splits import load_data
+from data.transforms import eval_transform
+from exporters import hf_folder as hf_export
+from exporters import onnx_file as onnx_export
+from training.config import TrainConfig
 
 NO_HUB = {"HF_ENDPOINT": "http://127.0.0.1:9"}  # a closed port: the hub cannot be reached
 
@@ -150,7 +151,7 @@ def test_the_card_holds_the_runs_figures_and_command(exported):
     assert f"- Command: `{record['command']}`" in card.text
     script, *argv = shlex.split(record["command"])[1:]
     assert script == "train_student.py"  # the command rebuilds the run's config
-    rebuilt = cli.config_dict(cli.parse_config(train_student.Config, argv))
+    rebuilt = cli.config_dict(cli.parse_config(TrainConfig, argv))
     assert rebuilt == {key: value for key, value in run_config.items() if key != "script"}
     for words in ("- Teacher: none (trained on the labels only)", "temperature T = `4.0`", "seed 0",
                   "Budget: 2 epochs, 192 training samples", f"timm {timm.__version__}",

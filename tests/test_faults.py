@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import bookkeeping
-import files
 import train_student
+from common import files, metrics, run_folder
+from common.errors import UserError, run_cli
 from conftest import ROOT, run_script, train_args
-from errors import UserError, run_cli
 
 DATA = "synthetic:classes=4,train=96,val=32,test=32,size=32,seed=0"
 EPOCHS = 4
@@ -25,7 +24,7 @@ WALL_CLOCK = {"seconds", "agent_seconds"}
 
 
 def comparable(folder) -> list[dict]:
-    rows = bookkeeping.read_metrics(folder / "metrics.csv")
+    rows = metrics.read_metrics(folder / "metrics.csv")
     return [{key: value for key, value in row.items() if key not in WALL_CLOCK} for row in rows]
 
 
@@ -49,11 +48,11 @@ def solo(tmp_path_factory, flags):
 
 def test_a_folder_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
     folder = tmp_path / "run"
-    with bookkeeping.hold_folder_lock(folder, "--out") as lock:
-        assert bookkeeping.hold_folder_lock(folder) is lock  # the same process: the same lock
-        holder = (folder / bookkeeping.LOCK_FILE).read_text()
+    with run_folder.hold_folder_lock(folder, "--out") as lock:
+        assert run_folder.hold_folder_lock(folder) is lock  # the same process: the same lock
+        holder = (folder / run_folder.LOCK_FILE).read_text()
         assert holder.startswith(f"pid {os.getpid()} on ")
-        code = f"import bookkeeping; bookkeeping.hold_folder_lock({str(folder)!r}, '--resume')"
+        code = f"from common import run_folder; run_folder.hold_folder_lock({str(folder)!r}, '--resume')"
         result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode != 0
         assert f"UserError: --resume {folder} is in use by {holder.strip()}; wait for" in result.stderr
@@ -65,8 +64,8 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
     file stays, naming it, but the lock is free at once, although the child still holds a copy of the descriptor."""
     folder = tmp_path / "run"
     code = (
-        "import os, signal, sys, time, bookkeeping\n"
-        f"bookkeeping.hold_folder_lock({str(folder)!r})\n"
+        "import os, signal, sys, time\nfrom common import run_folder\n"
+        f"run_folder.hold_folder_lock({str(folder)!r})\n"
         "ready, told = os.pipe()\n"
         "if os.fork() == 0:\n"  # fork's after-in-child hooks have run once fork() returns here
         "    os.write(told, b'x')\n"
@@ -82,9 +81,9 @@ def test_a_lock_left_by_a_killed_process_does_not_block(tmp_path):
         assert holder.stdout.readline() == "forked\n"
         holder.wait()
         assert holder.returncode == -signal.SIGKILL
-        assert (folder / bookkeeping.LOCK_FILE).read_text().startswith(f"pid {holder.pid} on ")  # a stale file
-        with bookkeeping.hold_folder_lock(folder):
-            assert (folder / bookkeeping.LOCK_FILE).read_text().startswith(f"pid {os.getpid()} on ")
+        assert (folder / run_folder.LOCK_FILE).read_text().startswith(f"pid {holder.pid} on ")  # a stale file
+        with run_folder.hold_folder_lock(folder):
+            assert (folder / run_folder.LOCK_FILE).read_text().startswith(f"pid {os.getpid()} on ")
     finally:
         os.killpg(holder.pid, signal.SIGKILL)  # the sleeping child
 
@@ -104,7 +103,7 @@ def test_a_second_launch_into_a_running_folder_is_refused_and_the_first_equals_a
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, *train_args(out, *flags, data=DATA, epochs=EPOCHS)], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    lock = out / bookkeeping.LOCK_FILE
+    lock = out / run_folder.LOCK_FILE
     holder = f"pid {first.pid} on "
     wait_for(lambda: lock.exists() and lock.read_text().startswith(holder) and (out / "config.json").exists(),
              first, "its lock and config.json")  # fmt: skip
@@ -238,7 +237,7 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line_and_resume_contin
         return real_save(path, payload)
 
     monkeypatch.setattr(files, "save_checkpoint", save_checkpoint)
-    monkeypatch.setattr("engine.save_checkpoint", save_checkpoint)
+    monkeypatch.setattr("training.experiment.save_checkpoint", save_checkpoint)
     with pytest.raises(SystemExit) as stop:
         run_cli(lambda: train_student.main(train_args(out, *flags, data=DATA, epochs=EPOCHS)[1:]))
     assert stop.value.code == 2
@@ -247,7 +246,7 @@ def test_a_full_disk_at_a_checkpoint_stops_the_run_in_one_line_and_resume_contin
     assert files.load_checkpoint(out / "last.pt")["epoch"] == 2
     assert not list(out.glob(".*.tmp"))
     monkeypatch.undo()
-    bookkeeping.release_folder_locks()  # this test process was the run: it ends here
+    run_folder.release_folder_locks()  # this test process was the run: it ends here
     run_script("train_student.py", "--resume", out)
     assert comparable(out) == comparable(solo)
 
@@ -281,7 +280,7 @@ def test_sigterm_saves_the_epoch_and_resume_equals_an_uninterrupted_run(tmp_path
     assert len(comparable(out)) == epoch and not (out / "results.json").exists()
     run_script("train_student.py", "--resume", out)
     assert comparable(out) == comparable(solo)
-    assert not (out / bookkeeping.LOCK_FILE).exists()
+    assert not (out / run_folder.LOCK_FILE).exists()
 
 
 @pytest.mark.slow

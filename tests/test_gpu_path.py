@@ -7,14 +7,14 @@ import pytest
 import timm
 import torch
 
-import devices
-import engine
 import models
-import train_student
-from cli import parse_config
+from analysis.host_syncs import HostSyncCounter
+from common.cli import parse_config
+from common.errors import UserError, run_cli
 from conftest import TINY
-from errors import UserError, run_cli
-from host_syncs import HostSyncCounter
+from training import devices, loop
+from training.config import TrainConfig
+from training.experiment import Experiment, TrainingRun
 
 
 def test_the_counter_counts_a_read_back_inside_a_loop_only():
@@ -23,17 +23,17 @@ def test_the_counter_counts_a_read_back_inside_a_loop_only():
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3), torch.arange(8) % 3), 4)
     with HostSyncCounter(torch.device("cpu")) as counter:
         for logits, labels in loader:
-            engine.accuracy(logits, labels)
+            loop.accuracy(logits, labels)
             logits.sum().item()  # this file's: not counted
-        engine.accuracy(logits, labels)  # after the loop: the documented after-epoch reduction
-    assert counter.count == 2 and all(place.startswith("engine.py:") for place in counter.places), counter.places
+        loop.accuracy(logits, labels)  # after the loop: the documented after-epoch reduction
+    assert counter.count == 2 and all(place.startswith("training/loop.py:") for place in counter.places), counter.places
     assert torch.Tensor.item is torch._C.TensorBase.item  # everything patched is put back
 
 
-def counted_epoch(experiment: engine.Experiment) -> tuple[list, list]:
+def counted_epoch(experiment: Experiment) -> tuple[list, list]:
     """One epoch of a fresh TrainingRun, counting host syncs: the dtypes of the teacher's outputs, and
     (training, dtype, channels-last input) of each student call."""
-    run, teacher_calls, student_calls = engine.TrainingRun(experiment), [], []
+    run, teacher_calls, student_calls = TrainingRun(experiment), [], []
     hooks = [
         experiment.teacher.register_forward_hook(lambda module, args, out: teacher_calls.append(out.dtype)),
         run.student.register_forward_hook(lambda module, args, out: student_calls.append(
@@ -59,7 +59,7 @@ def test_amp_epochs_online_replayed_and_scored_from_the_steps_wait_for_nothing(t
             "--teacher-checkpoint", str(tiny_teacher), "--cache-dir", str(tmp_path), "--loader", "uint8", "--amp",
             "--memory-format", "channels_last", "--label-weight", "0.5", "--curriculum", "adaptive",
             "--score-source", "train-pass", "--teacher-logits", "replay"]  # fmt: skip
-    with engine.Experiment(parse_config(train_student.Config, argv)) as experiment:
+    with Experiment(parse_config(TrainConfig, argv)) as experiment:
         # the training batches come from a worker; the stored evaluation views need none (a memory copy)
         assert experiment.train_loader.num_workers == 1 and experiment.val_loader.num_workers == 0
         first, students = counted_epoch(experiment)

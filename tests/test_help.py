@@ -6,14 +6,15 @@ import re
 import pytest
 
 import bench
-import cli
 import compare_curricula
 import evaluate
 import export
 import pretrain_teacher
 import train_student
 import train_student_rl
-from errors import UserError
+from common import cli
+from common.errors import UserError
+from training.config import TrainConfig
 
 SCRIPTS = {
     "train_student.py": train_student,
@@ -83,7 +84,7 @@ def test_pretrain_teacher_refuses_the_run_folder_flags():
 
 @pytest.mark.parametrize(
     ("config_class", "argv", "abbreviation"),
-    [(train_student.Config, ["--epoch", "1"], "--epoch"), (train_student_rl.RLConfig, ["--agent-lr=1", "--gam", "1"],
+    [(TrainConfig, ["--epoch", "1"], "--epoch"), (train_student_rl.RLConfig, ["--agent-lr=1", "--gam", "1"],
      "--gam"), (evaluate.Config, ["run", "--batch", "3"], "--batch")],
 )  # fmt: skip
 def test_abbreviations_are_refused(config_class, argv, abbreviation):
@@ -94,6 +95,6 @@ def test_abbreviations_are_refused(config_class, argv, abbreviation):
 def test_switches_list_their_on_form_and_still_take_the_off_form(capsys):
     help_text = script_help(train_student, capsys)
     assert "--amp " in help_text and "--no-amp" not in help_text  # off by default: the switch alone
-    assert cli.parse_config(train_student.Config, ["--amp", "--no-amp"]).amp is False
+    assert cli.parse_config(TrainConfig, ["--amp", "--no-amp"]).amp is False
     rl_help = script_help(train_student_rl, capsys)
     assert "--normalize-reward, --no-normalize-reward" in rl_help and "(default: on)" in rl_help

@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-import bookkeeping
-import cli
 import curriculum_dataloader as cd
-import data
-import engine
-import evaluate
 import models
-import seeds
-import train_student
+from analysis.runs import describe
+from common import cli, seeds
+from common import metrics as bookkeeping
+from common.errors import UserError
 from conftest import TINY, run_script, train_args
-from errors import UserError
+from data import splits as data
+from training import experiment as engine
+from training.config import TrainConfig, check_config
 
 LN2, LN3 = math.log(2), math.log(3)
 # Four samples over three classes. 0: the teacher's top class is the label; 1: the label is its last class; 2: the
@@ -81,8 +80,8 @@ def test_kd_loss_gates_the_label_term_alone():
 def gated_experiment(tmp_path, teacher, *flags):
     argv = train_args("unused", "--teacher-checkpoint", teacher, "--cache-dir", tmp_path, "--label-weight", "0.5",
                       "--student", "resnet10t", *flags)[1:]  # fmt: skip
-    config = cli.parse_config(train_student.Config, argv)
-    train_student.check_config(config)
+    config = cli.parse_config(TrainConfig, argv)
+    check_config(config)
     return engine.Experiment(config)
 
 
@@ -132,14 +131,14 @@ def test_a_gated_run_applies_the_gate_of_its_teachers_logits(tmp_path, tiny_teac
     ],
 )
 def test_gate_flags_that_cannot_work_are_refused(flags, message):
-    config = cli.parse_config(train_student.Config, flags)
+    config = cli.parse_config(TrainConfig, flags)
     with pytest.raises(UserError, match=message):
-        train_student.check_config(config)
+        check_config(config)
 
 
 def test_evaluate_names_a_gated_row():
     config = {"student": "resnet10t", "label_weight": 0.6}
-    assert evaluate.describe({**config, "label_gate": "top2"}) == (
+    assert describe({**config, "label_gate": "top2"}) == (
         "Student (resnet10t, KD, 60% labels, 40% teacher, label gate top2)"
     )
-    assert evaluate.describe(config) == "Student (resnet10t, KD, 60% labels, 40% teacher)"  # a run of before the gate
+    assert describe(config) == "Student (resnet10t, KD, 60% labels, 40% teacher)"  # a run of before the gate

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import models
-from errors import UserError
+from common.errors import UserError
 
 LN2, LN3 = math.log(2), math.log(3)
 

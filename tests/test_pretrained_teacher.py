@@ -5,15 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import cli
-import data
-import files
 import models
 import pretrain_teacher
-import train_student
+from common import cli, files
+from common.errors import UserError
 from conftest import TINY, train_args
-from errors import UserError
-from teacher import load_teacher
+from data import splits as data
+from training.config import TrainConfig
+from training.teacher import load_teacher
 
 # TINY's 4 classes are ImageNet indices 0, 250, 500, 750; these 2 are 0 and 500: a subset, in another order of labels
 SUBSET = "synthetic:classes=2,train=16,val=8,test=8,size=32,seed=0"
@@ -32,7 +31,7 @@ def test_a_class_looks_the_same_in_every_synthetic_set_that_names_it():
 @pytest.mark.slow
 def test_wider_synthetic_teacher_is_sliced_by_wordnet_id(tiny_teacher):
     subset = data.load_data(SUBSET)
-    config = cli.parse_config(train_student.Config, ["--teacher-checkpoint", str(tiny_teacher)])
+    config = cli.parse_config(TrainConfig, ["--teacher-checkpoint", str(tiny_teacher)])
     teacher = load_teacher(subset, config.teacher, config.teacher_checkpoint)
     assert isinstance(teacher, models.SlicedTeacher)
     full = models.model_from_checkpoint(files.load_checkpoint(tiny_teacher)).eval()

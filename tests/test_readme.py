@@ -10,9 +10,9 @@ from unittest import mock
 
 import pytest
 
-import cli
+from common import cli
+from common.errors import UserError
 from conftest import ROOT
-from errors import UserError
 
 README = (ROOT / "README.md").read_text()
 DOCS = {path: path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
@@ -117,10 +117,10 @@ def config_classes() -> dict:
     import export
     import prepare_data
     import pretrain_teacher
-    import train_student
     import train_student_rl
+    from training.config import TrainConfig
 
-    return {"train_student.py": train_student.Config, "evaluate.py": evaluate.Config,
+    return {"train_student.py": TrainConfig, "evaluate.py": evaluate.Config,
             "train_student_rl.py": train_student_rl.RLConfig, "pretrain_teacher.py": pretrain_teacher.TeacherConfig,
             "compare_curricula.py": compare_curricula.Config, "bench.py": bench.BenchConfig,
             "prepare_data.py": prepare_data.PrepareConfig, "export.py": export.Config}  # fmt: skip

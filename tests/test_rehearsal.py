@@ -8,16 +8,16 @@ import pytest
 import timm
 import torch
 
-import prepare_data
 from conftest import run_script
-from synthetic import synthetic_class_names
+from data.jpegs import write_imagenet_like_set
+from data.synthetic import synthetic_class_names
 
 NAMES = synthetic_class_names(4)  # real ImageNet WordNet ids, so the teacher's 1000 logits are sliced by id
 
 
 @pytest.mark.slow
 def test_reference_models_run_at_224_px_on_imagenet_size_jpegs(tmp_path):
-    folder = prepare_data.write_imagenet_like_set(tmp_path / "mini", NAMES, {"train": 4, "val": 2, "test": 2})
+    folder = write_imagenet_like_set(tmp_path / "mini", NAMES, {"train": 4, "val": 2, "test": 2})
     assert 90_000 < min(p.stat().st_size for p in folder.glob("train-*.parquet")) / 4 < 160_000  # ImageNet's ~110 KB
     weights = tmp_path / "resnet152.pth"
     torch.save(timm.create_model("resnet152.tv_in1k").state_dict(), weights)  # stands in for the downloaded file

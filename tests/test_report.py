@@ -8,11 +8,11 @@ import struct
 import numpy as np
 import pytest
 
-import bookkeeping
 import evaluate
-import report
 import train_student
 import train_student_rl
+from analysis import report
+from common import metrics as bookkeeping
 from conftest import run_script, train_args
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,12 +12,12 @@ import pytest
 import torch
 from stable_baselines3 import PPO
 
-import bookkeeping
-import files
 import models
 import train_student
+from common import files, run_folder
+from common.errors import run_cli
+from common.metrics import read_metrics
 from conftest import ROOT, run_script, train_args
-from errors import run_cli
 
 pytestmark = pytest.mark.slow  # every test here trains (see pyproject.toml)
 
@@ -27,12 +27,12 @@ WALL_CLOCK = {"seconds", "agent_seconds"}
 
 def comparable(folder) -> list[dict]:
     """metrics.csv without its wall-clock columns."""
-    rows = bookkeeping.read_metrics(folder / "metrics.csv")
+    rows = read_metrics(folder / "metrics.csv")
     return [{key: value for key, value in row.items() if key not in WALL_CLOCK} for row in rows]
 
 
 def logged_rows(metrics) -> int:
-    return len(bookkeeping.read_metrics(metrics)) if metrics.exists() else 0
+    return len(read_metrics(metrics)) if metrics.exists() else 0
 
 
 def kill_part_way(argv: list, folder, rows_first: int, total: int, log: str = "metrics.csv") -> int:
@@ -59,7 +59,7 @@ def kill_part_way(argv: list, folder, rows_first: int, total: int, log: str = "m
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
-    left = len(bookkeeping.read_metrics(metrics)) if metrics.exists() else 0
+    left = len(read_metrics(metrics)) if metrics.exists() else 0
     assert left < total, "the run finished before the kill; give it more epochs"
     return left
 
@@ -124,13 +124,13 @@ def test_rl_run_killed_before_its_first_checkpoint_is_not_a_run(tmp_path, tiny_t
     """A kill after epoch 1's metrics row and before the first last.pt (and in the middle of a write) leaves no
     completed epoch: --resume has nothing to resume, and the same command run again uses the folder without
     --overwrite, clears the dead attempt's files and logs every epoch once, as the uninterrupted run. Every file an RL
-    run writes (it writes the most kinds) is on bookkeeping.RUN_FILES, the list --overwrite clears."""
+    run writes (it writes the most kinds) is on run_folder.RUN_FILES, the list --overwrite clears."""
     flags = ["--teacher-checkpoint", tiny_teacher, "--cache-dir", cache_dir, "--student", "resnet10t",
              "--agent-steps", "2", "--pretrain-episodes", "1", "--pretrain-epochs", "2",
              "--pretrain-subset", "0.5"]  # fmt: skip
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_script(*train_args(whole, *flags, data=DATA, epochs=2, script="train_student_rl.py"))
-    assert sorted(path.name for path in whole.iterdir()) == sorted(bookkeeping.RUN_FILES)
+    assert sorted(path.name for path in whole.iterdir()) == sorted(run_folder.RUN_FILES)
     killed.mkdir()
     (killed / "config.json").write_bytes((whole / "config.json").read_bytes())
     header, first_row, *_ = (whole / "metrics.csv").read_text().splitlines(keepends=True)
@@ -145,14 +145,14 @@ def test_rl_run_killed_before_its_first_checkpoint_is_not_a_run(tmp_path, tiny_t
     assert comparable(killed) == comparable(whole)
     assert comparable(killed / "proxy") == comparable(whole / "proxy")
     assert not list(killed.glob(".*.tmp"))
-    assert {path.name for path in killed.iterdir()} <= set(bookkeeping.RUN_FILES)
+    assert {path.name for path in killed.iterdir()} <= set(run_folder.RUN_FILES)
 
 
 def test_kill_during_checkpoint_write_leaves_a_loadable_file(tmp_path):
     """A writer saving a 16 MB checkpoint in a loop is killed at random moments; last.pt always loads."""
     path = tmp_path / "last.pt"
     writer = (
-        "import sys, torch, files\n"
+        "import sys, torch\nfrom common import files\n"
         "payload = {'model': 'x', 'state_dict': {'w': torch.randn(4_000_000)}, 'step': 0}\n"
         "while True:\n"
         "    payload['step'] += 1\n"
@@ -238,5 +238,5 @@ def test_non_finite_loss_stops_the_run_and_keeps_checkpoints(capsys, tmp_path, m
     assert "nan at epoch 2, batch 2" in err and "--lr" in err
     assert files.load_checkpoint(out / "last.pt")["epoch"] == 1
     assert files.load_checkpoint(out / "best.pt")["epoch"] == 1
-    assert len(bookkeeping.read_metrics(out / "metrics.csv")) == 1
+    assert len(read_metrics(out / "metrics.csv")) == 1
     assert not (out / "results.json").exists()

@@ -9,12 +9,12 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from stable_baselines3.common.env_checker import check_env
 
-import bookkeeping
-import cli
-import engine
 import train_student_rl
+from common import cli
+from common import metrics as bookkeeping
 from conftest import run_script, train_args
 from rl_curriculum_env import CurriculumEnv, curriculum_reward, reward_components
+from training import experiment as engine
 
 E = 10  # num_epochs of the hand-worked cases: the early bonus needs epoch < 3
 

@@ -6,17 +6,15 @@ import json
 import pytest
 from test_resume import DATA, comparable, kill_part_way
 
-import bookkeeping
-import cli
-import data
-import engine
-import evaluate
-import files
-import seeds
 import train_student_rl
-from bandit import ThompsonBandit
+from agents.bandit import ThompsonBandit
+from analysis.runs import describe
+from common import cli, files, seeds
+from common import metrics as bookkeeping
+from common.errors import UserError
 from conftest import TINY, run_script, train_args
-from errors import UserError
+from data import splits as data
+from training import experiment as engine
 
 BANDIT_TARGETS = [0.0, 0.25, 0.5, 0.75, 1.0]  # --agent bandit's default 5 bins
 
@@ -41,11 +39,11 @@ def test_each_agent_has_its_own_bins_and_proxy_runs_by_default():
 
 def test_evaluate_names_the_bandits_rows():
     rl = {"student": "resnet10t", "label_weight": 0.0, "script": "train_student_rl.py"}
-    assert evaluate.describe({**rl, "agent": "bandit"}) == (
+    assert describe({**rl, "agent": "bandit"}) == (
         "Student (resnet10t, KD + curriculum chosen by the bandit, teacher only)"
     )
-    assert "chosen by the RL agent" in evaluate.describe({**rl, "agent": "ppo"})  # and a run from before --agent:
-    assert "chosen by the RL agent" in evaluate.describe(rl)
+    assert "chosen by the RL agent" in describe({**rl, "agent": "ppo"})  # and a run from before --agent:
+    assert "chosen by the RL agent" in describe(rl)
 
 
 @pytest.mark.parametrize(

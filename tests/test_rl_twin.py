@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 from test_resume import DATA, comparable, kill_part_way
 
-import bookkeeping
-import cli
-import engine
-import seeds
 import train_student_rl
-from bandit import ThompsonBandit
+from agents.bandit import ThompsonBandit
+from agents.options import check_arms_and_reward, read_twin
+from common import cli, seeds
+from common import metrics as bookkeeping
+from common.errors import UserError
 from conftest import run_script, train_args
-from errors import UserError
 from rl_curriculum_env import CurriculumEnv, twin_reward
-from rl_options import check_arms_and_reward, read_twin
+from training import experiment as engine
 
 ARMS = ["all", "none", "top2"]
 

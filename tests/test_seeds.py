@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import seeds
+from common import seeds
 
 
 def test_epoch_and_episode_seeds():

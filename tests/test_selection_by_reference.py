@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import curriculum_dataloader as curriculum
-from data import noisy_labels
+from data.splits import noisy_labels
 
 
 def test_reducible_keeps_what_the_teacher_shows_is_learnable():

@@ -19,12 +19,12 @@ import time
 import pytest
 import submitit
 
-import launch
-import slurm_jobs
 import sweep
-import sweep_plans
+from common.errors import UserError
 from conftest import ROOT
-from errors import UserError
+from sweeps import launch
+from sweeps import plans as sweep_plans
+from sweeps import slurm as slurm_jobs
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Without a cluster

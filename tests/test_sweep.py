@@ -13,13 +13,13 @@ import sys
 import pytest
 import submitit
 
-import bookkeeping
-import launch
-import slurm_jobs
 import sweep
-import sweep_plans
+from common import run_folder as bookkeeping
+from common.errors import UserError
 from conftest import ROOT, run_to_exit
-from errors import UserError
+from sweeps import launch
+from sweeps import plans as sweep_plans
+from sweeps import slurm as slurm_jobs
 
 STRATEGIES = "none,random_subset,soft"
 

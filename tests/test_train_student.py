@@ -6,14 +6,15 @@ import re
 import pytest
 import torch
 
-import bookkeeping
 import evaluate
-import files
 import models
-import teacher
 import train_student
+from analysis.runs import describe
+from common import files
+from common import metrics as bookkeeping
+from common.errors import UserError
 from conftest import TINY, run_script, train_args
-from errors import UserError
+from training import teacher
 
 RUN_FILES = ["config.json", "metrics.csv", "last.pt", "best.pt", "results.json"]
 
@@ -75,10 +76,10 @@ def test_labels_only_builds_no_teacher(tmp_path, monkeypatch):
 
 def test_describe_labels_rows_like_the_reference():
     base = {"student": "mobilenetv2_100", "curriculum": "none"}
-    assert evaluate.describe({**base, "label_weight": 1.0}) == "Student (mobilenetv2_100, labels only)"
-    assert evaluate.describe({**base, "label_weight": 0.0}) == "Student (mobilenetv2_100, KD, teacher only)"
+    assert describe({**base, "label_weight": 1.0}) == "Student (mobilenetv2_100, labels only)"
+    assert describe({**base, "label_weight": 0.0}) == "Student (mobilenetv2_100, KD, teacher only)"
     rl = {**base, "label_weight": 0.0, "script": "train_student_rl.py"}
-    assert evaluate.describe(rl) == "Student (mobilenetv2_100, KD + curriculum chosen by the RL agent, teacher only)"
+    assert describe(rl) == "Student (mobilenetv2_100, KD + curriculum chosen by the RL agent, teacher only)"
 
 
 @pytest.mark.slow

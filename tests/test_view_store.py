@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import models
+from common.files import load_checkpoint
 from conftest import ROOT, TINY, run_script, train_args
-from data import load_data
-from files import load_checkpoint
-from teacher import EpochViews, TeacherViewStore
+from data.splits import load_data
+from training.logit_stores import EpochViews, TeacherViewStore
 
 CPU = torch.device("cpu")
 

@@ -10,11 +10,12 @@ import torch
 from test_resume import comparable, kill_part_way
 from torchvision import transforms
 
-import data
-import prepare_data
-import views
 from conftest import TINY, run_script, train_args, write_image_folder
-from synthetic import synthetic_class_names
+from data import views
+from data.jpegs import write_imagenet_like_set
+from data.splits import SampleView, data_subset, load_data
+from data.synthetic import synthetic_class_names
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CPU = torch.device("cpu")
 NAMES = synthetic_class_names(4)  # the tiny teacher's classes: it slices onto this set
@@ -27,17 +28,17 @@ def jpeg_set(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("jpegs")
     datasets.config.HF_DATASETS_CACHE = root / "hf-cache"
-    folder = prepare_data.write_imagenet_like_set(root / "set", NAMES, {"train": 6, "val": 3, "test": 2})
+    folder = write_imagenet_like_set(root / "set", NAMES, {"train": 6, "val": 3, "test": 2})
     return folder
 
 
-def reference_view(view: data.SampleView) -> data.SampleView:
+def reference_view(view: SampleView) -> SampleView:
     """The reference training view without its Normalize: flip and jitter on the PIL image, then ToTensor."""
-    return data.SampleView(view.source, transforms.Compose(view.transform.transforms[:-1]), view.seed)
+    return SampleView(view.source, transforms.Compose(view.transform.transforms[:-1]), view.seed)
 
 
 def test_crop_boxes_flips_and_jitter_come_from_the_reference_sampler(jpeg_set):
-    splits = data.load_data(str(jpeg_set), image_size=64)
+    splits = load_data(str(jpeg_set), image_size=64)
     reference = splits.train.transform.transforms
     crop = views.CropToUint8(splits.train.transform)
     image = splits.train.source.image(0)
@@ -55,7 +56,7 @@ def test_crop_boxes_flips_and_jitter_come_from_the_reference_sampler(jpeg_set):
 
 
 def test_train_view_matches_torchvisions_reference_view(jpeg_set):
-    splits = data.load_data(str(jpeg_set), image_size=96)
+    splits = load_data(str(jpeg_set), image_size=96)
     crop = views.CropToUint8(splits.train.transform, draft=False)
     fast = views.CropView(splits.train.source, crop, splits.train.seed)
     reference = reference_view(splits.train)
@@ -72,10 +73,10 @@ def test_train_view_matches_torchvisions_reference_view(jpeg_set):
 def test_the_fast_decoder_gives_the_same_view_as_pils(jpeg_set):
     """libjpeg-turbo through torchvision and through PIL decode alike: a view made from a source without its bytes
     (a proxy run's share) equals the one made from the bytes (without a draft, which only bytes allow)."""
-    splits = data.load_data(str(jpeg_set), image_size=64)
+    splits = load_data(str(jpeg_set), image_size=64)
     crop = views.CropToUint8(splits.train.transform, draft=False)
     from_bytes = views.CropView(splits.train.source, crop, 3)
-    from_pil = data.SampleView(splits.train.source, crop, 3)
+    from_pil = SampleView(splits.train.source, crop, 3)
     for index in range(len(splits.train)):
         (pixels, params), _, _ = from_bytes[(index, 1)]
         (expected, expected_params), _, _ = from_pil[(index, 1)]
@@ -101,12 +102,12 @@ def test_draft_decodes_less_only_where_the_box_is_twice_the_output():
 
 
 def test_a_broken_training_jpeg_is_one_clear_error(tmp_path):
-    from errors import UserError
+    from common.errors import UserError
 
     folder = write_image_folder(tmp_path / "set")
     broken = sorted((folder / "train").rglob("*.jpg"))[0]
     broken.write_bytes(broken.read_bytes()[:40])
-    splits = data.load_data(str(folder), image_size=16)
+    splits = load_data(str(folder), image_size=16)
     view = views.CropView(splits.train.source, views.CropToUint8(splits.train.transform), 0)
     index = [str(p) for p in splits.train.source.paths].index(str(broken))
     with pytest.raises(UserError, match=f"{broken}.*delete or replace"):
@@ -124,7 +125,7 @@ def test_device_side_adjustments_by_hand():
     flipped = views.augment(ramp, torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 2.0]]))
     torch.testing.assert_close(flipped, ramp.flip(-1))  # factors of 1 change nothing
     pixels = torch.tensor([[[[0, 255, 51]]]], dtype=torch.uint8)  # one NHWC pixel
-    expected = (torch.tensor([0.0, 1.0, 0.2]) - torch.tensor(data.IMAGENET_MEAN)) / torch.tensor(data.IMAGENET_STD)
+    expected = (torch.tensor([0.0, 1.0, 0.2]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     torch.testing.assert_close(views.to_device(pixels, CPU)[0, :, 0, 0], expected)
 
 
@@ -145,7 +146,7 @@ def test_device_side_flip_and_jitter_equal_torchvisions_tensor_functions():
 
 
 def test_fixed_views_from_the_store_equal_the_pil_path_bit_for_bit(jpeg_set, tmp_path):
-    splits = data.load_data(str(jpeg_set), image_size=64)
+    splits = load_data(str(jpeg_set), image_size=64)
     fast = views.fast_splits(splits, "uint8", tmp_path, workers=1)  # built in a worker process
     for plain, stored in ((splits.val, fast.val), (splits.score, fast.score), (splits.test, fast.test)):
         assert isinstance(stored, views.StoredView)
@@ -156,7 +157,7 @@ def test_fixed_views_from_the_store_equal_the_pil_path_bit_for_bit(jpeg_set, tmp
 
 
 def test_a_damaged_or_unfinished_store_is_rebuilt_never_trusted(jpeg_set, tmp_path, monkeypatch):
-    splits = data.load_data(str(jpeg_set), image_size=32)
+    splits = load_data(str(jpeg_set), image_size=32)
     fast = views.fast_splits(splits, "uint8", tmp_path, workers=0)
     path = fast.val.path
     good = np.load(path).copy()
@@ -184,34 +185,34 @@ def test_a_damaged_or_unfinished_store_is_rebuilt_never_trusted(jpeg_set, tmp_pa
 
 
 def test_an_unwritable_cache_dir_is_one_clear_error(jpeg_set, tmp_path):
-    from errors import UserError
+    from common.errors import UserError
 
     (tmp_path / "file").write_text("")
-    splits = data.load_data(str(jpeg_set), image_size=32)
+    splits = load_data(str(jpeg_set), image_size=32)
     with pytest.raises(UserError, match="--cache-dir with .* GB free, or --loader pil"):
         views.fast_splits(splits, "uint8", tmp_path / "file" / "cache", workers=0)
 
 
 def test_the_store_key_follows_the_data_split_and_view(jpeg_set, tmp_path):
-    splits = data.load_data(str(jpeg_set), image_size=32)
+    splits = load_data(str(jpeg_set), image_size=32)
     views.fast_splits(splits, "uint8", tmp_path, workers=0)
-    views.fast_splits(data.load_data(str(jpeg_set), image_size=48), "uint8", tmp_path, workers=0)
+    views.fast_splits(load_data(str(jpeg_set), image_size=48), "uint8", tmp_path, workers=0)
     assert len(list(tmp_path.glob("fixed-views-*.npy"))) == 6
 
 
 def test_auto_picks_the_fast_path_for_photographs_only(jpeg_set, tmp_path):
-    synthetic = data.load_data(TINY)
+    synthetic = load_data(TINY)
     assert views.fast_splits(synthetic, "auto", tmp_path, 0) is synthetic  # today's path, exactly
-    assert views.uses_uint8(data.load_data(str(jpeg_set)), "auto")
+    assert views.uses_uint8(load_data(str(jpeg_set)), "auto")
     jpegs = write_image_folder(tmp_path / "jpegs")  # conftest writes .jpg files
-    assert views.uses_uint8(data.load_data(str(jpegs), image_size=16), "auto")
+    assert views.uses_uint8(load_data(str(jpegs), image_size=16), "auto")
     pngs = tmp_path / "pngs"
     for path in sorted(jpegs.rglob("*.jpg")):
         target = pngs / path.relative_to(jpegs).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         path.rename(target)
-    assert not views.uses_uint8(data.load_data(str(pngs), image_size=16), "auto")
-    assert not views.uses_uint8(data.load_data(str(pngs), image_size=16), "pil")
+    assert not views.uses_uint8(load_data(str(pngs), image_size=16), "auto")
+    assert not views.uses_uint8(load_data(str(pngs), image_size=16), "pil")
     assert views.uses_uint8(synthetic, "uint8")
 
 
@@ -222,7 +223,7 @@ def test_prepare_data_writes_a_smaller_copy_in_the_same_schema(jpeg_set, tmp_pat
     import datasets
 
     datasets.config.HF_DATASETS_CACHE = tmp_path / "hf-here"
-    full, small = data.load_data(str(jpeg_set)), data.load_data(str(out))
+    full, small = load_data(str(jpeg_set)), load_data(str(out))
     assert small.class_names == full.class_names == NAMES
     for split in ("train", "val", "test"):
         before, after = getattr(full, split), getattr(small, split)
@@ -238,8 +239,8 @@ def test_prepare_data_writes_a_smaller_copy_in_the_same_schema(jpeg_set, tmp_pat
 
 
 def test_a_proxy_runs_share_of_fast_data_stays_on_the_fast_path(jpeg_set, tmp_path):
-    fast = views.fast_splits(data.load_data(str(jpeg_set), image_size=32), "auto", tmp_path, workers=0)
-    share = views.fast_splits(data.data_subset(fast, 0.5, seed=0), "auto", tmp_path, workers=0)
+    fast = views.fast_splits(load_data(str(jpeg_set), image_size=32), "auto", tmp_path, workers=0)
+    share = views.fast_splits(data_subset(fast, 0.5, seed=0), "auto", tmp_path, workers=0)
     assert isinstance(share.train, views.CropView) and isinstance(share.val, views.StoredView)
     (pixels, _), _, _ = share.train[(0, 1)]
     assert pixels.shape == (32, 32, 3) and share.val[0][0].shape == (32, 32, 3)

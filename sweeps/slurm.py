@@ -16,7 +16,7 @@ from pathlib import Path
 
 import submitit
 
-from errors import UserError
+from common.errors import UserError
 
 # what Slurm refuses, recognised by words of sbatch's error or of a pending job's reason (squeue's REASON): the flags
 # that asked for it, and what to give instead

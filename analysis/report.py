@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from bookkeeping import read_metrics
+from common.metrics import read_metrics
 
 matplotlib.use("Agg")  # files only: no display on a training server
 

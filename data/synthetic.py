@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from errors import UserError
+from common.errors import UserError
 
 
 def parse_synthetic(spec: str) -> dict:

@@ -32,10 +32,11 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 from tqdm import tqdm
 
-from data import IMAGENET_MEAN, IMAGENET_STD, DataSplits, HubImages, ImageFiles, SampleView, pixel_part
-from errors import UserError
-from files import atomic_write
-from teacher import cache_key
+from common.errors import UserError
+from common.files import atomic_write, cache_key
+from data.sources import HubImages, ImageFiles
+from data.splits import DataSplits, SampleView
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD, pixel_part
 
 try:
     import fcntl

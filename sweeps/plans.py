@@ -12,8 +12,8 @@ import dataclasses
 import os
 from pathlib import Path
 
-from bookkeeping import WHERE_FLAGS
-from errors import UserError
+from common.errors import UserError
+from common.run_folder import WHERE_FLAGS
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The synthetic benchmark where distillation matters (`--data synthetic`)

@@ -29,19 +29,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import engine
-import files
 import models
-import prepare_data
-import teacher as teachers
-import train_student
-from bookkeeping import read_metrics
-from cli import parse_config
-from devices import close_loader, default_workers, make_loader, pick_device
-from host_syncs import HostSyncCounter
-from synthetic import synthetic_class_names
+from analysis.host_syncs import HostSyncCounter
+from common import files
+from common.cli import parse_config
+from common.metrics import read_metrics
+from data.jpegs import IMAGENET_SIZES, imagenet_like_jpeg, write_split
+from data.synthetic import synthetic_class_names
+from training import loop
+from training import teacher as teachers
+from training.config import TrainConfig
+from training.devices import close_loader, default_workers, make_loader, pick_device
+from training.experiment import Experiment, TrainingRun
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository, where the scripts are
 BUDGET_S = 480  # rows left when this much time has passed are skipped (printed as such)
 END_S = 570  # a multi-process run still going then is stopped: the check ends within 10 minutes
 PROCESS_TIMEOUT_S = 240  # a multi-process run that takes longer is reported as not finished (a hang, as before)
@@ -67,7 +68,7 @@ CPU_FORM = Form("resnet18", "resnet10t", image_size=64, batch_size=16, train=48,
 def jpeg(seed_index: tuple[int, int]) -> bytes:
     seed, index = seed_index
     rng = np.random.default_rng([seed, index])
-    return prepare_data.imagenet_like_jpeg(rng, *prepare_data.IMAGENET_SIZES[index % len(prepare_data.IMAGENET_SIZES)])
+    return imagenet_like_jpeg(rng, *IMAGENET_SIZES[index % len(IMAGENET_SIZES)])
 
 
 def write_jpeg_set(folder: Path, form: Form, workers: int) -> Path:
@@ -78,7 +79,7 @@ def write_jpeg_set(folder: Path, form: Form, workers: int) -> Path:
     with ProcessPoolExecutor(max(1, workers)) as pool:
         for seed, (split, count) in enumerate(counts.items()):
             images = list(pool.map(jpeg, [(seed, i) for i in range(count)], chunksize=16))
-            prepare_data.write_split(folder, split, images, [i % form.classes for i in range(count)], names)
+            write_split(folder, split, images, [i % form.classes for i in range(count)], names)
     return folder
 
 
@@ -136,7 +137,7 @@ class Epochs:
     """Epochs of one TrainingRun over the whole training set, as train_epoch runs them (without validation), from a
     logit source of its own (online or replay); syncs are counted in every timed epoch."""
 
-    def __init__(self, run: engine.TrainingRun, logits: str, places: list[str]):
+    def __init__(self, run: TrainingRun, logits: str, places: list[str]):
         exp, self.run, self.places = run.experiment, run, places
         config = dataclasses.replace(run.config, teacher_logits=logits)
         self.source = teachers.choose_source(config, exp.teacher, exp.data, exp.device, exp.dtype, exp.source.predict)
@@ -145,7 +146,7 @@ class Epochs:
     def epoch(self, loader=None) -> None:
         self.source.start_epoch(1)
         loader = loader or self.run.experiment.train_loader
-        engine.train_one_epoch(self.run.model, loader, self.source, self.run.step_settings())
+        loop.train_one_epoch(self.run.model, loader, self.source, self.run.step_settings())
         self.source.end_epoch()
 
     def counted_epoch(self) -> None:
@@ -183,7 +184,7 @@ def loader_pass(loader) -> None:
 # The rows
 
 
-def training_rows(exp: engine.Experiment, clock: Clock, compile_too: bool, deadline: float, places: list) -> list:
+def training_rows(exp: Experiment, clock: Clock, compile_too: bool, deadline: float, places: list) -> list:
     """(row, img/s, peak GPU MiB) of the loader, the steps and the epochs, eager (online, replay) and compiled."""
     images = len(exp.data.train)
     rows = [("loader alone: training views", images / clock.median(lambda: loader_pass(exp.train_loader)), None)]
@@ -193,7 +194,7 @@ def training_rows(exp: engine.Experiment, clock: Clock, compile_too: bool, deadl
             rows.append((f"{name}: skipped (time budget)", None, None))
             continue
         exp.config = dataclasses.replace(exp.config, compile=compiled)  # TrainingRun reads it
-        rows += step_rows(Epochs(engine.TrainingRun(exp), logits, places), clock, name, compiled)
+        rows += step_rows(Epochs(TrainingRun(exp), logits, places), clock, name, compiled)
     exp.config = dataclasses.replace(exp.config, compile=False)
     return rows
 
@@ -214,10 +215,10 @@ def step_rows(epochs: Epochs, clock: Clock, name: str, compiled: bool) -> list:
     return rows
 
 
-def evaluation_rows(exp: engine.Experiment, clock: Clock, workers: int, places: list) -> list:
+def evaluation_rows(exp: Experiment, clock: Clock, workers: int, places: list) -> list:
     """The student's evaluation pass over the stored validation views: no workers (what Experiment uses), workers
     started for each pass, workers kept between passes."""
-    run, rows = engine.TrainingRun(exp), []
+    run, rows = TrainingRun(exp), []
     batch, images = exp.val_loader.batch_size, len(exp.data.val)
 
     def counted(loader):
@@ -313,9 +314,9 @@ def main(bench, tmp: Path) -> dict:
     data = write_jpeg_set(tmp / "jpegs", form, max(1, workers))  # before CUDA starts: forked generators
     teacher = write_teacher(tmp / "teacher.pt", form)
     argv = run_argv(form, data, teacher, tmp / "cache", bench.device, workers)
-    config = parse_config(train_student.Config, argv)
+    config = parse_config(TrainConfig, argv)
     places, clock = [], Clock(device, bench.repeats)
-    with engine.Experiment(config) as exp:
+    with Experiment(config) as exp:
         name = torch.cuda.get_device_name(exp.device) if exp.device.type == "cuda" else "cpu"
         print(f"GPU check on {name}, torch {torch.__version__}: KD at {form.image_size} px, {form.teacher} -> "
               f"{form.student} (random weights), batch {form.batch_size}, {exp.dtype} autocast, {workers} loader "

@@ -8,6 +8,7 @@ the report can read runs without loading the training stack.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 import os
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from errors import UserError
+from common.errors import UserError
 
 
 def _read_umask() -> int:
@@ -192,3 +193,7 @@ def remove_stale_temporaries(folder: Path) -> None:
     """Temporary files that a kill in the middle of atomic_write left behind (never the files themselves)."""
     for tmp in Path(folder).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]

@@ -19,7 +19,7 @@ import onnxruntime
 import torch
 from torch import nn
 
-from errors import UserError
+from common.errors import UserError
 
 INPUT, OUTPUT = "images", "logits"
 # The check's bound on max |logit difference|, relative to the logits' scale: float32 kernels that sum in another

@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
-from errors import UserError
-from signals import sigterm_from_parent_only
+from common.errors import UserError
+from common.signals import sigterm_from_parent_only
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The device and its precision

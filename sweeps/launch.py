@@ -21,11 +21,11 @@ from pathlib import Path
 
 import submitit
 
-import bookkeeping
-import slurm_jobs
-from errors import UserError
+from common import run_folder as bookkeeping
+from common.errors import UserError
+from sweeps import slurm as slurm_jobs
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # the repository, where the scripts are
 
 QUEUE_POLL_S = 10  # how often a Slurm sweep reads the queue (squeue)
 RESULT_GRACE_S = 30  # how long a job that left the queue may take to show its result

@@ -20,9 +20,10 @@ from timm.data import ImageNetInfo
 from timm.models import save_for_hf
 from torch import nn
 
-import hub
-from data import IMAGENET_MEAN, IMAGENET_STD, is_hub_name
-from errors import UserError
+from common import hub
+from common.errors import UserError
+from data.sources import is_hub_name
+from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 EXPORT_FILE = "export.json"
 # pretrained_cfg keys that describe timm's own ImageNet weights of the architecture, not this student's

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bookkeeping import read_config, read_metrics
+from common.errors import UserError
+from common.metrics import read_metrics
+from common.run_folder import read_config
 from curriculum_dataloader import LABEL_GATES, TARGETED
-from errors import UserError
 
 
 def check_arms_and_reward(config) -> None:

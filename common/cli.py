@@ -9,7 +9,7 @@ import dataclasses
 import shlex
 import sys
 
-from errors import UserError
+from common.errors import UserError
 
 
 def build_parser(config_class, description: str = "", explicit_only: bool = False) -> argparse.ArgumentParser:

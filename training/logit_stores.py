@@ -1,16 +1,7 @@
-"""The teacher and its logits: loading it (a sliced ImageNet model or a checkpoint of ours), the cache of its logits
-on the un-augmented training images (for difficulty scores), the store of its logits on the augmented views, and the
-one `LogitSource` of a run that the epoch loop asks for a batch's teacher logits (docs/formulas.md: the KD loss and
-the difficulty score that read them).
-
-Which source a run uses is decided once, by `choose_source` from --teacher-logits:
-online (the teacher runs on each augmented batch), cached (its logits of the un-augmented image), replay (online, but
-each view's logits are stored by the first run that trains on it and read by later runs).
-"""
+"""TODO docstring."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -20,77 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import models
-from bookkeeping import is_main_process
-from curriculum_dataloader import SCORED, TEACHER_GATES, scores_from_train_pass
-from devices import autocast, broadcast_from_main, share_from_main, sum_across_processes
-from errors import UserError
-from files import atomic_write, load_checkpoint, write_error
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Does a run need the teacher, and which one
-
-
-def needs_teacher(config) -> bool:
-    """A run loads the teacher for KD (label weight < 1), for difficulty scores, or for --teacher-logits cached."""
-    return config.label_weight < 1 or config.curriculum in SCORED or config.teacher_logits == "cached"
-
-
-def fills_cache(config) -> bool:
-    """Whether a run may write its teacher's logits into --cache-dir (the scoring cache or the view store)."""
-    teacher_gate = getattr(config, "label_gate", "all") in TEACHER_GATES  # reads the scoring cache
-    return config.curriculum in SCORED or config.teacher_logits != "online" or teacher_gate
-
-
-def batches_need_logits(config) -> bool:
-    """The training steps read the teacher's logits: KD (label weight < 1), or difficulty scores from the steps."""
-    return config.label_weight < 1 or scores_from_train_pass(config.curriculum, config.score_source)
-
-
-def load_teacher(data, name: str, checkpoint: str | None = None, weights: str | None = None) -> torch.nn.Module:
-    """The teacher, in eval mode (the one place that sets it): the checkpoint of ours at `checkpoint`, else the timm
-    ImageNet model `name` (weights from timm, or the local file `weights`), sliced to the data's classes. A checkpoint
-    trained on more classes than the data's (a superset) is sliced by WordNet id like ImageNet's. Its last layer runs
-    in fp32 under --amp (models.Fp32Head): its logits are KD's targets and the difficulty scores' input."""
-    if checkpoint:
-        saved = load_checkpoint(checkpoint)
-        try:
-            teacher = models.model_from_checkpoint(saved)
-        except RuntimeError as err:  # load_state_dict: the weights are of another architecture than the name
-            raise UserError(
-                f"the teacher checkpoint {checkpoint} names the model {saved['model']} but holds "
-                f"weights of another one ({str(err).splitlines()[0]}); pass a best.pt written by train_student.py."
-            ) from None
-        if saved["class_names"] != data.class_names:
-            where = f"the teacher checkpoint {checkpoint}"
-            teacher = models.SlicedTeacher(teacher, models.class_indices(data.class_names, saved["class_names"], where))
-    else:
-        teacher = models.imagenet_teacher(name, data.class_names, weights)
-    return models.with_fp32_head(teacher).eval().requires_grad_(False)
-
-
-def teacher_identity(config) -> dict:
-    """What determines the teacher's outputs, for the logit cache key."""
-    if config.teacher_checkpoint:
-        stat = Path(config.teacher_checkpoint).stat()
-        return {
-            "checkpoint": str(Path(config.teacher_checkpoint).resolve()),
-            "size": stat.st_size,
-            "mtime": stat.st_mtime_ns,
-        }
-    weights = config.teacher_weights
-    if weights:
-        stat = Path(weights).stat()
-        return {"model": config.teacher, "weights": str(Path(weights).resolve()), "size": stat.st_size}
-    return {"model": config.teacher, "weights": "timm-pretrained"}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Teacher-logit cache
-
-
-def cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+from common.files import atomic_write, cache_key, write_error
+from common.run_folder import is_main_process
+from training.devices import broadcast_from_main, share_from_main
 
 
 def cached_logits(
@@ -118,6 +41,7 @@ def cached_logits(
     return logits.float(), False
 
 
+
 def read_cached_logits(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
     """The cached tensor if it is what a cache file must hold, else None (then the caller recomputes it)."""
     if not path.exists():
@@ -134,9 +58,6 @@ def read_cached_logits(path: Path, shape: tuple[int, int]) -> torch.Tensor | Non
     )
     return logits if valid else None
 
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Teacher logits of the augmented views, stored once and replayed by later runs
 
 
 class TeacherViewStore:
@@ -223,6 +144,7 @@ class TeacherViewStore:
         return array
 
 
+
 class EpochViews:
     """One epoch's teacher logits from a `TeacherViewStore`, on the device, for `ReplayedLogits`: `lookup`
     serves a batch whose views are all stored, `record` keeps the logits of a batch the teacher had to run on, and
@@ -261,100 +183,3 @@ class EpochViews:
         if len(rows) and self.store.write:
             self.store.store(self.epoch, rows, (new[rows] / counts[rows, None]).astype(np.float16))
         return len(rows)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# A run's source of teacher logits: chosen once, asked once per batch
-
-
-class LogitSource:
-    """Where a run's training steps get the teacher's logits of a batch. This base serves runs whose steps never read
-    them (labels only): `batch` gives None. Every source also holds the teacher's logits of the un-augmented training
-    images (`scoring_logits`: computed once and cached on disk under `parts`), which the difficulty scores read.
-
-    `predict(model)` gives a model's logits on the un-augmented training images (engine.predict_logits)."""
-
-    def __init__(self, config, teacher, data, device: torch.device, dtype: torch.dtype | None, predict):
-        self.teacher, self.data, self.device, self.dtype, self.predict = teacher, data, device, dtype, predict
-        self.cache_dir = config.cache_dir
-        self.parts = None if teacher is None else {
-            "teacher": teacher_identity(config),
-            "data": data.identity,
-            "split": "train",
-            "transform": f"eval/{data.image_size}",
-            "dtype": str(dtype) if dtype is None else f"{dtype}, fp32 head",  # bf16 heads before: other logits
-        }  # fmt: skip
-        self.shape = (len(data.score), len(data.class_names))
-        self.scoring: torch.Tensor | None = None
-
-    def scoring_logits(self) -> torch.Tensor:
-        """The teacher's logits of the un-augmented training images, computed once and cached on disk."""
-        if self.scoring is None:
-            compute = lambda: self.predict(self.teacher)  # noqa: E731
-            self.scoring, _ = cached_logits(self.cache_dir, self.parts, compute, self.shape, write=is_main_process())
-        return self.scoring
-
-    def start_epoch(self, epoch: int) -> None:
-        """Before an epoch's first batch."""
-
-    def batch(self, images: torch.Tensor, cpu_indices: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
-        """The teacher's logits of a batch of augmented `images`, samples `indices` (on the CPU and on the device)."""
-        return None
-
-    def end_epoch(self) -> None:
-        """After an epoch's last batch."""
-
-
-class OnlineLogits(LogitSource):
-    """The teacher runs on each augmented batch."""
-
-    def batch(self, images, cpu_indices, indices):
-        with torch.inference_mode(), autocast(self.device, self.dtype):
-            logits = self.teacher(images)
-        return logits.clone()  # an inference tensor cannot enter the autograd graph
-
-
-class CachedLogits(LogitSource):
-    """The teacher's cached logits of the un-augmented image, kept on the device (fp16: 10 MB for mini-imagenet)."""
-
-    table: torch.Tensor | None = None
-
-    def start_epoch(self, epoch):
-        if self.table is None:
-            self.table = self.scoring_logits().to(self.device, torch.float16)
-
-    def batch(self, images, cpu_indices, indices):
-        return self.table[indices].float()
-
-
-class ReplayedLogits(OnlineLogits):
-    """The stored logits of these very views (TeacherViewStore); the teacher runs only on a batch with a view not
-    stored yet, whose logits are then stored after the epoch."""
-
-    store: TeacherViewStore | None = None
-    views: EpochViews | None = None
-
-    def start_epoch(self, epoch):
-        if self.store is None:
-            parts = {**self.parts, "transform": repr(self.data.train.transform), "augment_seed": self.data.train.seed}
-            shape = (len(self.data.train), len(self.data.class_names))
-            self.store = TeacherViewStore(self.cache_dir, parts, shape, write=is_main_process())
-        self.views = EpochViews(self.store, epoch, self.device)
-
-    def batch(self, images, cpu_indices, indices):
-        logits = self.views.lookup(cpu_indices, indices)
-        return logits if logits is not None else self.views.record(indices, super().batch(images, cpu_indices, indices))
-
-    def end_epoch(self):
-        self.views.save(reduce=sum_across_processes)
-
-
-SOURCES = {"online": OnlineLogits, "cached": CachedLogits, "replay": ReplayedLogits}
-
-
-def choose_source(config, teacher, data, device: torch.device, dtype: torch.dtype | None, predict) -> LogitSource:
-    """The run's source, from --teacher-logits: the base source (no logits) when its steps never read them, except
-    with cached, whose table costs nothing per batch."""
-    if teacher is None or (config.teacher_logits != "cached" and not batches_need_logits(config)):
-        return LogitSource(config, teacher, data, device, dtype, predict)
-    return SOURCES[config.teacher_logits](config, teacher, data, device, dtype, predict)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-PROJECT = Path(__file__).resolve().parent
+PROJECT = Path(__file__).resolve().parents[1]  # the repository: its scripts and folders
 READS = ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__float__", "__index__", "__format__",
          "__repr__")  # fmt: skip
 HOST_VALUES = (int, float, bool, list, tuple, np.ndarray)

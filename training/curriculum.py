@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import models
-import seeds
+from common import seeds
 from curriculum_dataloader import (
     LOSSES,
     PRIORITY_FLOOR,
