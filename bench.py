@@ -25,23 +25,25 @@ import numpy as np
 import torch
 
 import models
-import prepare_data
-import train_student_rl
+from agents.base import drive
+from agents.config import RLConfig
+from agents.ppo import PPOAgent, PPOSettings
 from analysis import gpu_check
-from common import files
+from common import files, seeds
 from common.cli import field, parse_config
 from common.errors import run_cli
 from data import views
-from data.jpegs import write_imagenet_like_set
+from data.jpegs import write_imagenet_like_set, write_reduced_copy
 from data.splits import load_data
 from data.synthetic import synthetic_class_names
 from exporters import onnx_file as onnx_export
 from rl_curriculum_env import CurriculumEnv
-from training import loop, teacher
+from training import loop
 from training.config import TrainConfig
-from training.curriculum import TrainPassScores
+from training.curriculum import EpochPlan, TrainPassScores
 from training.devices import pick_device, sum_across_processes
 from training.experiment import Experiment, TrainingRun
+from training.teacher import choose_source
 
 RESCORE_EVERY = 5  # train_student.py's default
 
@@ -116,12 +118,12 @@ def make_run(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path, **ov
 
 def agent_figures(bench: BenchConfig, teacher_checkpoint: Path, cache_dir: Path) -> dict:
     """A short PPO-steered run: the agent's time per epoch (prediction and PPO updates) beside the epoch's time."""
-    config = make_config(bench, teacher_checkpoint, cache_dir, train_student_rl.RLConfig, epochs=bench.agent_epochs)
+    config = make_config(bench, teacher_checkpoint, cache_dir, RLConfig, epochs=bench.agent_epochs)
     with Experiment(config) as experiment:
         env = CurriculumEnv(experiment)
-        train_student_rl.steer(
-            train_student_rl.make_agent(config, env), env, config.episodes, learn=True, purpose="agent-full"
-        )
+        seed_of = lambda: seeds.derive(config.seed, "agent-full", episode=env.episode, epoch=env.epoch)  # noqa: E731
+        start = env.reset(seed=config.seed)[0], True, False
+        drive(PPOAgent(PPOSettings.of(config), env), env, 1, True, seed_of, start)
     agent_seconds = [row["agent_seconds"] for row in env.history]
     epoch_seconds = [row["seconds"] for row in env.history]
     return {"agent_s_per_epoch": statistics.mean(agent_seconds), "rl_epoch_s": statistics.mean(epoch_seconds)}
@@ -134,7 +136,8 @@ def epoch_fn(run: TrainingRun, cached: bool = False, train_pass: bool = False, r
     exp = run.experiment
     exp.sampler.set_epoch(1, np.arange(len(exp.data.train)))
     config = dataclasses.replace(run.config, teacher_logits="cached" if cached else "replay" if replay else "online")
-    source = teacher.choose_source(config, exp.teacher, exp.data, exp.device, exp.dtype, exp.source.predict)
+    source = choose_source(config.teacher_spec(), config.steps_read_logits, exp.teacher, exp.data, exp.placement,
+                           exp.source.predict)  # fmt: skip
     if replay:  # fill the store
         source.start_epoch(1)
         loop.train_one_epoch(run.model, exp.train_loader, source, run.step_settings())
@@ -143,8 +146,8 @@ def epoch_fn(run: TrainingRun, cached: bool = False, train_pass: bool = False, r
     def epoch():
         recorder = TrainPassScores(len(exp.data.train), exp.device) if train_pass else None
         source.start_epoch(1)
-        loop.train_one_epoch(run.model, exp.train_loader, source, run.step_settings(),
-                               on_logits=recorder.record if recorder else None)  # fmt: skip
+        plan = EpochPlan(1, exp.sampler.indices, target=None, seen=None, recorder=recorder)
+        loop.train_one_epoch(run.model, exp.train_loader, source, run.step_settings(), plan)
         if recorder:
             recorder.collect(sum_across_processes)
 
@@ -158,16 +161,17 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
     exp.source.scoring_logits()  # fill the cache
 
     def recompute():
-        exp.source.scoring = loop.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t")
+        exp.source.scoring = loop.predict_logits(exp.teacher, exp.score_loader, exp.placement, "t")
         kd.rescore()
 
     def stale_pass():
         """train-pass: a pass over the samples an adaptive epoch left out (1 - fraction of them)."""
-        kd.curriculum.score_source = "train-pass"
+        spec = kd.curriculum.spec
+        kd.curriculum.spec = dataclasses.replace(spec, score_source="train-pass")
         kd.epoch, kd.curriculum.trained_epoch[:] = 1, 0
         kd.curriculum.trained_epoch[: round(kd.config.fraction * len(exp.data.train))] = 1
         kd.rescore()
-        kd.curriculum.score_source = "pass"
+        kd.curriculum.spec = spec
 
     figures = timed(
         {
@@ -176,7 +180,7 @@ def measure(bench: BenchConfig, teacher: Path, cache: Path, device: torch.device
             "epoch_kd_cached_s": epoch_fn(kd, cached=True),
             "epoch_kd_replay_s": epoch_fn(kd, replay=True),
             "epoch_kd_train_pass_s": epoch_fn(kd, train_pass=True),
-            "teacher_forward_s": lambda: loop.predict_logits(exp.teacher, exp.score_loader, device, exp.dtype, "t"),
+            "teacher_forward_s": lambda: loop.predict_logits(exp.teacher, exp.score_loader, exp.placement, "t"),
             "score_cached_s": kd.rescore,
             "score_recompute_s": recompute,
             "score_stale_pass_s": stale_pass,
@@ -233,7 +237,7 @@ def measure_loader(images: int, size: int, prepared_side: int, repeats: int) -> 
         counts = {"train": images, "val": images, "test": 2}
         folder = write_imagenet_like_set(tmp / "full", names, counts)
         start = time.perf_counter()
-        prepare_data.prepare(prepare_data.PrepareConfig(str(folder), str(tmp / "small"), prepared_side, workers=1))
+        write_reduced_copy(load_data(str(folder)), tmp / "small", prepared_side, quality=90, workers=1)
         prepare_s = (time.perf_counter() - start) / (2 * images + 2)
         paths = loader_paths(folder, tmp / "small", size, tmp / "cache")
         paths["device_train_batch"] = device_work(images, size)

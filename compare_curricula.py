@@ -163,7 +163,7 @@ def main(argv=None) -> None:
     baselines = [name.strip() for name in config.baseline.split(",") if name.strip()]
     tables = {baseline: compare(groups, baseline, config.confidence) for baseline in baselines}
     rows = tables[baselines[0]]  # the JSON's rows pair with the first baseline, and with each under "versus"
-    for k, row in enumerate(rows):  # compare() keeps the groups' order: row k is the same strategy in every table
+    for k, row in enumerate(rows):  # compare() keeps the groups' order: row k is one strategy, whatever the table
         row["versus"] = {baseline: {key: tables[baseline][k][key] for key in ("vs_baseline", "last_vs_baseline")}
                          for baseline in baselines}  # fmt: skip
     text = "\n\n".join(markdown_table(tables[baseline], baseline, config.confidence) for baseline in baselines)

@@ -1,13 +1,19 @@
-"""Curriculum data selection: the per-epoch sampling strategies, and the sampler that feeds their choice to a loader.
+"""Curriculum data selection: the sampling strategies, what feeds their choice, and the sampler that hands it to a
+loader.
 
-A strategy turns the current difficulty scores (docs/formulas.md, `models.sample_difficulty`) into the list of
-training samples of one epoch; `EpochSampler` feeds that list to a DataLoader in a seeded order. The scores, and when
-they are refreshed, are a run's state: curriculum.Curriculum.
+A strategy turns the current difficulty scores (docs/formulas.md, `models.sample_difficulty`) or the label losses into
+the training samples of one epoch. Each is one class below, found by name in `STRATEGIES`: it declares what it reads
+(difficulty scores, each sample's label loss under the student and under the teacher as a reference model, a target)
+and how it selects. The command line's choices, the sweep's rows and the strategy table of docs/curriculum.md come
+from that table, so a new strategy is one class here (docs/extending.md). The scores, and when they are refreshed,
+are a run's state (training/curriculum.py); `EpochSampler` feeds the selection to a DataLoader in a seeded order.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -17,15 +23,9 @@ from torch.utils.data import Sampler
 from common import seeds
 from common.errors import UserError
 
-STRATEGIES = (
-    "none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft", "reducible",
-    "prioritised",
-)  # fmt: skip
 PACINGS = ("linear", "root", "geometric")
-REFERENCED = ("reducible", "prioritised")  # strategies that rank by the reducible loss (the teacher as reference)
-SCORED = {"adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "soft", *REFERENCED}  # read scores
-TARGETED = ("adaptive", "soft", "mixed", "hard_mining")  # strategies a target difficulty steers (the RL agent's)
 TARGET_SCALES = ("quantile", "absolute")  # how a target addresses the scores: by rank, or by difficulty value
+SCORE_SOURCES = ("pass", "train-pass")
 BUCKETS = 5  # difficulty quantile buckets of hard_mining and mixed
 SOFT_WIDTH = 0.15  # soft: std of the Gaussian weight around the target, in difficulty units
 SOFT_FLOOR = 0.05  # soft: weight every sample keeps, however far from the target
@@ -36,9 +36,243 @@ LABEL_GATES = ("all", "none", "top1", "top2", "top3", "prob", "oracle")
 TEACHER_GATES = ("top1", "top2", "top3", "prob")  # read the teacher's logits of the un-augmented training images
 
 
-def scores_from_train_pass(strategy: str, score_source: str) -> bool:
-    """Whether the training steps' own logits refresh the scores of the samples they train on (--score-source)."""
-    return score_source == "train-pass" and strategy in SCORED
+@dataclass(frozen=True)
+class CurriculumSpec:
+    """A run's curriculum settings (the --curriculum group of flags), as the strategy and the run's curriculum state
+    take them."""
+
+    strategy: str = "none"
+    fraction: float = 0.7  # share of the training set an epoch selects
+    target_scale: str = "quantile"
+    pacing: str = "root"  # easy_to_hard / hard_to_easy
+    start_fraction: float = 0.3
+    full_data_epoch: int = 1  # T: the epoch count after which a paced strategy uses all the data
+    rescore_every: int = 5
+    score_source: str = "pass"
+    label_gates: tuple[str, ...] = ("all",)  # the label gates a run may use, the first by default
+
+
+class Pool(NamedTuple):
+    """What a strategy chooses from in one epoch: N samples, their difficulty scores (as rank quantiles on the
+    quantile scale; None before the first scoring) and, for the strategies that read them, each sample's label
+    losses (`"student"`, `"teacher"`)."""
+
+    size: int
+    scores: np.ndarray | None
+    losses: dict[str, np.ndarray]
+
+
+class Selection(NamedTuple):
+    """An epoch's samples (sorted indices; a sample drawn k times appears k times) and, for a strategy that weighs its
+    draws, each sample's weight on its loss by index (None: every draw counts 1)."""
+
+    indices: np.ndarray
+    weights: np.ndarray | None = None
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}  # name -> class, in the order they are defined (the sweep's order)
+
+
+class Strategy:
+    """How the samples of one epoch are chosen. A subclass with a `name` is registered in STRATEGIES; it says what it
+    reads and implements `select`. `summary` and `flags` are its row of the strategy table (docs/curriculum.md)."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # what each epoch trains on
+    flags: ClassVar[str] = "`--fraction`"  # the flags that set it
+    reads_scores: ClassVar[bool] = False  # difficulty scores: the teacher runs on the un-augmented training images
+    reads_losses: ClassVar[bool] = False  # each sample's label loss, student's and teacher's (from the same pass)
+    takes_target: ClassVar[bool] = False  # a target difficulty steers it (--target, or the RL agent's action)
+    ranks: ClassVar[bool] = False  # on --target-scale quantile its scores and target are rank quantiles
+    compared_at_targets: ClassVar[bool] = False  # the comparison sweep runs it at each of its --targets
+    selects_all: ClassVar[bool] = False  # every sample, every epoch: no curriculum
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            STRATEGIES[cls.name] = cls
+
+    def __init__(self, spec: CurriculumSpec):
+        self.spec = spec
+
+    def count(self, size: int) -> int:
+        return round(self.spec.fraction * size)
+
+    def select(self, epoch: int, target: float, pool: Pool, rng: np.random.Generator) -> Selection:
+        """The samples of 1-based `epoch` around `target` (already on the scale of `pool.scores`); `rng` is the epoch's
+        own generator (seeded by seed and epoch)."""
+        raise NotImplementedError
+
+    def rank_target(self, target: float) -> float:
+        """Where a quantile-scale target points on the rank scale (strategies that rank)."""
+        return target
+
+    def smallest_epoch(self) -> tuple[str, float]:
+        """(the flag that sets it, the share of the data) of this strategy's smallest epoch."""
+        return "--fraction", self.spec.fraction
+
+    def extras(self, chosen: np.ndarray) -> dict:
+        """metrics.csv columns of its own about an epoch's draws."""
+        return {}
+
+
+def strategy_of(spec: CurriculumSpec) -> Strategy:
+    """The strategy object a run's spec names (the registry's one lookup by name)."""
+    if spec.strategy not in STRATEGIES:
+        raise UserError(f"unknown curriculum strategy {spec.strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+    return STRATEGIES[spec.strategy](spec)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The strategies
+
+
+class NoCurriculum(Strategy):
+    name = "none"
+    summary = "the whole shuffled training set (plain KD)"
+    flags = ""
+    selects_all = True
+
+    def select(self, epoch, target, pool, rng):
+        return Selection(np.arange(pool.size))
+
+    def smallest_epoch(self):
+        return "--data", 1.0
+
+
+class RandomSubset(Strategy):
+    name = "random_subset"
+    summary = (
+        "`fraction N` samples drawn uniformly: the control that separates a curriculum from simply seeing less data "
+        "per epoch (Wu, Dyer & Neyshabur, ICLR 2021)"
+    )
+
+    def select(self, epoch, target, pool, rng):
+        return Selection(np.sort(rng.choice(pool.size, size=self.count(pool.size), replace=False)))
+
+
+class Adaptive(Strategy):
+    name = "adaptive"
+    summary = (
+        "the `round(fraction N)` samples nearest the target (`select_around`; what the RL agent drives): on the "
+        "default quantile scale a band of ranks, target 0 the easiest `fraction`, 1 the hardest"
+    )
+    flags = "`--target`, `--fraction` (0.7), `--target-scale`"
+    reads_scores = takes_target = ranks = compared_at_targets = True
+
+    def select(self, epoch, target, pool, rng):
+        return Selection(select_around(pool.scores, target, self.spec.fraction))
+
+    def rank_target(self, target):
+        """The centre of the band of `fraction` of the ranks, from fraction / 2 (target 0: the easiest `fraction`) to
+        1 - fraction / 2 (target 1: the hardest), so every target selects another band; select_around would give one
+        band to all targets within fraction / 2 of an end."""
+        return self.spec.fraction / 2 + target * (1 - self.spec.fraction)
+
+
+class EasyToHard(Strategy):
+    name = "easy_to_hard"
+    summary = "the easiest `c(t) N` samples, `c` growing from `--start-fraction` to 1 by a pacing function"
+    flags = "`--pacing linear\\|root\\|geometric`, `--start-fraction`, `--pace-epochs`"
+    reads_scores = True
+
+    def share(self, epoch: int) -> float:
+        spec = self.spec
+        return pacing(epoch - 1, spec.full_data_epoch, spec.start_fraction, spec.pacing)
+
+    def select(self, epoch, target, pool, rng):
+        return Selection(easiest(pool.scores, self.share(epoch)))
+
+    def smallest_epoch(self):
+        return "--start-fraction", self.spec.start_fraction  # the pacing's first, smallest epoch
+
+
+class HardToEasy(EasyToHard):
+    name = "hard_to_easy"
+    summary = "the hardest `c(t) N` samples (anti-curriculum)"
+    flags = "as above"
+
+    def select(self, epoch, target, pool, rng):
+        return Selection(hardest(pool.scores, self.share(epoch)))
+
+
+class HardMining(Strategy):
+    name = "hard_mining"
+    summary = (
+        "`fraction N` samples drawn over 5 difficulty-quantile buckets, harder buckets weighted up to 16x as the "
+        "target rises"
+    )
+    flags = "`--target`, `--fraction`"
+    reads_scores = takes_target = True
+
+    def bucket_weights(self, target: float) -> np.ndarray:
+        """Weight grows with difficulty, the more so the higher the target: target 0 uniform, target 1 the hardest
+        bucket 16x the easiest."""
+        position = np.arange(BUCKETS) / (BUCKETS - 1)
+        return 16.0 ** (target * position)
+
+    def select(self, epoch, target, pool, rng):
+        weights = self.bucket_weights(target)[difficulty_buckets(pool.scores)]
+        return Selection(weighted_subset(weights, self.count(pool.size), rng))
+
+
+class Mixed(HardMining):
+    name = "mixed"
+    summary = "`fraction N` samples drawn with a Gaussian weight over buckets centred on the target; every bucket kept"
+
+    def bucket_weights(self, target):
+        position = np.arange(BUCKETS) / (BUCKETS - 1)
+        return np.exp(-((position - target) ** 2) / (2 * 0.25**2)) + 0.05
+
+
+class Soft(Strategy):
+    name = "soft"
+    summary = (
+        "`fraction N` samples drawn with weight `0.05 + exp(-(d - target)^2 / (2 0.15^2))` (`d`: the rank quantile "
+        "on the quantile scale): nearest the target most often, yet no sample ever has probability 0"
+    )
+    flags = "`--target`, `--fraction`, `--target-scale`"
+    reads_scores = takes_target = ranks = True
+
+    def select(self, epoch, target, pool, rng):
+        return Selection(weighted_subset(soft_weights(pool.scores, target), self.count(pool.size), rng))
+
+
+class Reducible(Strategy):
+    name = "reducible"
+    summary = (
+        "the `round(fraction N)` samples of highest reducible loss `CE(student, y) - CE(teacher, y)` (RHO-LOSS with "
+        "the teacher as reference; [below](#the-teacher-as-reference-model))"
+    )
+    reads_scores = reads_losses = True  # the label losses come with the scoring pass
+
+    def select(self, epoch, target, pool, rng):
+        return Selection(reducible(pool.losses["student"], pool.losses["teacher"], self.spec.fraction))
+
+
+class Prioritised(Strategy):
+    name = "prioritised"
+    summary = (
+        "`round(fraction N)` draws *with replacement*, `p_i` proportional to the clipped reducible loss plus a floor, "
+        "each draw's loss weighted by `1 / (N p_i)`"
+    )
+    reads_scores = reads_losses = True
+
+    def select(self, epoch, target, pool, rng):
+        priorities = reducible_loss(pool.losses["student"], pool.losses["teacher"])
+        indices, drawn_weights = prioritised_sample(priorities, self.count(pool.size), rng, PRIORITY_FLOOR)
+        weights = np.ones(pool.size)  # a table by sample index: the training steps look their batch up
+        weights[indices] = drawn_weights
+        return Selection(np.sort(indices), weights)
+
+    def extras(self, chosen):
+        return {"distinct_selected": len(np.unique(chosen))}
+
+
+def strategy_table() -> str:
+    """The strategy table of docs/curriculum.md, from the registry."""
+    rows = [f"| `{cls.name}` | {cls.summary} | {cls.flags} |" for cls in STRATEGIES.values()]
+    return "\n".join(["| Strategy | Each epoch trains on | Parameters |", "|---|---|---|", *rows])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -61,13 +295,6 @@ def rank_quantiles(scores: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(scores))
     ranks[np.argsort(scores, kind="stable")] = np.arange(len(scores))
     return ranks / max(len(scores) - 1, 1)
-
-
-def quantile_target(strategy: str, target: float, fraction: float) -> float:
-    """Where a quantile-scale target points on the rank scale. adaptive: the centre of its band of `fraction` of the
-    ranks, from fraction / 2 (target 0: the easiest `fraction`) to 1 - fraction / 2 (target 1: the hardest), so every
-    target selects another band; select_around would give one band to all targets within fraction / 2 of an end."""
-    return fraction / 2 + target * (1 - fraction) if strategy == "adaptive" else target
 
 
 def pacing(epoch: int, full_data_epoch: int, start_fraction: float, kind: str) -> float:
@@ -110,15 +337,6 @@ def difficulty_buckets(scores: np.ndarray) -> np.ndarray:
     return ranks * BUCKETS // len(scores)
 
 
-def bucket_weights(strategy: str, target: float) -> np.ndarray:
-    """hard_mining: weight grows with difficulty, the more so the higher the target (target 0 = uniform, target 1 =
-    the hardest bucket 16x the easiest); mixed: a Gaussian over buckets centred on the target, every bucket kept."""
-    position = np.arange(BUCKETS) / (BUCKETS - 1)
-    if strategy == "hard_mining":
-        return 16.0 ** (target * position)
-    return np.exp(-((position - target) ** 2) / (2 * 0.25**2)) + 0.05
-
-
 def soft_weights(scores: np.ndarray, target: float) -> np.ndarray:
     """Gaussian closeness to the target plus a floor: no sample's probability is ever 0."""
     return SOFT_FLOOR + np.exp(-((np.asarray(scores) - target) ** 2) / (2 * SOFT_WIDTH**2))
@@ -152,6 +370,10 @@ def prioritised_sample(
     return indices, 1.0 / (len(priorities) * probabilities[indices])
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# What feeds the choice besides the difficulty scores: label losses and label gates
+
+
 def label_losses(
     teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, torch.Tensor]:
@@ -166,7 +388,7 @@ def label_gate(gate: str, labels: np.ndarray, teacher_logits: torch.Tensor | Non
     `all` 1 (plain KD), `none` 0 (the teacher's term alone), `topK` 1 where the label is among the teacher's K
     largest logits (a tie counts for the label: its rank is the number of classes the teacher scores strictly
     higher), `prob` the teacher's probability of the label, p_t(y) (temperature 1), and `oracle` 1 exactly where
-    --label-noise left the label alone (`flipped`: which labels it replaced): the ceiling of any noise filter."""
+    --label-noise left the label alone (`flipped`: which labels it replaced): a control that knows the noise."""
     labels = np.asarray(labels, dtype=np.int64)
     if gate in ("all", "none"):
         return np.full(len(labels), 1.0 if gate == "all" else 0.0)
@@ -198,37 +420,6 @@ def gate_precision_recall(gate: np.ndarray, flipped: np.ndarray) -> dict[str, fl
         "clean_kept": share(gate * clean, clean),
         "noisy_weight": share(gate * flipped, gate),
     }
-
-
-def select_samples(
-    strategy: str,
-    scores: np.ndarray | None,
-    num_samples: int,
-    rng: np.random.Generator,
-    target: float,
-    fraction: float,
-    data_fraction: float,
-) -> np.ndarray:
-    """The training indices of one epoch. `data_fraction` is the pacing value of easy_to_hard / hard_to_easy."""
-    count = round(fraction * num_samples)
-    if strategy == "none":
-        return np.arange(num_samples)
-    if strategy == "random_subset":
-        return np.sort(rng.choice(num_samples, size=count, replace=False))
-    if strategy == "adaptive":
-        return select_around(scores, target, fraction)
-    if strategy == "easy_to_hard":
-        return easiest(scores, data_fraction)
-    if strategy == "hard_to_easy":
-        return hardest(scores, data_fraction)
-    if strategy in ("hard_mining", "mixed"):
-        weights = bucket_weights(strategy, target)[difficulty_buckets(scores)]
-        return weighted_subset(weights, count, rng)
-    if strategy == "soft":
-        return weighted_subset(soft_weights(scores, target), count, rng)
-    if strategy in REFERENCED:
-        raise ValueError(f"{strategy} ranks by label losses, not difficulty scores: Curriculum.draw selects it")
-    raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -267,22 +458,18 @@ class EpochSampler(Sampler):
         return max(1, math.ceil(len(range(self.rank, len(self.indices), self.world_size)) / self.batch_size))
 
 
-def check_epoch_size(config, num_samples: int, world: int) -> None:
+def check_epoch_size(strategy: Strategy, num_samples: int, world: int, batch_size: int) -> None:
     """Refuse, before any training, an epoch whose smallest training batch would hold one sample (BatchNorm cannot
-    train on it) or none: the smallest selection of the strategy, split over processes and batches as EpochSampler
+    train on it) or none: the strategy's smallest selection, split over processes and batches as EpochSampler
     splits it."""
-    if config.curriculum in ("easy_to_hard", "hard_to_easy"):
-        flag, fraction = "--start-fraction", config.start_fraction  # the pacing's first, smallest epoch
-    elif config.curriculum == "none":
-        flag, fraction = "--data", 1.0
-    else:
-        flag, fraction = "--fraction", config.fraction
+    flag, fraction = strategy.smallest_epoch()
     count = round(fraction * num_samples)
     shard = count // world
-    smallest_batch = shard // max(1, math.ceil(shard / config.batch_size))
+    smallest_batch = shard // max(1, math.ceil(shard / batch_size))
     if smallest_batch < 2:
         raise UserError(
             f"{flag} selects {count} of {num_samples} training samples per epoch, which leaves a training batch of "
-            f"{smallest_batch} sample(s) with --batch-size {config.batch_size} (BatchNorm needs 2); "
+            f"{smallest_batch} sample(s) with --batch-size {batch_size} (BatchNorm needs 2); "
             f"raise {flag} or change --batch-size."
         )
+

@@ -31,9 +31,9 @@ from common.metrics import read_metrics
 from common.run_folder import read_config
 from data.splits import load_data
 from exporters import hf_folder as hf_export
-from training.devices import amp_dtype, close_loader, default_workers, make_loader, pick_device
+from training.devices import Placement, amp_dtype, close_loader, default_workers, make_loader, pick_device
 from training.loop import count_parameters, evaluate
-from training.teacher import load_teacher
+from training.teacher import TeacherSpec, load_teacher
 
 # config entries that do not change what is trained: runs differing only in these are seeds of one row
 NOT_THE_CONFIGURATION = ("seed", "out", "overwrite", "resume", "policy")
@@ -99,14 +99,14 @@ def read_runs(paths: list[str]) -> list[dict]:
     return runs
 
 
-def teacher_row(config: Config, first_run: dict, data, loader, device, dtype) -> dict:
+def teacher_row(config: Config, first_run: dict, data, loader, placement: Placement) -> dict:
     """Evaluate the teacher named by the flags, or else by the first run's config."""
     source = first_run["config"] if first_run else {}
     name = config.teacher or source.get("teacher", "resnet152.tv_in1k")
     teacher_checkpoint = config.teacher_checkpoint or (None if config.teacher else source.get("teacher_checkpoint"))
     weights = config.teacher_weights or (None if config.teacher else source.get("teacher_weights"))
-    teacher = load_teacher(data, name, teacher_checkpoint, weights).to(device)
-    scores = evaluate(teacher, loader, device, dtype, "test teacher")
+    teacher = placement.put(load_teacher(data, TeacherSpec(name, teacher_checkpoint, weights)))
+    scores = evaluate(teacher, loader, placement, "test teacher")
     if teacher_checkpoint:
         checkpoint = load_checkpoint(teacher_checkpoint)
         trained_on = len(checkpoint["class_names"])
@@ -120,13 +120,13 @@ def teacher_row(config: Config, first_run: dict, data, loader, device, dtype) ->
     return {"model": label, "top1": scores["acc1"], "top5": scores["acc5"], "params": count_parameters(teacher)}
 
 
-def export_row(run: dict, data_cache: dict, config: Config, device, dtype) -> dict:
+def export_row(run: dict, data_cache: dict, config: Config, placement: Placement) -> dict:
     """A folder of export.py, its model built by timm from the folder alone; its figures go to the column of the
     checkpoint it was exported from, and its budget is its run's."""
     export = run["export"]
-    loader = test_loader(config.data or export["data"], export["image_size"], data_cache, config, device)
-    model = hf_export.load_timm_folder(Path(run["name"])).to(device)
-    scores = evaluate(model, loader, device, dtype, f"test {run['name']}")
+    loader = test_loader(config.data or export["data"], export["image_size"], data_cache, config, placement.device)
+    model = placement.put(hf_export.load_timm_folder(Path(run["name"])))
+    scores = evaluate(model, loader, placement, f"test {run['name']}")
     source = export["source"]
     columns = ("top1", "top5") if source["checkpoint"] == "best.pt" else ("last_top1", "last_top5")
     row = {
@@ -142,17 +142,17 @@ def export_row(run: dict, data_cache: dict, config: Config, device, dtype) -> di
     return row
 
 
-def student_row(run: dict, data_cache: dict, config: Config, device, dtype) -> dict:
+def student_row(run: dict, data_cache: dict, config: Config, placement: Placement) -> dict:
     if run.get("export"):
-        return export_row(run, data_cache, config, device, dtype)
+        return export_row(run, data_cache, config, placement)
     best = load_checkpoint(run["best"])
     data_name = config.data or run["config"]["data"]
-    loader = test_loader(data_name, best["image_size"], data_cache, config, device)
+    loader = test_loader(data_name, best["image_size"], data_cache, config, placement.device)
     train_size = len(data_cache[(data_name, best["image_size"])][0].train)
     folder = Path(run["name"])
     budget = run_budget(folder, train_size) if (folder / "metrics.csv").is_file() else None
-    model = models.model_from_checkpoint(best).to(device)
-    scores = evaluate(model, loader, device, dtype, f"test {run['name']}")
+    model = placement.put(models.model_from_checkpoint(best))
+    scores = evaluate(model, loader, placement, f"test {run['name']}")
     row = {
         "model": describe(run["config"]),
         "run": run["name"],
@@ -168,7 +168,7 @@ def student_row(run: dict, data_cache: dict, config: Config, device, dtype) -> d
     if run["last"]:
         last = load_checkpoint(run["last"])
         model.load_state_dict(last["state_dict"])
-        last_scores = evaluate(model, loader, device, dtype, "test last")
+        last_scores = evaluate(model, loader, placement, "test last")
         row["last_top1"], row["last_top5"], row["last_epoch"] = last_scores["acc1"], last_scores["acc5"], last["epoch"]
     return row
 
@@ -242,17 +242,17 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def test_rows(config: Config, runs: list[dict], data_cache: dict, device, dtype) -> list[dict]:
+def test_rows(config: Config, runs: list[dict], data_cache: dict, placement: Placement) -> list[dict]:
     """The table's rows: the teacher (unless --no-teacher), then each group of runs (seeds of one configuration)."""
     rows = []
     if not config.no_teacher:
         first = runs[0] if runs else None
         data_name = config.data or first["config"]["data"]
         image_size = image_size_of(first) if first else None
-        loader = test_loader(data_name, image_size, data_cache, config, device)
-        rows.append(teacher_row(config, first, data_cache[(data_name, image_size)][0], loader, device, dtype))
+        loader = test_loader(data_name, image_size, data_cache, config, placement.device)
+        rows.append(teacher_row(config, first, data_cache[(data_name, image_size)][0], loader, placement))
     for group in group_runs(runs):
-        rows.append(aggregate_row([student_row(run, data_cache, config, device, dtype) for run in group]))
+        rows.append(aggregate_row([student_row(run, data_cache, config, placement) for run in group]))
     return rows
 
 
@@ -271,10 +271,10 @@ def main(argv=None) -> None:
     if not runs and (config.no_teacher or not config.data):
         raise UserError("nothing to evaluate; pass run folders, or --data with a teacher flag for the teacher alone.")
     device = pick_device(config.device)
-    dtype = amp_dtype(device, config.amp)
+    placement = Placement.on(device, amp_dtype(device, config.amp))  # the one precision and layout of every row
     data_cache = {}
     try:
-        rows = test_rows(config, runs, data_cache, device, dtype)
+        rows = test_rows(config, runs, data_cache, placement)
     finally:
         for _, loader in data_cache.values():  # the test loaders' workers end with the evaluation
             close_loader(loader)

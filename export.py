@@ -24,7 +24,7 @@ import torch
 from timm.data import create_transform, resolve_data_config
 
 import models
-import train_student_rl
+from agents.config import RLConfig
 from analysis.runs import describe, run_budget
 from common.cli import command_line, field, parse_config
 from common.errors import UserError, run_cli
@@ -36,11 +36,11 @@ from data.transforms import eval_transform
 from exporters import hf_folder as hf_export
 from exporters import onnx_file as onnx_export
 from training.config import TrainConfig
-from training.devices import make_loader
+from training.devices import Placement, make_loader
 from training.loop import count_parameters, evaluate
 
 FORMATS = ("timm", "onnx")
-SCRIPTS = {"train_student.py": TrainConfig, "train_student_rl.py": train_student_rl.RLConfig}
+SCRIPTS = {"train_student.py": TrainConfig, "train_student_rl.py": RLConfig}
 # which figures of results.json belong to each checkpoint: (its epoch, test top-1, test top-5)
 RESULT_KEYS = {
     "best": ("best_epoch", "test_acc", "test_acc5"),
@@ -165,7 +165,7 @@ def checkpoint_figures(run: Path, kind: str, checkpoint: dict, model, data, same
             "source": "from the run's results.json",
         }
     cpu = torch.device("cpu")
-    scores = evaluate(model, make_loader(data.test, 256, 0, cpu), cpu, None, "test")
+    scores = evaluate(model, make_loader(data.test, 256, 0, cpu), Placement.on(cpu), "test")
     return {**figures, "top1": scores["acc1"], "top5": scores["acc5"], "source": "tested by export.py"}
 
 

@@ -10,13 +10,12 @@ maximum side are copied byte for byte. Also builds the ImageNet-size parquet set
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.cli import field, parse_config
 from common.errors import UserError, run_cli
-from data.jpegs import shrink, source_bytes, write_split
+from data.jpegs import write_reduced_copy
 from data.splits import load_data
 
 
@@ -35,18 +34,7 @@ def prepare(config: PrepareConfig) -> None:
         raise UserError(f"--out {config.out!r} must name a folder that does not exist yet; pick a new one.")
     if config.max_side < 32:
         raise UserError(f"--max-side {config.max_side} is too small; use e.g. 320 (the views are 224 px).")
-    data = load_data(config.data)
-    out.mkdir(parents=True)
-    with ProcessPoolExecutor(max(1, config.workers)) as pool:
-        for split, view in (("train", data.train), ("val", data.val), ("test", data.test)):
-            payloads = ((source_bytes(view.source, i), config.max_side, config.quality) for i in range(len(view)))
-            images = list(pool.map(shrink, payloads, chunksize=64))
-            write_split(out, split, images, view.labels, data.class_names)
-            print(f"{split}: {len(images)} images, {sum(map(len, images)) / 2**20:.1f} MiB", flush=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# ImageNet-size stand-ins (tests and bench.py): real data cannot be downloaded there
+    write_reduced_copy(load_data(config.data), out, config.max_side, config.quality, config.workers)
 
 
 def main(argv=None) -> None:

@@ -1,8 +1,8 @@
 """Train a teacher once and cache it: the synthetic stand-in for "a ResNet-152 pretrained on ImageNet".
 
-Takes train_student.py's flags. The run lands in `<--cache-dir>/teachers/<model>-<key>/`, where the key hashes
-everything that defines the teacher (the resolved config, minus where and how it runs, and the data's identity,
-which for synthetic data holds every generator option and the generator's version). A later call with the same
+Takes train_student.py's flags and runs it with them. The run lands in `<--cache-dir>/teachers/<model>-<key>/`, where
+the key hashes everything that defines the teacher (the resolved config, minus where and how it runs, and the data's
+identity, which for synthetic data holds every generator option and the generator's version). A later call with the same
 key reuses the finished run; any change trains a new one. Prints the path of the teacher's best.pt (progress goes
 to stderr), so a script can pass it on:
 
@@ -15,20 +15,20 @@ students' classes by WordNet id (models.class_indices), exactly as an ImageNet t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import train_student
 from common.cli import config_dict, parse_config
 from common.errors import run_cli
 from common.run_folder import RESUME_MAY_CHANGE
 from data.splits import load_data
 from training.config import TrainConfig, check_config
 
+ROOT = Path(__file__).resolve().parent
 # flags that change where or how fast the teacher trains, not what it learns
 NOT_THE_TEACHER = RESUME_MAY_CHANGE | {"out"}  # where and how fast it computes, not what
 
@@ -54,8 +54,10 @@ def pretrained_teacher(argv: list[str]) -> tuple[Path, bool]:
     if (folder / "results.json").is_file():  # written last: a cut-off training run is redone
         return folder / "best.pt", True
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the path
-        train_student.main([*argv, "--out", str(folder), "--overwrite"])
+    command = [sys.executable, str(ROOT / "train_student.py"), *argv, "--out", str(folder), "--overwrite"]
+    trained = subprocess.run(command, stdout=sys.stderr.fileno())  # the training's lines on stderr: stdout is the path
+    if trained.returncode:
+        raise SystemExit(trained.returncode)  # train_student.py has said why, in one line
     return folder / "best.pt", False
 
 

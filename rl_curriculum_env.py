@@ -122,7 +122,7 @@ class CurriculumEnv(gym.Env):
         self.run: TrainingRun | None = None
         self.completed_run: TrainingRun | None = None  # the last finished episode's run (reset starts a new one)
         self.episode = self.episodes_done = 0
-        self.run_seed = experiment.config.seed
+        self.base_seed = self.run_seed = experiment.config.seed  # the run's --seed; run_seed: the episode's
         self.history: list[dict] = []  # the metrics row of every step of every episode
 
     # -- action decoding
@@ -154,8 +154,7 @@ class CurriculumEnv(gym.Env):
         one by (config seed, episode)."""
         super().reset(seed=seed)
         self.episode += 1
-        self.run_seed = seed if seed is not None else seeds.derive(self.experiment.config.seed, "episode",
-                                                                   episode=self.episode)  # fmt: skip
+        self.run_seed = seed if seed is not None else seeds.derive(self.base_seed, "episode", episode=self.episode)
         self.run = self.new_run()
         self.prev_val_acc, self.prev_train_loss, self.last_target = 0.0, math.inf, self.experiment.config.target
         self.prev_probe = None  # the probe loss after the last epoch (twin reward), None before the first

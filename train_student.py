@@ -6,6 +6,9 @@ timm/mini-imagenet with 60% weight on the labels. Examples:
     python train_student.py --label-weight 1 --out runs/labels          # labels only
     python train_student.py --label-weight 0 --out runs/kd-teacher      # teacher only
     python train_student.py --curriculum adaptive --target 0.4          # KD + a fixed curriculum
+
+Every flag, with its help line: training/config.py (`python train_student.py --help`); the strategies of --curriculum:
+curriculum_dataloader.py.
 """
 
 from __future__ import annotations

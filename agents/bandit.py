@@ -1,4 +1,4 @@
-"""A bandit over the curriculum's target bins: the cheap alternative to the PPO agent.
+"""A bandit over the curriculum's target bins (or label gates): the cheap alternative to the PPO agent.
 
 It learns during the real run, one pull per epoch with `curriculum_reward` as the pay-off, so it needs no proxy runs;
 its whole state is three sums per bin, saved in `last.pt`. The algorithm is Gaussian Thompson sampling (Thompson 1933;
@@ -22,6 +22,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from agents.base import Agent, Decision
+from common.errors import UserError
 
 PROBABILITY_DRAWS = 4000  # Monte Carlo draws behind `probabilities()` (reporting only; pulls use one draw)
 
@@ -79,3 +82,57 @@ class ThompsonBandit:
             raise ValueError(f"a saved bandit over {len(state['counts'])} bins cannot steer {self.arms} bins")
         self.counts, self.sums, self.squares = (np.asarray(state[k], dtype=np.float64) for k in ("counts", "sums",
                                                                                                 "squares"))  # fmt: skip
+
+
+class BanditAgent(Agent):
+    """`--agent bandit`: Thompson sampling over the environment's arms (--bins targets, or gate --arms), one pull per
+    epoch with the environment's reward as the pay-off, learning during the run itself."""
+
+    name = "bandit"
+    summary = "bandit: Thompson sampling over --bins targets, learning during the run (no proxy runs, one run's cost)"
+    default_bins, default_proxy_runs, seed_purpose = 5, 0, "bandit"  # 5: the reference's count; it must try each
+
+    def __init__(self, bandit: ThompsonBandit, arms: list, kind: str):
+        """`arms`: what each arm is (a target in [0, 1], or a label gate), named `kind` ("target" or "gate")."""
+        self.bandit, self.arms, self.kind = bandit, arms, kind
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """It learns during the run, over one of --bins targets: the PPO agent's other options are refused."""
+        conflicts = [
+            (config.pretrain_episodes > 0, "--pretrain-episodes (it runs no proxy runs: it learns during the run)"),
+            (config.policy is not None, "--policy (it replays a PPO agent.zip)"),
+            (config.action != "discrete", "--action box (the bandit picks one of --bins targets)"),
+            (config.control_temperature, "--control-temperature (the bandit picks only the target)"),
+        ]
+        for conflict, flag in conflicts:
+            if conflict:
+                raise UserError(f"--agent bandit does not take {flag}; drop it, or use --agent ppo.")
+
+    @classmethod
+    def create(cls, config, env) -> BanditAgent:
+        arms, kind = (list(env.gates), "gate") if env.gates else ([float(t) for t in env.targets], "target")
+        return cls(ThompsonBandit(len(arms), prior_sd=config.bandit_prior_sd, discount=config.bandit_discount), arms,
+                   kind)  # fmt: skip
+
+    def decide(self, observation, learn, seed):
+        arm = self.bandit.draw(seed)  # the observation plays no part: the bandit's arm is its largest posterior draw
+        return Decision(arm, arm)
+
+    def learn(self, step, seed):
+        self.bandit.update(int(step.decision.action), step.reward)
+
+    def belief(self) -> dict:
+        """How often it would now pull each arm (`bandit_p<target>` or `bandit_p<gate>`) and its most likely arm."""
+        probabilities = self.bandit.probabilities()
+        best = int(np.argmax(probabilities))
+        names = [f"{arm:g}" if self.kind == "target" else arm for arm in self.arms]
+        columns = {f"bandit_best_{self.kind}": self.arms[best], "bandit_best_probability": float(probabilities[best])}
+        columns.update({f"bandit_p{name}": float(p) for name, p in zip(names, probabilities, strict=True)})
+        return columns
+
+    def state_dict(self) -> dict:
+        return self.bandit.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bandit.load_state_dict(state)

@@ -37,10 +37,10 @@ from common.metrics import read_metrics
 from data.jpegs import IMAGENET_SIZES, imagenet_like_jpeg, write_split
 from data.synthetic import synthetic_class_names
 from training import loop
-from training import teacher as teachers
 from training.config import TrainConfig
 from training.devices import close_loader, default_workers, make_loader, pick_device
 from training.experiment import Experiment, TrainingRun
+from training.teacher import choose_source
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository, where the scripts are
 BUDGET_S = 480  # rows left when this much time has passed are skipped (printed as such)
@@ -140,7 +140,8 @@ class Epochs:
     def __init__(self, run: TrainingRun, logits: str, places: list[str]):
         exp, self.run, self.places = run.experiment, run, places
         config = dataclasses.replace(run.config, teacher_logits=logits)
-        self.source = teachers.choose_source(config, exp.teacher, exp.data, exp.device, exp.dtype, exp.source.predict)
+        self.source = choose_source(config.teacher_spec(), config.steps_read_logits, exp.teacher, exp.data,
+                                    exp.placement, exp.source.predict)  # fmt: skip
         exp.sampler.set_epoch(1, np.arange(len(exp.data.train)))  # epoch 1's views every time: replay reads them
 
     def epoch(self, loader=None) -> None:
@@ -319,8 +320,8 @@ def main(bench, tmp: Path) -> dict:
     with Experiment(config) as exp:
         name = torch.cuda.get_device_name(exp.device) if exp.device.type == "cuda" else "cpu"
         print(f"GPU check on {name}, torch {torch.__version__}: KD at {form.image_size} px, {form.teacher} -> "
-              f"{form.student} (random weights), batch {form.batch_size}, {exp.dtype} autocast, {workers} loader "
-              f"workers, {form.train} generated ImageNet-size JPEGs; medians of {bench.repeats}",
+              f"{form.student} (random weights), batch {form.batch_size}, {exp.placement.dtype} autocast, "
+              f"{workers} loader workers, {form.train} generated ImageNet-size JPEGs; medians of {bench.repeats}",
               flush=True)  # fmt: skip
         rows = training_rows(exp, clock, compile_too, deadline, places)
         rows += evaluation_rows(exp, clock, max(1, workers), places)

@@ -1,10 +1,18 @@
-"""TODO docstring."""
+"""Reading a finished run folder for a table: its row label in the reference table's words, and its training budget
+(samples trained on, the RL agent's proxy runs included)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from common.metrics import read_metrics
+from curriculum_dataloader import STRATEGIES
+
+
+def selects_all(config: dict) -> bool:
+    """The run trained on all its data every epoch (no curriculum; a run of before --curriculum had none)."""
+    strategy = STRATEGIES.get(config.get("curriculum", "none"))
+    return strategy is not None and strategy.selects_all
 
 
 def describe(config: dict) -> str:
@@ -18,7 +26,7 @@ def describe(config: dict) -> str:
         loss = f"{weight:.0%} labels, {1 - weight:.0%} teacher"
     if config.get("script") == "train_student_rl.py":
         kind = "KD + curriculum chosen by the " + ("bandit" if config.get("agent") == "bandit" else "RL agent")
-    elif config.get("curriculum", "none") != "none":
+    elif not selects_all(config):
         kind = f"KD + {config['curriculum']} curriculum"
     else:
         kind = "KD" if weight < 1 else ""

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""A run's metrics log: metrics.csv (a row per epoch, unrounded) and TensorBoard scalars under grouped names, and the
+reader of a metrics.csv that names what is wrong with one. No ML imports: the report reads runs with it."""
 
 from __future__ import annotations
 

@@ -60,11 +60,6 @@ def generator(seed: int, purpose: str, **where: int) -> np.random.Generator:
     return np.random.default_rng(derive(seed, purpose, **where))
 
 
-def augment_seed(config) -> int:
-    """The seed of the augmented views: --augment-seed, by default --seed."""
-    return config.seed if config.augment_seed is None else config.augment_seed
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -1,8 +1,10 @@
-"""TODO docstring."""
+"""JPEG sets in timm/mini-imagenet's parquet schema: a split written as parquet files, images shrunk to a maximum
+side (prepare_data.py), and ImageNet-size stand-ins for tests and benchmarks (real data cannot be downloaded there)."""
 
 from __future__ import annotations
 
 import io
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,15 @@ def write_imagenet_like_set(folder: Path, class_names: list[str], counts: dict[s
         images = [imagenet_like_jpeg(rng, *size) for size in sizes]
         write_split(folder, split, images, [i % len(class_names) for i in range(count)], class_names)
     return folder
+
+
+def write_reduced_copy(data, out: Path, max_side: int, quality: int, workers: int) -> None:
+    """Every split of `data` (DataSplits) into the new folder `out`, each image shrunk to `max_side` by `workers`
+    processes (prepare_data.py)."""
+    out.mkdir(parents=True)
+    with ProcessPoolExecutor(max(1, workers)) as pool:
+        for split, view in (("train", data.train), ("val", data.val), ("test", data.test)):
+            payloads = ((source_bytes(view.source, i), max_side, quality) for i in range(len(view)))
+            images = list(pool.map(shrink, payloads, chunksize=64))
+            write_split(out, split, images, view.labels, data.class_names)
+            print(f"{split}: {len(images)} images, {sum(map(len, images)) / 2**20:.1f} MiB", flush=True)

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""Raw image sources: `len`, `labels` (np.int64 array) and `image(i) -> PIL.Image` in RGB, read from an ImageFolder
+tree, parquet files in the timm/mini-imagenet schema, or the Hugging Face hub; and what wraps one (other labels, a
+share of the images). Class names are ImageNet WordNet ids (e.g. `n01532829`)."""
 
 from __future__ import annotations
 

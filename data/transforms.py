@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The transforms, defined in one place: the reference's training augmentation and the ImageNet evaluation view."""
 
 from __future__ import annotations
 

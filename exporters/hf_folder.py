@@ -20,6 +20,7 @@ from timm.data import ImageNetInfo
 from timm.models import save_for_hf
 from torch import nn
 
+from analysis.runs import selects_all
 from common import hub
 from common.errors import UserError
 from data.sources import is_hub_name
@@ -150,7 +151,7 @@ def describe_curriculum(config: dict) -> str:
             f"`{config['curriculum']}`, the target difficulty chosen each epoch by a {agent} "
             f"(fraction {config['fraction']})"
         )
-    if config["curriculum"] == "none":
+    if selects_all(config):
         return "none (all training data every epoch)"
     return f"`{config['curriculum']}` (fraction {config['fraction']}, target {config['target']})"
 

@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train_student_rl  # noqa: E402
+from agents.config import RLConfig  # noqa: E402
 from common import cli  # noqa: E402
 from data.splits import data_subset  # noqa: E402
 from sweeps import plans as sweep_plans  # noqa: E402
@@ -36,7 +37,7 @@ def proxy_correctness(proxy: Experiment, target: float, seed: int) -> np.ndarray
     run.refresh_scores()
     for _ in range(proxy.config.epochs):
         run.train_epoch(target)
-    logits = predict_logits(run.student, proxy.val_loader, proxy.device, proxy.dtype, "validate")
+    logits = predict_logits(run.student, proxy.val_loader, proxy.placement, "validate")
     return (logits.argmax(1).cpu() == torch.as_tensor(proxy.data.val.source.labels)).numpy()
 
 
@@ -68,7 +69,7 @@ def main(argv=None) -> None:
              args.pretrain_epochs, "--pretrain-subset", args.pretrain_subset, "--pretrain-val-subset", "1"]  # fmt: skip
     if args.cache_dir:
         flags += ["--cache-dir", args.cache_dir]
-    config = cli.parse_config(train_student_rl.RLConfig, flags)
+    config = cli.parse_config(RLConfig, flags)
     full = Experiment(config)
     proxy = train_student_rl.proxy_experiment(config, full)
     targets = [float(t) for t in args.targets.split(",")]

@@ -14,12 +14,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curriculum_dataloader import TARGET_SCALES, quantile_target, rank_quantiles, select_around  # noqa: E402
+from curriculum_dataloader import TARGET_SCALES, Adaptive, CurriculumSpec, rank_quantiles, select_around  # noqa: E402
 
 
 def selection(scores: np.ndarray, target: float, fraction: float, scale: str) -> np.ndarray:
     if scale == "quantile":
-        return select_around(rank_quantiles(scores), quantile_target("adaptive", target, fraction), fraction)
+        adaptive = Adaptive(CurriculumSpec("adaptive", fraction=fraction))
+        return select_around(rank_quantiles(scores), adaptive.rank_target(target), fraction)
     return select_around(scores, target, fraction)
 
 

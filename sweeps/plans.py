@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from common.run_folder import WHERE_FLAGS
+from curriculum_dataloader import STRATEGIES
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The synthetic benchmark where distillation matters (`--data synthetic`)
@@ -53,18 +54,6 @@ BENCH_WORKERS = "0"
 TEACHER_FLAGS = ["--label-weight", "1", "--batch-size", "128", "--workers", BENCH_WORKERS]
 
 TABLE_ROWS = ["labels", "kd", "kd-teacher-only", "rl", "random-subset", "kd-teacher-only-equal-compute"]
-STRATEGIES = [
-    "none",
-    "random_subset",
-    "adaptive",
-    "easy_to_hard",
-    "hard_to_easy",
-    "hard_mining",
-    "mixed",
-    "soft",
-    "reducible",
-    "prioritised",
-]
 # rows of the comparison that are not a fixed strategy of train_student.py: plain KD on all the data for 60% of the
 # epochs (the 60% strategies' budget), and the two agents (train_student_rl.py), whose targets are rank quantiles
 OTHER_ROWS = ["equal-compute", "rl-bandit", "rl-ppo"]
@@ -196,49 +185,52 @@ def replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
 
 
 def comparison_rows(args, common: list[str], epochs: int) -> dict[str, tuple[str, list[str]]]:
-    """Each row of the comparison: its script and flags (the seed and folder come later)."""
-    strategies = [name.strip() for name in (args.strategies or default_rows(args)).split(",") if name.strip()]
-    known = STRATEGIES + OTHER_ROWS + LAB_OTHER_ROWS
-    unknown = sorted(set(strategies) - set(known))
-    if unknown or "random_subset" not in strategies:
+    """Each row of the comparison: its script and flags (the seed and folder come later). A strategy of the registry
+    is a row of train_student.py (one per --targets target if it is compared at several); the other rows are
+    other_rows'."""
+    rows = [name.strip() for name in (args.strategies or default_rows(args)).split(",") if name.strip()]
+    others = other_rows(args, common, epochs)
+    known = [*STRATEGIES, *others]
+    unknown = sorted(set(rows) - set(known))
+    if unknown or "random_subset" not in rows:
         raise UserError(f"--strategies: pick from {', '.join(known)}, with random_subset (the baseline).")
-    if "oracle" in strategies and not args.label_noise:
+    if "oracle" in rows and not args.label_noise:
         raise UserError("--strategies oracle drops the labels --label-noise replaced: give --label-noise, e.g. 0.3.")
-    if "rl-bandit-twin" in strategies and "none" not in strategies:
+    if "rl-bandit-twin" in rows and "none" not in rows:
         raise UserError("--strategies rl-bandit-twin reads its twin, the none run of its seed: add none.")
-    gates = ["--agent", "bandit", "--arms", LAB_ARMS, "--curriculum", "none"]
     commands = {}  # row -> (script, its flags)
-    for strategy in strategies:
-        if strategy == "adaptive":
+    for row in rows:
+        if row not in STRATEGIES:
+            commands[row] = others[row]
+        elif STRATEGIES[row].compared_at_targets:
             for target in (t.strip() for t in args.targets.split(",") if t.strip()):
-                commands[f"adaptive-t{target}"] = "train_student.py", [*common, "--curriculum", "adaptive", "--target",
-                                                                        target]  # fmt: skip
-        elif strategy == "equal-compute":
-            commands[strategy] = "train_student.py", [*replace_flag(common, "--epochs", str(round(0.6 * epochs))),
-                                                      "--curriculum", "none"]  # fmt: skip
-        elif strategy == "teacher-only":
-            commands[strategy] = "train_student.py", [*replace_flag(common, "--label-weight", "0"), "--curriculum",
-                                                      "none"]  # fmt: skip
-        elif strategy in ("label-gate", "oracle"):
-            gate = LAB_GATE if strategy == "label-gate" else "oracle"
-            commands[strategy] = "train_student.py", [*common, "--curriculum", "none", "--label-gate", gate]
-        elif strategy == "rl-bandit":
-            commands[strategy] = "train_student_rl.py", [*common, "--agent", "bandit"]
-        elif strategy == "rl-bandit-gates":
-            commands[strategy] = "train_student_rl.py", [*common, *gates]
-        elif strategy == "rl-bandit-twin":  # --reward-twin is filled in per seed (plan_comparison)
-            commands[strategy] = "train_student_rl.py", [*common, *gates, "--reward", "twin"]
-        elif strategy == "rl-ppo":
-            commands[strategy] = "train_student_rl.py", [*common, *(QUICK_RL if args.quick else BENCH_RL)]
+                commands[f"{row}-t{target}"] = "train_student.py", [*common, "--curriculum", row, "--target", target]
         else:
-            commands[strategy] = "train_student.py", [*common, "--curriculum", strategy]
+            commands[row] = "train_student.py", [*common, "--curriculum", row]
     return commands
+
+
+def other_rows(args, common: list[str], epochs: int) -> dict[str, tuple[str, list[str]]]:
+    """The rows that are no fixed strategy: plain KD at the 60% rows' budget, teacher-only KD, the label gate and the
+    oracle, and the agents (train_student_rl.py)."""
+    gates = ["--agent", "bandit", "--arms", LAB_ARMS, "--curriculum", "none"]
+    none = ["--curriculum", "none"]
+    return {
+        "equal-compute": ("train_student.py", [*replace_flag(common, "--epochs", str(round(0.6 * epochs))), *none]),
+        "teacher-only": ("train_student.py", [*replace_flag(common, "--label-weight", "0"), *none]),
+        "label-gate": ("train_student.py", [*common, *none, "--label-gate", LAB_GATE]),
+        "oracle": ("train_student.py", [*common, *none, "--label-gate", "oracle"]),
+        "rl-bandit": ("train_student_rl.py", [*common, "--agent", "bandit"]),
+        "rl-bandit-gates": ("train_student_rl.py", [*common, *gates]),
+        "rl-bandit-twin": ("train_student_rl.py", [*common, *gates, "--reward", "twin"]),  # --reward-twin: per seed
+        "rl-ppo": ("train_student_rl.py", [*common, *(QUICK_RL if args.quick else BENCH_RL)]),
+    }
 
 
 def default_rows(args) -> str:
     """The benchmark's every row, or the lab's deciding rows (the oracle only with noisy labels)."""
     if args.lab == "benchmark":
-        return ",".join(STRATEGIES + OTHER_ROWS)
+        return ",".join([*STRATEGIES, *OTHER_ROWS])
     return ",".join(row for row in LAB_ROWS if row != "oracle" or args.label_noise)
 
 
@@ -270,9 +262,9 @@ def plan_comparison(args) -> Plan:
     commands = comparison_rows(args, common, epochs)
     runs, after = {}, set()
     for seed in seeds:  # seed by seed: a cut-off sequential comparison still holds every strategy's first seeds
-        for strategy, (script, flags) in commands.items():
-            name = f"{strategy}-s{seed}"
-            if strategy == "rl-bandit-twin":  # launched once its twin has finished (main)
+        for row, (script, flags) in commands.items():
+            name = f"{row}-s{seed}"
+            if row == "rl-bandit-twin":  # launched once its twin has finished (main)
                 flags, after = [*flags, "--reward-twin", str(out / f"none-s{seed}")], after | {name}
             runs[name] = [script, *flags, "--seed", seed, "--out", str(out / name),
                           *(["--overwrite"] if args.overwrite else []), *args.extra]  # fmt: skip

@@ -14,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 
 import curriculum_dataloader as cd
 import models
+from common.errors import UserError
 from training import logit_stores as teacher
 from training.curriculum import Curriculum
 
@@ -96,7 +97,7 @@ def test_pacing_unknown_kind():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# select_samples
+# the strategies
 
 
 N = 1000
@@ -107,15 +108,17 @@ def scores():
     return np.random.default_rng(0).random(N)
 
 
-def select(strategy, scores, target=0.5, fraction=0.3, data_fraction=0.4, seed=0):
-    return cd.select_samples(
-        strategy, scores, len(scores), np.random.default_rng(seed), target, fraction, data_fraction
-    )
+def select(strategy, scores, target=0.5, fraction=0.3, data_fraction=0.4, seed=0, size=None):
+    """The strategy's first epoch; a paced one's share of the data is `data_fraction` then (its start)."""
+    spec = cd.CurriculumSpec(strategy, fraction=fraction, pacing="linear", start_fraction=data_fraction,
+                             full_data_epoch=10)  # fmt: skip
+    pool = cd.Pool(len(scores) if size is None else size, scores, {})
+    return cd.strategy_of(spec).select(1, target, pool, np.random.default_rng(seed)).indices
 
 
 def test_strategy_none_selects_everything(scores):
     np.testing.assert_array_equal(select("none", scores), np.arange(N))
-    np.testing.assert_array_equal(cd.select_samples("none", None, 7, np.random.default_rng(0), 0.5, 0.3, 0.4), range(7))
+    np.testing.assert_array_equal(select("none", None, size=7), range(7))
 
 
 @pytest.mark.parametrize("strategy", ["adaptive", "random_subset", "hard_mining", "mixed", "soft"])
@@ -133,7 +136,11 @@ def test_strategies_cover_the_list():
         "none", "adaptive", "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "random_subset", "soft",
         "reducible", "prioritised",
     }  # fmt: skip
-    assert set(cd.REFERENCED) <= cd.SCORED  # their label losses come with the scores
+    for name, strategy in cd.STRATEGIES.items():
+        assert strategy.name == name and strategy.summary
+        assert strategy.reads_scores or not strategy.reads_losses  # their label losses come with the scores
+        assert strategy.reads_scores or not (strategy.takes_target or strategy.ranks)  # a target addresses scores
+    assert list(cd.STRATEGIES)[:2] == ["none", "random_subset"]  # the sweep's order: the control right after KD
 
 
 def test_adaptive_is_select_around(scores):
@@ -160,7 +167,7 @@ def test_random_subset_depends_on_rng_not_scores(scores):
     first = select("random_subset", scores, seed=1)
     assert not np.array_equal(first, select("random_subset", scores, seed=2))
     np.testing.assert_array_equal(
-        first, cd.select_samples("random_subset", None, N, np.random.default_rng(1), 0, 0.3, 0)
+        first, select("random_subset", None, seed=1, size=N)
     )
 
 
@@ -178,8 +185,9 @@ def test_hard_mining_target_zero_is_uniform_and_target_one_prefers_hard():
     hard = scores[select("hard_mining", scores, target=1.0, fraction=0.3)].mean()
     assert uniform == pytest.approx(0.5, abs=0.03)
     assert hard > 0.6
-    np.testing.assert_allclose(cd.bucket_weights("hard_mining", 0.0), np.ones(cd.BUCKETS))
-    assert cd.bucket_weights("hard_mining", 1.0)[-1] / cd.bucket_weights("hard_mining", 1.0)[0] == pytest.approx(16)
+    hard_mining = cd.HardMining(cd.CurriculumSpec("hard_mining"))
+    np.testing.assert_allclose(hard_mining.bucket_weights(0.0), np.ones(cd.BUCKETS))
+    assert hard_mining.bucket_weights(1.0)[-1] / hard_mining.bucket_weights(1.0)[0] == pytest.approx(16)
 
 
 def test_soft_weights_never_zero():
@@ -193,7 +201,7 @@ def test_soft_weights_never_zero():
 
 
 def test_unknown_strategy(scores):
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(UserError, match="unknown curriculum strategy 'bogus'; choose one of none, random_subset"):
         select("bogus", scores)
 
 
@@ -318,10 +326,9 @@ def test_cached_logits_recomputes_and_replaces_an_invalid_file(tmp_path, bad):
 
 
 def make_curriculum(strategy, num_samples=50, target_scale="absolute"):
-    return Curriculum(
-        strategy, num_samples, seed=0, fraction=0.4, pacing_kind="linear", start_fraction=0.2, full_data_epoch=4,
-        target_scale=target_scale,
-    )  # fmt: skip
+    spec = cd.CurriculumSpec(strategy, fraction=0.4, pacing="linear", start_fraction=0.2, full_data_epoch=4,
+                             target_scale=target_scale)  # fmt: skip
+    return Curriculum(spec, num_samples, seed=0)
 
 
 def test_curriculum_counts_what_was_trained():
@@ -381,10 +388,11 @@ def test_rank_quantiles_and_quantile_targets_by_hand():
     # ranks of [0.5, 0.1, 0.5, 0.3]: 0.1 -> 0, 0.3 -> 1, the tied 0.5s -> 2 (lower index) and 3; / (N - 1) = 3
     np.testing.assert_allclose(cd.rank_quantiles(np.array([0.5, 0.1, 0.5, 0.3])), [2 / 3, 0, 1, 1 / 3])
     # adaptive, fraction 0.6: the band's centre runs from 0.3 (target 0) to 0.7 (target 1); soft takes the target as is
-    assert cd.quantile_target("adaptive", 0.0, 0.6) == pytest.approx(0.3)
-    assert cd.quantile_target("adaptive", 0.5, 0.6) == pytest.approx(0.5)
-    assert cd.quantile_target("adaptive", 1.0, 0.6) == pytest.approx(0.7)
-    assert cd.quantile_target("soft", 0.25, 0.6) == 0.25
+    adaptive, soft = (cd.strategy_of(cd.CurriculumSpec(name, fraction=0.6)) for name in ("adaptive", "soft"))
+    assert adaptive.rank_target(0.0) == pytest.approx(0.3)
+    assert adaptive.rank_target(0.5) == pytest.approx(0.5)
+    assert adaptive.rank_target(1.0) == pytest.approx(0.7)
+    assert soft.rank_target(0.25) == 0.25
 
 
 def test_quantile_targets_address_distinct_bands_of_narrow_scores():
@@ -420,9 +428,10 @@ STUDENT = torch.tensor([[LOG3, 0.0], [0.0, 0.0], [0.0, 0.0], [LOG3, 0.0]])
 REDUCIBLE = np.array([0.0, math.log(1.5), -math.log(2), math.log(3)])
 
 
-def referenced_curriculum(strategy, fraction=0.5, **options):
-    return Curriculum(strategy, 4, seed=0, fraction=fraction, pacing_kind="linear", start_fraction=0.2,
-                         full_data_epoch=4, labels=LABELS, **options)  # fmt: skip
+def referenced_curriculum(strategy, fraction=0.5, flipped=None, **options):
+    spec = cd.CurriculumSpec(strategy, fraction=fraction, pacing="linear", start_fraction=0.2, full_data_epoch=4,
+                             target_scale="absolute", **options)  # fmt: skip
+    return Curriculum(spec, 4, seed=0, labels=LABELS, flipped=flipped)
 
 
 def score_pass(stale):

@@ -32,13 +32,13 @@ def test_a_class_looks_the_same_in_every_synthetic_set_that_names_it():
 def test_wider_synthetic_teacher_is_sliced_by_wordnet_id(tiny_teacher):
     subset = data.load_data(SUBSET)
     config = cli.parse_config(TrainConfig, ["--teacher-checkpoint", str(tiny_teacher)])
-    teacher = load_teacher(subset, config.teacher, config.teacher_checkpoint)
+    teacher = load_teacher(subset, config.teacher_spec())
     assert isinstance(teacher, models.SlicedTeacher)
     full = models.model_from_checkpoint(files.load_checkpoint(tiny_teacher)).eval()
     images = torch.stack([subset.test[i][0] for i in range(4)])
     with torch.no_grad():
         torch.testing.assert_close(teacher(images), full(images)[:, [0, 2]])
-    same = load_teacher(data.load_data(TINY), config.teacher, config.teacher_checkpoint)  # its own classes: no slicing
+    same = load_teacher(data.load_data(TINY), config.teacher_spec())  # its own classes: no slicing
     assert not isinstance(same, models.SlicedTeacher)
 
 

@@ -10,7 +10,7 @@ from test_resume import DATA, comparable, kill_part_way
 
 import train_student_rl
 from agents.bandit import ThompsonBandit
-from agents.options import check_arms_and_reward, read_twin
+from agents.config import check_arms_and_reward, read_twin
 from common import cli, seeds
 from common import metrics as bookkeeping
 from common.errors import UserError

@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The settings of a training run: every flag of train_student.py (`TrainConfig`, one help line per field; the
+defaults reproduce the reference's KD row), the checks of their values, and what is derived from them once (the
+strategy, whether the teacher is needed, the narrow settings the teacher and the curriculum take)."""
 
 from __future__ import annotations
 
@@ -10,11 +12,20 @@ import timm
 from common.cli import field
 from common.errors import UserError
 from common.files import check_writable_folder
-from common.seeds import MAX_SEED, augment_seed
-from curriculum_dataloader import LABEL_GATES, PACINGS, STRATEGIES, TARGET_SCALES
+from common.seeds import MAX_SEED
+from curriculum_dataloader import (
+    LABEL_GATES,
+    PACINGS,
+    SCORE_SOURCES,
+    STRATEGIES,
+    TARGET_SCALES,
+    TEACHER_GATES,
+    CurriculumSpec,
+    Strategy,
+)
 from data.views import LOADERS
 from training.devices import MEMORY_FORMATS
-from training.teacher import fills_cache
+from training.teacher import LOGIT_SOURCES, TeacherSpec
 
 
 @dataclass
@@ -58,7 +69,10 @@ class TrainConfig:
     batch_size: int = field(128, "training batch size")
     lr: float = field(1e-3, "Adam learning rate (cosine-annealed over the epochs)")
     weight_decay: float = field(1e-4, "Adam weight decay")
-    curriculum: str = field("none", "sample selection strategy per epoch", choices=STRATEGIES, group="curriculum")
+    curriculum: str = field(
+        "none", "sample selection strategy per epoch (docs/curriculum.md)", choices=tuple(STRATEGIES),
+        group="curriculum",
+    )  # fmt: skip
     target: float = field(0.5, "target difficulty in [0, 1] of adaptive, soft, mixed and hard_mining")
     target_scale: str = field(
         "quantile", "quantile: the target is a rank (adaptive: 0 = the easiest --fraction of the data, 1 = the "
@@ -74,13 +88,13 @@ class TrainConfig:
     cache_dir: str = field("~/.cache/kd-curriculum", "where the teacher's logits over the training set are cached")
     score_source: str = field(
         "pass", "pass: a scoring pass every --rescore-every epochs; train-pass: trained samples rescored every epoch "
-        "from the training step's own logits, only the rest by a pass", choices=("pass", "train-pass")
+        "from the training step's own logits, only the rest by a pass", choices=SCORE_SOURCES
     )  # fmt: skip
     teacher_logits: str = field(
         "online", "online: the teacher runs on each augmented batch; replay: as online, but each view's logits are "
         "stored (fp16) in --cache-dir by the first run that trains on it and read by later runs of the same data, "
         "teacher and --augment-seed; cached: its logits of the un-augmented image (cheapest; fixed views can overfit "
-        "on long schedules)", choices=("online", "replay", "cached")
+        "on long schedules)", choices=LOGIT_SOURCES
     )  # fmt: skip
     seed: int = field(0, "seed of initialisation, sampling and augmentation", group="run")
     augment_seed: int | None = field(
@@ -99,14 +113,58 @@ class TrainConfig:
     overwrite: bool = field(False, "replace the run already in --out")
     resume: str | None = field(None, "continue the interrupted run in this folder after its last completed epoch")
 
+    # Derived from the flags, each in one place
+
     @property
     def label_gates(self) -> tuple[str, ...]:
         """The label gates a run may use (the Curriculum's), the first by default."""
         return (self.label_gate,)
 
+    @property
+    def strategy(self) -> type[Strategy]:
+        return STRATEGIES[self.curriculum]
+
+    @property
+    def view_seed(self) -> int:
+        """The seed of the augmented views: --augment-seed, by default --seed."""
+        return self.seed if self.augment_seed is None else self.augment_seed
+
+    @property
+    def scores_from_train_pass(self) -> bool:
+        """The training steps' own logits refresh the scores of the samples they train on (--score-source)."""
+        return self.strategy.reads_scores and self.score_source == "train-pass"
+
+    @property
+    def needs_teacher(self) -> bool:
+        """A run loads the teacher for KD (label weight < 1), for difficulty scores, or for --teacher-logits cached."""
+        return self.label_weight < 1 or self.strategy.reads_scores or self.teacher_logits == "cached"
+
+    @property
+    def steps_read_logits(self) -> bool:
+        """The training steps read the teacher's logits: KD (label weight < 1), or difficulty scores from the steps."""
+        return self.label_weight < 1 or self.scores_from_train_pass
+
+    @property
+    def fills_cache(self) -> bool:
+        """A run may write its teacher's logits into --cache-dir (the scoring cache or the view store)."""
+        gates_read_teacher = any(gate in TEACHER_GATES for gate in self.label_gates)  # they read the scoring cache
+        return self.strategy.reads_scores or self.teacher_logits != "online" or gates_read_teacher
+
+    def teacher_spec(self) -> TeacherSpec:
+        return TeacherSpec(self.teacher, self.teacher_checkpoint, self.teacher_weights, self.teacher_logits,
+                           self.cache_dir)  # fmt: skip
+
+    def curriculum_spec(self) -> CurriculumSpec:
+        return CurriculumSpec(
+            self.curriculum, fraction=self.fraction, target_scale=self.target_scale, pacing=self.pacing,
+            start_fraction=self.start_fraction,
+            full_data_epoch=max(1, round(self.pace_epochs * self.epochs)),  # --pace-epochs is a fraction of them
+            rescore_every=self.rescore_every, score_source=self.score_source, label_gates=self.label_gates,
+        )  # fmt: skip
 
 
-def check_config(config) -> None:
+
+def check_config(config: TrainConfig) -> None:
     """Flag values a run cannot use, each with its fix."""
     rules = [
         (0 <= config.label_weight <= 1, "--label-weight must lie in [0, 1] (1 = labels only, 0 = teacher only)"),
@@ -114,7 +172,7 @@ def check_config(config) -> None:
         (config.epochs >= 1, "--epochs must be at least 1"),
         (config.batch_size >= 2, "--batch-size must be at least 2 (BatchNorm cannot train on one sample)"),
         (0 <= config.seed <= MAX_SEED, f"--seed must lie in [0, {MAX_SEED}]"),
-        (0 <= augment_seed(config) <= MAX_SEED, f"--augment-seed must lie in [0, {MAX_SEED}]"),
+        (0 <= config.view_seed <= MAX_SEED, f"--augment-seed must lie in [0, {MAX_SEED}]"),
         (config.lr > 0 and config.weight_decay >= 0, "--lr must be > 0 and --weight-decay >= 0"),
         (0 < config.fraction <= 1, "--fraction must lie in (0, 1]"),
         (0 <= config.target <= 1, "--target must lie in [0, 1]"),
@@ -145,10 +203,10 @@ def check_config(config) -> None:
         path = getattr(config, flag)
         if path and not Path(path).is_file():
             raise UserError(f"--{flag.replace('_', '-')} {path} does not exist; check the path.")
-    if fills_cache(config):
+    if config.fills_cache:
         check_writable_folder(config.cache_dir, "--cache-dir")
 
 
 
-def default_out(config) -> str:
+def default_out(config: TrainConfig) -> str:
     return f"runs/{config.student}-lw{config.label_weight:g}-{config.curriculum}-s{config.seed}"

@@ -16,21 +16,14 @@ import models
 from common import seeds
 from curriculum_dataloader import (
     LOSSES,
-    PRIORITY_FLOOR,
-    REFERENCED,
-    SCORED,
-    TARGETED,
     TEACHER_GATES,
+    CurriculumSpec,
+    Pool,
     label_gate,
     label_losses,
-    pacing,
-    prioritised_sample,
-    quantile_target,
     rank_quantiles,
-    reducible,
     reducible_loss,
-    scores_from_train_pass,
-    select_samples,
+    strategy_of,
 )
 
 
@@ -72,7 +65,7 @@ class EpochPlan:
     epoch: int
     indices: np.ndarray
     target: float | None  # the target as given, for the metrics (None: the strategy takes no target)
-    seen: torch.Tensor  # the steps count each sample they train on: seen[index] += 1
+    seen: torch.Tensor | None  # the steps count each sample they train on: seen[index] += 1
     recorder: TrainPassScores | None  # takes the steps' logits when train-pass scores are on
     weights: torch.Tensor | None = None  # prioritised: each sample's importance weight on its loss (by index)
     gate: str = "all"  # the label gate of the epoch (curriculum_dataloader.label_gate)
@@ -89,38 +82,25 @@ class Curriculum:
 
     def __init__(
         self,
-        strategy: str,
+        spec: CurriculumSpec,
         num_samples: int,
         seed: int,
-        *,
-        fraction: float,
-        pacing_kind: str,
-        start_fraction: float,
-        full_data_epoch: int,
-        rescore_every: int = 5,
-        score_source: str = "pass",
-        target_scale: str = "quantile",
         labels: np.ndarray | None = None,
         flipped: np.ndarray | None = None,
-        label_gates: tuple[str, ...] = ("all",),
     ):
-        """`labels`: the training labels the reducible loss is measured on (reducible, prioritised); `flipped`: which
-        of them --label-noise replaced (for the metrics: the share of noisy samples an epoch trained on; and the
-        oracle gate); `label_gates`: the label gates the run may use, the first by default (--label-gate, or an
-        agent's arms)."""
-        if strategy in REFERENCED and labels is None:
-            raise ValueError(f"the {strategy} strategy needs the training labels")
-        self.strategy, self.num_samples, self.seed = strategy, num_samples, seed
+        """`labels`: the training labels the label losses are measured on (strategies that read them); `flipped`:
+        which of them --label-noise replaced (for the metrics: the share of noisy samples an epoch trained on; and the
+        oracle gate)."""
+        self.spec, self.strategy = spec, strategy_of(spec)
+        if self.strategy.reads_losses and labels is None:
+            raise ValueError(f"the {spec.strategy} strategy needs the training labels")
+        self.num_samples, self.seed = num_samples, seed
         self.labels, self.flipped = labels, flipped
-        self.label_gates = tuple(label_gates)
+        self.label_gates = tuple(spec.label_gates)
         self.gate_tables: dict[str, np.ndarray] = {}  # each gate's factors: fixed by the teacher and the labels
-        self.target_scale = target_scale
-        self.fraction, self.pacing_kind = fraction, pacing_kind
-        self.start_fraction, self.full_data_epoch = start_fraction, full_data_epoch
-        self.rescore_every, self.score_source = rescore_every, score_source
         self.scores: np.ndarray | None = None
         self.components: dict[str, np.ndarray] = {}
-        self.losses: dict[str, np.ndarray] = {}  # reducible, prioritised: each sample's CE, "student" and "teacher"
+        self.losses: dict[str, np.ndarray] = {}  # strategies that read them: each sample's CE, "student", "teacher"
         self.coverage = np.zeros(num_samples, dtype=np.int64)
         self.scored_epoch = 0
         self.history: dict[str, np.ndarray] = {}  # "epoch_E": the scores used from epoch E + 1 on (fp16)
@@ -128,21 +108,22 @@ class Curriculum:
 
     @property
     def needs_scores(self) -> bool:
-        return self.strategy in SCORED
+        return self.strategy.reads_scores
 
     @property
     def needs_losses(self) -> bool:
-        return self.strategy in REFERENCED
+        return self.strategy.reads_losses
 
     @property
     def scores_from_train_pass(self) -> bool:
-        return scores_from_train_pass(self.strategy, self.score_source)
+        """Whether the training steps' own logits refresh the scores of the samples they train on (--score-source)."""
+        return self.needs_scores and self.spec.score_source == "train-pass"
 
     def due(self, epoch: int) -> bool:
         """Scores are refreshed before the first epoch and then every rescore_every epochs (`epoch`: epochs done)."""
         if not self.needs_scores:
             return False
-        return self.scores is None or epoch - self.scored_epoch >= self.rescore_every
+        return self.scores is None or epoch - self.scored_epoch >= self.spec.rescore_every
 
     def stale(self, epoch: int) -> np.ndarray | None:
         """The samples a due refresh must score: None for all of them; with train-pass scores only those the last
@@ -162,7 +143,7 @@ class Curriculum:
         if self.scores_from_train_pass:
             recorder = TrainPassScores(self.num_samples, device, self.labels if self.needs_losses else None)
         seen = torch.zeros(self.num_samples, dtype=torch.long, device=device)
-        stats_target = target if self.strategy in TARGETED else None
+        stats_target = target if self.strategy.takes_target else None
         indices, weights = self.draw(epoch, target)
         weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float32, device=device)
         gate = self.label_gates[0] if gate is None else gate
@@ -250,7 +231,7 @@ class Curriculum:
 
     def by_rank(self) -> bool:
         """Whether targets address rank quantiles (hard_mining and mixed weigh rank buckets on either scale)."""
-        return self.target_scale == "quantile" and self.strategy in ("adaptive", "soft") and self.scores is not None
+        return self.spec.target_scale == "quantile" and self.strategy.ranks and self.scores is not None
 
     def select(self, epoch: int, target: float) -> np.ndarray:
         """Indices of 1-based `epoch` (see draw)."""
@@ -259,29 +240,18 @@ class Curriculum:
     def draw(self, epoch: int, target: float) -> tuple[np.ndarray, np.ndarray | None]:
         """(indices, importance weights per sample or None) of 1-based `epoch`, seeded by (seed, epoch). On the
         quantile scale the scores are replaced by their rank quantiles and the target by its place on them; the
-        selection rules themselves stay the same. reducible and prioritised rank by the reducible loss instead."""
+        selection rules themselves stay the same."""
         rng = seeds.generator(self.seed, "selection", epoch=epoch)
-        if self.strategy == "reducible":
-            return reducible(self.losses["student"], self.losses["teacher"], self.fraction), None
-        if self.strategy == "prioritised":
-            priorities = reducible_loss(self.losses["student"], self.losses["teacher"])
-            indices, drawn_weights = prioritised_sample(
-                priorities, round(self.fraction * self.num_samples), rng, PRIORITY_FLOOR
-            )
-            weights = np.ones(self.num_samples)  # a table by sample index: the training steps look their batch up
-            weights[indices] = drawn_weights
-            return np.sort(indices), weights
-        data_fraction = pacing(epoch - 1, self.full_data_epoch, self.start_fraction, self.pacing_kind)
         scores = self.scores
         if self.by_rank():
-            scores, target = rank_quantiles(scores), quantile_target(self.strategy, target, self.fraction)
-        return select_samples(self.strategy, scores, self.num_samples, rng, target, self.fraction, data_fraction), None
+            scores, target = rank_quantiles(scores), self.strategy.rank_target(target)
+        return self.strategy.select(epoch, target, Pool(self.num_samples, scores, self.losses), rng)
 
     def target_difficulty(self, target: float) -> float:
         """The difficulty a target points at: itself on the absolute scale, the score at its quantile otherwise."""
         if not self.by_rank():
             return target
-        return float(np.quantile(self.scores, quantile_target(self.strategy, target, self.fraction)))
+        return float(np.quantile(self.scores, self.strategy.rank_target(target)))
 
     def epoch_stats(self, chosen: np.ndarray, target: float | None) -> dict:
         """The metrics.csv columns of an epoch's selection: `target` as given (on the run's target scale) and
@@ -328,9 +298,7 @@ class Curriculum:
             reducibles = reducible_loss(self.losses["student"], self.losses["teacher"])
             extras["reducible_selected"] = float(reducibles[chosen].mean()) if len(chosen) else float("nan")
             extras["reducible_all"] = float(reducibles.mean())
-        if self.strategy == "prioritised":
-            extras["distinct_selected"] = len(np.unique(chosen))
-        return extras
+        return {**extras, **self.strategy.extras(chosen)}
 
     def state_dict(self) -> dict:
         return {

@@ -9,6 +9,7 @@ import atexit
 import os
 import shutil
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -43,6 +44,28 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run computes and in what precision and layout: built once (Experiment), then handed to whatever runs a
+    model (the training step, evaluation, the teacher), which uses `with placement.autocast():` (as nanoGPT's ctx)."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None  # autocast's; None: full precision
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    @classmethod
+    def on(cls, device: torch.device, dtype: torch.dtype | None = None, memory_format: str = "auto") -> Placement:
+        """The placement of `device`, in its own layout unless `memory_format` names one (memory_format_for)."""
+        return cls(device, dtype, memory_format_for(device, memory_format))
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+    def put(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module on the device, its weights in the run's layout."""
+        return module.to(self.device, memory_format=self.memory_format)
 
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")

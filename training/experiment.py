@@ -1,8 +1,8 @@
-"""Training that every script shares: the epoch loop, validation, and the `Experiment` / `TrainingRun` pair.
+"""What every script's training shares: the `Experiment` (what stays fixed across runs of one config: placement, data,
+loaders, the teacher and its logits) and the `TrainingRun` (one student: model, optimiser, schedule, curriculum).
 
-The device and several processes live in devices.py, the teacher and its logits in teacher.py, the curriculum in
-curriculum.py (its selection rules and sampler in curriculum_dataloader.py), the run's records (run folder,
-metrics log) in bookkeeping.py, checkpoints and atomic writes in files.py.
+The epoch loop itself is training/loop.py; the teacher's logits come from training/teacher.py, the curriculum's state
+from training/curriculum.py (its strategies from curriculum_dataloader.py), the run's records from common/.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from common.errors import UserError
 from common.files import atomic_write, load_checkpoint, save_checkpoint, save_json
 from common.metrics import MetricsLog
 from common.run_folder import is_main_process
-from curriculum_dataloader import EpochSampler, check_epoch_size
+from curriculum_dataloader import EpochSampler, check_epoch_size, strategy_of
 from data import views
-from training import teacher as teachers
-from training.curriculum import Curriculum
+from data.splits import load_data
+from training.config import TrainConfig
+from training.curriculum import Curriculum, EpochPlan
 from training.devices import (
+    Placement,
     adam,
     allow_tf32,
     amp_dtype,
@@ -35,60 +37,55 @@ from training.devices import (
     default_workers,
     init_distributed,
     make_loader,
-    memory_format_for,
     pick_device,
     sum_across_processes,
 )
 from training.loop import StepSettings, base_view, count_parameters, evaluate, predict_logits, train_one_epoch
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The epoch loop and evaluation
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# A training run: the part of a script that train_student.py, train_student_rl.py and the RL environment share
+from training.teacher import choose_source, load_teacher
 
 
 class Experiment:
-    """What stays fixed across training runs of one config: device, data, loaders, the teacher and its logits."""
+    """What stays fixed across training runs of one config: placement, data, loaders, the teacher and its logits."""
 
-    def __init__(self, config, data=None):
+    def __init__(self, config: TrainConfig, data=None):
         """`data`: splits already loaded (the RL script's proxy runs train on a subset); default: load config.data."""
-        from data.splits import load_data
-
         self.config, device = config, pick_device(config.device)
         self.workers = default_workers(config.workers)
         if data is None:
             noise_seed = seeds.derive(config.seed, "label-noise")  # paired runs at a seed share the noise
-            data = load_data(config.data, config.image_size, seeds.augment_seed(config), config.min_scale,
+            data = load_data(config.data, config.image_size, config.view_seed, config.min_scale,
                              label_noise=config.label_noise, noise_seed=noise_seed)  # fmt: skip
         # stores built before torchrun's processes start their process group: no rank waits for one in a collective
         self.data = views.fast_splits(data, config.loader, config.cache_dir, self.workers)
-        self.rank, self.world, self.device = init_distributed(device)
-        self.dtype = amp_dtype(self.device, config.amp)
-        self.memory_format = memory_format_for(self.device, config.memory_format)
+        self.rank, self.world, device = init_distributed(device)
+        self.placement = Placement.on(device, amp_dtype(device, config.amp), config.memory_format)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         allow_tf32(config.tf32)
-        views.normalisation(self.device)  # made now, not in the first training step
+        views.normalisation(device)  # made now, not in the first training step
         self.num_classes = len(self.data.class_names)
-        check_epoch_size(config, len(self.data.train), self.world)
+        check_epoch_size(strategy_of(config.curriculum_spec()), len(self.data.train), self.world, config.batch_size)
         self.teacher = self.val_teacher = None
-        if teachers.needs_teacher(config):
-            names = config.teacher, config.teacher_checkpoint, config.teacher_weights
-            self.teacher = teachers.load_teacher(self.data, *names).to(self.device, memory_format=self.memory_format)
+        teacher_spec = config.teacher_spec()
+        if config.needs_teacher:
+            self.teacher = self.placement.put(load_teacher(self.data, teacher_spec))
         self.make_loaders()
         predict = lambda model: self.predict(model, self.score_loader, "teacher logits")  # noqa: E731
-        self.source = teachers.choose_source(config, self.teacher, self.data, self.device, self.dtype, predict)
+        self.source = choose_source(teacher_spec, config.steps_read_logits, self.teacher, self.data, self.placement,
+                                    predict)  # fmt: skip
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
 
     def make_loaders(self) -> None:
-        batch = self.config.batch_size
+        batch, device = self.config.batch_size, self.device
         stored = isinstance(self.data.val, views.StoredView)  # then only the training loader has workers
         check_shared_memory((1 if stored else 2) * batch * views.image_bytes(self.data), self.workers)
         self.sampler = EpochSampler(len(self.data.train), self.config.seed, batch, self.rank, self.world)
-        self.train_loader = make_loader(self.data.train, batch, self.workers, self.device, self.sampler)
+        self.train_loader = make_loader(self.data.train, batch, self.workers, device, self.sampler)
         eval_batch = 2 * batch  # no activations kept for backward: twice the batch fits
         self.val_loader, self.test_loader, self.score_loader = (
-            make_loader(view, eval_batch, self.evaluation_workers(view), self.device)
+            make_loader(view, eval_batch, self.evaluation_workers(view), device)
             for view in (self.data.val, self.data.test, self.data.score)
         )
 
@@ -98,15 +95,23 @@ class Experiment:
         shared memory is paid (measured: docs/performance.md). Other views keep their workers between passes."""
         return 0 if isinstance(base_view(view), views.StoredView) else self.workers
 
+    def train(self, model, plan: EpochPlan, settings: StepSettings) -> float:
+        """One epoch of training steps on the plan's samples; the mean training loss."""
+        self.sampler.set_epoch(plan.epoch, plan.indices)
+        self.source.start_epoch(plan.epoch)
+        loss = train_one_epoch(model, self.train_loader, self.source, settings, plan, epoch=plan.epoch)
+        self.source.end_epoch()
+        return loss
+
     def predict(self, model, loader, desc: str) -> torch.Tensor:
-        return predict_logits(model, loader, self.device, self.dtype, desc, self.memory_format)
+        return predict_logits(model, loader, self.placement, desc)
 
     def evaluate(self, model, loader, desc: str, teacher_logits=None, temperature: float = 4.0) -> dict:
-        return evaluate(model, loader, self.device, self.dtype, desc, self.memory_format, teacher_logits, temperature)
+        return evaluate(model, loader, self.placement, desc, teacher_logits, temperature)
 
     def val_teacher_logits(self) -> torch.Tensor | None:
         """The teacher's logits of the validation images (None without a teacher), computed once: the probe of the
-        label-free `val_kd_loss` every epoch logs (rl_curriculum_env.probe_reward reads it)."""
+        label-free `val_kd_loss` every epoch logs (rl_curriculum_env's twin reward may read it)."""
         if self.teacher is not None and self.val_teacher is None:
             self.val_teacher = self.predict(self.teacher, self.val_loader, "teacher val")
         return self.val_teacher
@@ -141,7 +146,8 @@ class TrainingRun:
         seeds.seed_everything(self.seed)
         self.student = models.create_model(
             config.student, experiment.num_classes, config.pretrained, config.student_weights, "--student-weights"
-        ).to(experiment.device, memory_format=experiment.memory_format)
+        )
+        self.student = experiment.placement.put(self.student)
         self.model = self.student  # what the training step calls: DDP and/or torch.compile around the student
         if experiment.world > 1:
             device_ids = [experiment.device] if experiment.device.type == "cuda" else None
@@ -152,22 +158,11 @@ class TrainingRun:
             self.student.parameters(), experiment.device, lr=config.lr, weight_decay=config.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
-        self.scaler = torch.amp.GradScaler(experiment.device.type, enabled=experiment.dtype == torch.float16)
-        self.curriculum = Curriculum(
-            config.curriculum,
-            len(experiment.data.train),
-            self.seed,
-            fraction=config.fraction,
-            pacing_kind=config.pacing,
-            start_fraction=config.start_fraction,
-            full_data_epoch=max(1, round(config.pace_epochs * config.epochs)),  # --pace-epochs is a fraction of them
-            rescore_every=config.rescore_every,
-            score_source=config.score_source,
-            target_scale=config.target_scale,
-            labels=experiment.data.train.labels,
-            flipped=experiment.data.flipped,
-            label_gates=getattr(config, "label_gates", ("all",)),
+        self.scaler = torch.amp.GradScaler(
+            experiment.device.type, enabled=experiment.placement.dtype == torch.float16
         )
+        train, flipped = experiment.data.train, experiment.data.flipped
+        self.curriculum = Curriculum(config.curriculum_spec(), len(train), self.seed, train.labels, flipped)
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
 
@@ -194,10 +189,8 @@ class TrainingRun:
         self.curriculum.rescore(self.epoch, self.score_pass)
 
     def step_settings(self) -> StepSettings:
-        exp = self.experiment
         return StepSettings(self.optimizer, self.scaler, label_weight=self.config.label_weight,
-                            temperature=self.temperature, device=exp.device, dtype=exp.dtype,
-                            memory_format=exp.memory_format)  # fmt: skip
+                            temperature=self.temperature, placement=self.experiment.placement)  # fmt: skip
 
     def train_epoch(self, target: float | None = None, gate: str | None = None) -> dict:
         """One epoch: the curriculum's plan (it rescores first when due), the training steps, validation. `gate`:
@@ -208,13 +201,8 @@ class TrainingRun:
         plan = self.curriculum.plan_epoch(self.epoch + 1, target, self.score_pass, exp.device, gate)
         self.epoch += 1
         seeds.seed_everything(seeds.derive(self.seed, "epoch", epoch=self.epoch))  # dropout etc.: exact resume
-        exp.sampler.set_epoch(self.epoch, plan.indices)
         lr = self.optimizer.param_groups[0]["lr"]
-        exp.source.start_epoch(self.epoch)
-        train_loss = train_one_epoch(self.model, exp.train_loader, exp.source, self.step_settings(), epoch=self.epoch,
-                                     on_logits=plan.on_logits, seen=plan.seen, weights=plan.weights,
-                                     label_gate=plan.label_gate)  # fmt: skip
-        exp.source.end_epoch()
+        train_loss = exp.train(self.model, plan, self.step_settings())
         stats = self.curriculum.end_epoch(plan, reduce=sum_across_processes)
         self.scheduler.step()
         if exp.world > 1:  # evaluate and save rank 0's BatchNorm statistics on every rank
@@ -314,7 +302,7 @@ class TrainingRun:
         if dist.is_initialized():
             dist.barrier()  # rank 0 has written best.pt
         best_model = models.model_from_checkpoint(load_checkpoint(self.folder / "best.pt"))
-        best = exp.evaluate(best_model.to(exp.device, memory_format=exp.memory_format), exp.test_loader, "test (best)")
+        best = exp.evaluate(exp.placement.put(best_model), exp.test_loader, "test (best)")
         results = {
             "test_acc": best["acc1"],
             "test_acc5": best["acc5"],

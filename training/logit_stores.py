@@ -1,4 +1,6 @@
-"""TODO docstring."""
+"""The teacher's logits kept on disk, so the teacher never runs twice over the same images: the cache of its logits on
+the un-augmented training images (difficulty scores), and the store of its logits on each augmented view (replayed by
+later runs of the same views). Both are keyed by a hash of what determines the logits (common.files.cache_key)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,15 @@
-"""TODO docstring."""
+"""The epoch loop and evaluation: one epoch of KD steps, a model's logits over a view, accuracy.
+
+What a step needs besides the model and the batch comes in as small objects: `StepSettings` (optimiser, loss weights,
+placement), the run's `LogitSource` (training/teacher.py: where a batch's teacher logits come from) and the epoch's
+plan (training/curriculum.py: what each sample's loss is weighted by, and what the steps hand back).
+"""
 
 from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -13,17 +19,15 @@ from tqdm import tqdm
 import models
 from common.errors import UserError
 from data import views
-from training.devices import (
-    autocast,
-    memory_format_for,
-    sum_across_processes,
-)
-from training.teacher import LogitSource
+from training.devices import Placement, sum_across_processes
+
+if TYPE_CHECKING:
+    from training.curriculum import EpochPlan
+    from training.teacher import LogitSource
 
 
 class NonFiniteLoss(UserError):
     pass
-
 
 
 @dataclass
@@ -34,36 +38,35 @@ class StepSettings:
     scaler: torch.amp.GradScaler
     label_weight: float
     temperature: float
-    device: torch.device
-    dtype: torch.dtype | None = None  # autocast's, None: full precision
-    memory_format: torch.memory_format = torch.contiguous_format
-
+    placement: Placement
 
 
 def train_one_epoch(
-    model, loader, source: LogitSource, settings: StepSettings, *, epoch=0, on_logits=None, seen=None, weights=None,
-    label_gate=None,
-) -> float:  # fmt: skip
+    model, loader, source: LogitSource, settings: StepSettings, plan: EpochPlan | None = None, *, epoch: int = 0
+) -> float:
     """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
-    all processes). `on_logits(indices, teacher_logits, student_logits)` sees every batch (train-pass scoring);
-    `seen[index] += 1` counts what was trained; `weights[index]` multiplies that sample's loss (a prioritised
-    sampler's importance weights); `label_gate[index]` multiplies its label term alone (a label gate). Between the
+    all processes). The epoch's `plan` (None: every sample alike, nothing handed back) may carry `weights[index]`,
+    which multiplies that sample's loss (a prioritised sampler's importance weights), `label_gate[index]`, which
+    multiplies its label term alone (a label gate), `seen[index] += 1`, which counts what was trained, and
+    `on_logits(indices, teacher_logits, student_logits)`, which sees every batch (train-pass scoring). Between the
     first batch and the last nothing waits for the device (no value read back, no tensor built from Python data;
     tests/test_gpu_path.py guards it): losses stay there and are checked for NaN once, after the epoch, and batch
     sizes are counted on the host.
     """
-    device, optimizer, scaler = settings.device, settings.optimizer, settings.scaler
+    place, optimizer, scaler = settings.placement, settings.optimizer, settings.scaler
+    weights, label_gate = (plan.weights, plan.label_gate) if plan else (None, None)
+    on_logits, seen = (plan.on_logits, plan.seen) if plan else (None, None)
     model.train()
-    batch_losses = torch.zeros(len(loader), device=device)
+    batch_losses = torch.zeros(len(loader), device=place.device)
     batch_sizes = []
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
     with join_uneven_inputs(model):  # DDP: ranks may get one batch more or less (every selected sample used once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
-            images = views.to_device(images, device, settings.memory_format)  # uint8 views are normalised there
-            labels = labels.to(device, non_blocking=True)
-            indices = cpu_indices.to(device, non_blocking=True)
+            images = views.to_device(images, place.device, place.memory_format)  # uint8 views are normalised there
+            labels = labels.to(place.device, non_blocking=True)
+            indices = cpu_indices.to(place.device, non_blocking=True)
             teacher_logits = source.batch(images, cpu_indices, indices)
-            with autocast(device, settings.dtype):
+            with place.autocast():
                 student_logits = model(images)
             loss = models.kd_loss(
                 student_logits, teacher_logits, labels, label_weight=settings.label_weight,
@@ -81,10 +84,9 @@ def train_one_epoch(
             if seen is not None:
                 seen.index_add_(0, indices, torch.ones_like(indices))
     check_finite(batch_losses, epoch)
-    sizes = torch.tensor(batch_sizes, dtype=torch.float32).to(device)
+    sizes = torch.tensor(batch_sizes, dtype=torch.float32).to(place.device)
     totals = sum_across_processes(torch.stack([(batch_losses * sizes).sum(), sizes.sum()]))
     return (totals[0] / totals[1]).item()
-
 
 
 def join_uneven_inputs(model):
@@ -92,7 +94,6 @@ def join_uneven_inputs(model):
     found also under torch.compile's wrapper (`_orig_mod`); a no-op for a model of one process."""
     inner = getattr(model, "_orig_mod", model)
     return inner.join() if isinstance(inner, torch.nn.parallel.DistributedDataParallel) else nullcontext()
-
 
 
 def check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
@@ -105,7 +106,6 @@ def check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
         )
 
 
-
 def base_view(dataset):
     """The SampleView under any Subsets (a process's shard, a rescoring's stale samples)."""
     while isinstance(dataset, Subset):
@@ -113,25 +113,21 @@ def base_view(dataset):
     return dataset
 
 
-
 @torch.inference_mode()
-def predict_logits(model, loader, device: torch.device, dtype: torch.dtype | None, desc: str, memory_format=None):
+def predict_logits(model, loader, placement: Placement, desc: str) -> torch.Tensor:
     """Logits of every sample of the loader's view, as a CPU float32 tensor [N, K] in sample order. With several
-    processes each predicts its shard and the rows are summed into place across processes. `memory_format`: the
-    batches' layout (default: the device's, devices.memory_format_for)."""
+    processes each predicts its shard and the rows are summed into place across processes."""
     model.eval()
-    memory_format = memory_format or memory_format_for(device)
     view = base_view(loader.dataset)
     logits = None
     for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=None):
-        images = views.to_device(images, device, memory_format)
-        with autocast(device, dtype):
+        images = views.to_device(images, placement.device, placement.memory_format)
+        with placement.autocast():
             batch = model(images).float()
         if logits is None:
-            logits = torch.zeros(len(view), batch.shape[1], device=device)
-        logits[indices.to(device, non_blocking=True)] = batch
+            logits = torch.zeros(len(view), batch.shape[1], device=placement.device)
+        logits[indices.to(placement.device, non_blocking=True)] = batch
     return sum_across_processes(logits).cpu()
-
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
@@ -141,14 +137,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, top: int = 1) -> float:
     return 100.0 * hits.float().mean().item()
 
 
-
 def evaluate(
-    model, loader, device: torch.device, dtype: torch.dtype | None, desc: str = "eval", memory_format=None,
-    teacher_logits=None, temperature: float = 4.0,
-) -> dict:  # fmt: skip
+    model, loader, placement: Placement, desc: str = "eval", teacher_logits=None, temperature: float = 4.0
+) -> dict:
     """Top-1 and top-5 accuracy (percent) and cross-entropy of a model on an order-preserving loader; given the
     teacher's logits of the same samples, also `kd_loss`, the teacher's term of the KD loss (label-free)."""
-    logits = predict_logits(model, loader, device, dtype, desc, memory_format)
+    logits = predict_logits(model, loader, placement, desc)
     labels = torch.as_tensor(base_view(loader.dataset).labels)
     scores = {
         "acc1": accuracy(logits, labels, 1),
@@ -159,7 +153,6 @@ def evaluate(
         scores["kd_loss"] = models.kd_loss(logits, teacher_logits, labels, label_weight=0.0,
                                            temperature=temperature).item()  # fmt: skip
     return scores
-
 
 
 def count_parameters(model) -> int:

@@ -1,7 +1,7 @@
-"""The teacher and its logits: loading it (a sliced ImageNet model or a checkpoint of ours), the cache of its logits
-on the un-augmented training images (for difficulty scores), the store of its logits on the augmented views, and the
-one `LogitSource` of a run that the epoch loop asks for a batch's teacher logits (docs/formulas.md: the KD loss and
-the difficulty score that read them).
+"""The teacher and its logits: loading it (a sliced ImageNet model or a checkpoint of ours), and the one
+`LogitSource` of a run that the epoch loop asks for a batch's teacher logits (docs/formulas.md: the KD loss and the
+difficulty score that read them). Every source also serves the teacher's logits of the un-augmented training images
+(for difficulty scores); the files that keep logits on disk are training/logit_stores.py's.
 
 Which source a run uses is decided once, by `choose_source` from --teacher-logits:
 online (the teacher runs on each augmented batch), cached (its logits of the un-augmented image), replay (online, but
@@ -10,6 +10,7 @@ each view's logits are stored by the first run that trains on it and read by lat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,35 +19,45 @@ import models
 from common.errors import UserError
 from common.files import load_checkpoint
 from common.run_folder import is_main_process
-from curriculum_dataloader import SCORED, TEACHER_GATES, scores_from_train_pass
-from training.devices import autocast, sum_across_processes
+from training.devices import Placement, sum_across_processes
 from training.logit_stores import EpochViews, TeacherViewStore, cached_logits
 
+LOGIT_SOURCES = ("online", "replay", "cached")  # --teacher-logits: where a batch's teacher logits come from
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Which teacher a run distils from and where its logits are kept: the --teacher flags."""
+
+    name: str = "resnet152.tv_in1k"  # a timm ImageNet model, sliced to the data's classes
+    checkpoint: str | None = None  # or a best.pt of ours
+    weights: str | None = None  # local weights of `name` (no network)
+    logits: str = "online"  # --teacher-logits, one of LOGIT_SOURCES
+    cache_dir: str = "~/.cache/kd-curriculum"
+
+    def identity(self) -> dict:
+        """What determines the teacher's outputs, for the logit cache key."""
+        if self.checkpoint:
+            stat = Path(self.checkpoint).stat()
+            path = str(Path(self.checkpoint).resolve())
+            return {"checkpoint": path, "size": stat.st_size, "mtime": stat.st_mtime_ns}
+        if self.weights:
+            stat = Path(self.weights).stat()
+            return {"model": self.name, "weights": str(Path(self.weights).resolve()), "size": stat.st_size}
+        return {"model": self.name, "weights": "timm-pretrained"}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# Does a run need the teacher, and which one
+# The teacher
 
 
-def needs_teacher(config) -> bool:
-    """A run loads the teacher for KD (label weight < 1), for difficulty scores, or for --teacher-logits cached."""
-    return config.label_weight < 1 or config.curriculum in SCORED or config.teacher_logits == "cached"
-
-
-def fills_cache(config) -> bool:
-    """Whether a run may write its teacher's logits into --cache-dir (the scoring cache or the view store)."""
-    teacher_gate = getattr(config, "label_gate", "all") in TEACHER_GATES  # reads the scoring cache
-    return config.curriculum in SCORED or config.teacher_logits != "online" or teacher_gate
-
-
-def batches_need_logits(config) -> bool:
-    """The training steps read the teacher's logits: KD (label weight < 1), or difficulty scores from the steps."""
-    return config.label_weight < 1 or scores_from_train_pass(config.curriculum, config.score_source)
-
-
-def load_teacher(data, name: str, checkpoint: str | None = None, weights: str | None = None) -> torch.nn.Module:
-    """The teacher, in eval mode (the one place that sets it): the checkpoint of ours at `checkpoint`, else the timm
-    ImageNet model `name` (weights from timm, or the local file `weights`), sliced to the data's classes. A checkpoint
-    trained on more classes than the data's (a superset) is sliced by WordNet id like ImageNet's. Its last layer runs
-    in fp32 under --amp (models.Fp32Head): its logits are KD's targets and the difficulty scores' input."""
+def load_teacher(data, spec: TeacherSpec) -> torch.nn.Module:
+    """The teacher, in eval mode (the one place that sets it): the checkpoint of ours `spec.checkpoint`, else the
+    timm ImageNet model `spec.name` (weights from timm, or the local file `spec.weights`), sliced to the data's
+    classes. A checkpoint trained on more classes than the data's (a superset) is sliced by WordNet id like
+    ImageNet's. Its last layer runs in fp32 under --amp (models.Fp32Head): its logits are KD's targets and the
+    difficulty scores' input."""
+    checkpoint = spec.checkpoint
     if checkpoint:
         saved = load_checkpoint(checkpoint)
         try:
@@ -60,32 +71,8 @@ def load_teacher(data, name: str, checkpoint: str | None = None, weights: str | 
             where = f"the teacher checkpoint {checkpoint}"
             teacher = models.SlicedTeacher(teacher, models.class_indices(data.class_names, saved["class_names"], where))
     else:
-        teacher = models.imagenet_teacher(name, data.class_names, weights)
+        teacher = models.imagenet_teacher(spec.name, data.class_names, spec.weights)
     return models.with_fp32_head(teacher).eval().requires_grad_(False)
-
-
-def teacher_identity(config) -> dict:
-    """What determines the teacher's outputs, for the logit cache key."""
-    if config.teacher_checkpoint:
-        stat = Path(config.teacher_checkpoint).stat()
-        return {
-            "checkpoint": str(Path(config.teacher_checkpoint).resolve()),
-            "size": stat.st_size,
-            "mtime": stat.st_mtime_ns,
-        }
-    weights = config.teacher_weights
-    if weights:
-        stat = Path(weights).stat()
-        return {"model": config.teacher, "weights": str(Path(weights).resolve()), "size": stat.st_size}
-    return {"model": config.teacher, "weights": "timm-pretrained"}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Teacher-logit cache
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Teacher logits of the augmented views, stored once and replayed by later runs
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -97,13 +84,14 @@ class LogitSource:
     them (labels only): `batch` gives None. Every source also holds the teacher's logits of the un-augmented training
     images (`scoring_logits`: computed once and cached on disk under `parts`), which the difficulty scores read.
 
-    `predict(model)` gives a model's logits on the un-augmented training images (engine.predict_logits)."""
+    `predict(model)` gives a model's logits on the un-augmented training images (loop.predict_logits)."""
 
-    def __init__(self, config, teacher, data, device: torch.device, dtype: torch.dtype | None, predict):
-        self.teacher, self.data, self.device, self.dtype, self.predict = teacher, data, device, dtype, predict
-        self.cache_dir = config.cache_dir
+    def __init__(self, spec: TeacherSpec, teacher, data, placement: Placement, predict):
+        self.teacher, self.data, self.placement, self.predict = teacher, data, placement, predict
+        self.cache_dir = spec.cache_dir
+        dtype = placement.dtype
         self.parts = None if teacher is None else {
-            "teacher": teacher_identity(config),
+            "teacher": spec.identity(),
             "data": data.identity,
             "split": "train",
             "transform": f"eval/{data.image_size}",
@@ -134,7 +122,7 @@ class OnlineLogits(LogitSource):
     """The teacher runs on each augmented batch."""
 
     def batch(self, images, cpu_indices, indices):
-        with torch.inference_mode(), autocast(self.device, self.dtype):
+        with torch.inference_mode(), self.placement.autocast():
             logits = self.teacher(images)
         return logits.clone()  # an inference tensor cannot enter the autograd graph
 
@@ -146,7 +134,7 @@ class CachedLogits(LogitSource):
 
     def start_epoch(self, epoch):
         if self.table is None:
-            self.table = self.scoring_logits().to(self.device, torch.float16)
+            self.table = self.scoring_logits().to(self.placement.device, torch.float16)
 
     def batch(self, images, cpu_indices, indices):
         return self.table[indices].float()
@@ -164,7 +152,7 @@ class ReplayedLogits(OnlineLogits):
             parts = {**self.parts, "transform": repr(self.data.train.transform), "augment_seed": self.data.train.seed}
             shape = (len(self.data.train), len(self.data.class_names))
             self.store = TeacherViewStore(self.cache_dir, parts, shape, write=is_main_process())
-        self.views = EpochViews(self.store, epoch, self.device)
+        self.views = EpochViews(self.store, epoch, self.placement.device)
 
     def batch(self, images, cpu_indices, indices):
         logits = self.views.lookup(cpu_indices, indices)
@@ -177,9 +165,10 @@ class ReplayedLogits(OnlineLogits):
 SOURCES = {"online": OnlineLogits, "cached": CachedLogits, "replay": ReplayedLogits}
 
 
-def choose_source(config, teacher, data, device: torch.device, dtype: torch.dtype | None, predict) -> LogitSource:
-    """The run's source, from --teacher-logits: the base source (no logits) when its steps never read them, except
-    with cached, whose table costs nothing per batch."""
-    if teacher is None or (config.teacher_logits != "cached" and not batches_need_logits(config)):
-        return LogitSource(config, teacher, data, device, dtype, predict)
-    return SOURCES[config.teacher_logits](config, teacher, data, device, dtype, predict)
+def choose_source(spec: TeacherSpec, steps_read_logits: bool, teacher, data, placement: Placement,
+                  predict) -> LogitSource:  # fmt: skip
+    """The run's source, from --teacher-logits: the base source (no logits) when its training steps never read them
+    (`steps_read_logits`), except with cached, whose table costs nothing per batch."""
+    if teacher is None or (spec.logits != "cached" and not steps_read_logits):
+        return LogitSource(spec, teacher, data, placement, predict)
+    return SOURCES[spec.logits](spec, teacher, data, placement, predict)
