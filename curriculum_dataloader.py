@@ -472,4 +472,3 @@ def check_epoch_size(strategy: Strategy, num_samples: int, world: int, batch_siz
             f"{smallest_batch} sample(s) with --batch-size {batch_size} (BatchNorm needs 2); "
             f"raise {flag} or change --batch-size."
         )
-

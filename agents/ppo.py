@@ -62,10 +62,11 @@ class PPOAgent(Agent):
             policy_kwargs = {"net_arch": [64, 64]}
             if isinstance(env.action_space, spaces.Box):
                 policy_kwargs["log_std_init"] = settings.log_std_init
+            # on the CPU: a 64x64 MLP, for which the GPU would only add transfers
             ppo = PPO("MlpPolicy", env, n_steps=settings.steps, batch_size=settings.steps, n_epochs=settings.epochs,
                       learning_rate=settings.lr, gamma=settings.gamma, gae_lambda=settings.gae_lambda,
                       ent_coef=settings.ent_coef, policy_kwargs=policy_kwargs, seed=settings.seed,
-                      device="cpu", verbose=0)  # fmt: skip  (a 64x64 MLP: the GPU would only add transfers)
+                      device="cpu", verbose=0)  # fmt: skip
             ppo.set_logger(Logger(folder=None, output_formats=[]))  # configure() makes an SB3-<time> folder in /tmp
         self.ppo = ppo
         self.reward_scale = RunningMeanStd(shape=()) if settings.normalize_reward else None
@@ -177,8 +178,7 @@ class PPOAgent(Agent):
             "buffer": {name: getattr(buffer, name).copy() for name in BUFFER_FIELDS},
             "buffer_pos": buffer.pos,
             "buffer_full": buffer.full,
-            "reward_scale": None if scale is None else {"mean": float(scale.mean), "var": float(scale.var),
-                                                        "count": float(scale.count)},  # fmt: skip
+            "reward_scale": None if scale is None else running_std_state(scale),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -195,6 +195,10 @@ class PPOAgent(Agent):
         """agent.zip, for --policy (not when replaying one)."""
         if not self.replaying:
             atomic_write(folder / "agent.zip", self.ppo.save)
+
+
+def running_std_state(scale: RunningMeanStd) -> dict:
+    return {"mean": float(scale.mean), "var": float(scale.var), "count": float(scale.count)}
 
 
 def reward_scale_of(saved) -> RunningMeanStd | None:

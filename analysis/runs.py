@@ -36,12 +36,10 @@ def describe(config: dict) -> str:
     return f"Student ({config['student']}, {details})"
 
 
-
 def training_budget(metrics: list[dict], train_size: int) -> float:
     """Samples trained on, in epochs of the full training set: each epoch counts its `selected` samples (a
     curriculum's), or the whole set (plain training). A 60% curriculum over 10 epochs is a budget of 6."""
     return sum(int(row["selected"]) / train_size if row.get("selected") else 1.0 for row in metrics)
-
 
 
 def run_budget(folder: Path, train_size: int) -> float:

@@ -21,13 +21,11 @@ def t_cdf(t: float, dof: int, steps: int = 4000) -> float:
     return 0.5 + half if t >= 0 else 0.5 - half
 
 
-
 def simpson_weights(steps: int) -> np.ndarray:
     """Simpson's rule's weights 1, 4, 2, 4, ..., 4, 1 over `steps` (even) intervals."""
     weights = np.where(np.arange(steps + 1) % 2 == 1, 4.0, 2.0)
     weights[[0, -1]] = 1.0
     return weights
-
 
 
 def t_quantile(p: float, dof: int) -> float:
@@ -41,10 +39,8 @@ def t_quantile(p: float, dof: int) -> float:
     return (low + high) / 2
 
 
-
 def normal_cdf(x: float) -> float:
     return 0.5 * (1 + math.erf(x / math.sqrt(2)))
-
 
 
 def paired_t_power(difference: float, sd: float, n: int, level: float = 0.05, steps: int = 2000) -> float:
@@ -53,7 +49,6 @@ def paired_t_power(difference: float, sd: float, n: int, level: float = 0.05, st
     sqrt(n) / sd, S = sqrt(chi2_{n-1} / (n - 1)). Exact up to quadrature: Simpson's rule over S's density."""
     critical = t_quantile(1 - level / 2, n - 1)
     return noncentral_t_tail(difference * math.sqrt(n) / sd, n - 1, critical, steps)
-
 
 
 def noncentral_t_tail(ncp: float, dof: int, critical: float, steps: int = 2000) -> float:
@@ -65,7 +60,6 @@ def noncentral_t_tail(ncp: float, dof: int, critical: float, steps: int = 2000) 
     density = s ** (dof - 1) * np.exp(log_norm - dof * s * s / 2)  # 0 ** 0 = 1 at dof 1
     tails = [normal_cdf(ncp - critical * x) + normal_cdf(-ncp - critical * x) for x in s]
     return float(simpson_weights(steps) @ (density * np.array(tails))) * top / steps / 3
-
 
 
 def minimum_detectable_difference(sd: float, n: int, power: float = 0.8, level: float = 0.05) -> float | None:
@@ -82,7 +76,6 @@ def minimum_detectable_difference(sd: float, n: int, power: float = 0.8, level: 
         middle = (low + high) / 2
         low, high = (middle, high) if power_at(middle) < power else (low, middle)
     return (low + high) / 2
-
 
 
 def paired_difference(values: dict, baseline: dict, confidence: float = 0.95) -> dict:

@@ -63,7 +63,6 @@ class MetricsLog:
             self.writer.close()
 
 
-
 class _TextSink:
     """Lets csv write str into a binary handle (atomic_write hands out binary files)."""
 
@@ -74,10 +73,8 @@ class _TextSink:
         self.handle.write(text.encode())
 
 
-
 def _plain(value):
     return repr(value) if isinstance(value, float) else value
-
 
 
 def read_metrics(path) -> list[dict]:

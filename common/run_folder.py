@@ -280,5 +280,3 @@ def open_run_folder(config, script: str) -> Path:
     remove_stale_temporaries(folder)
     save_json(folder / "config.json", {"script": script, **config_dict(config)})
     return folder
-
-

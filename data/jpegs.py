@@ -15,7 +15,6 @@ from data.sources import HUB_SPLITS
 ROWS_PER_FILE = 5000  # mini-imagenet's own files hold a few thousand images each
 
 
-
 def shrink(payload: tuple[bytes, int, int]) -> bytes:
     """JPEG bytes with the longest side at most max_side (reduced at a DCT scale first, then antialiased)."""
     raw, max_side, quality = payload
@@ -30,11 +29,9 @@ def shrink(payload: tuple[bytes, int, int]) -> bytes:
         return buffer.getvalue()
 
 
-
 def source_bytes(source, i: int) -> bytes:
     """The stored bytes of image i of a hub/parquet split or an image folder."""
     return source.encoded(i)
-
 
 
 def write_split(folder: Path, split: str, images: list[bytes], labels, class_names: list[str]) -> None:
@@ -51,7 +48,6 @@ def write_split(folder: Path, split: str, images: list[bytes], labels, class_nam
         table.to_parquet(str(folder / f"{HUB_SPLITS[split]}-{part:05d}.parquet"))
 
 
-
 def imagenet_like_jpeg(rng: np.random.Generator, width: int = 500, height: int = 375) -> bytes:
     """A JPEG of ImageNet's typical size and compressed size (about 120 KB at 500x375): smooth colour regions, a
     mid-frequency texture and pixel noise (std 22) at quality 92, tuned so the decoder does the work of a photo's."""
@@ -64,9 +60,7 @@ def imagenet_like_jpeg(rng: np.random.Generator, width: int = 500, height: int =
     return buffer.getvalue()
 
 
-
 IMAGENET_SIZES = ((500, 375), (375, 500), (500, 333), (500, 400))  # the commonest ImageNet shapes
-
 
 
 def write_imagenet_like_set(folder: Path, class_names: list[str], counts: dict[str, int], seed: int = 0) -> Path:

@@ -16,13 +16,10 @@ from common.errors import UserError
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 
 
-
 SPLIT_FOLDERS = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 
 
-
 HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
-
 
 
 class ImageFiles:
@@ -48,7 +45,6 @@ class ImageFiles:
             return self.paths[i].read_bytes()
         except OSError as err:
             raise UserError(f"cannot read image {self.paths[i]} ({err}); delete or replace that file.") from None
-
 
 
 class HubImages:
@@ -80,7 +76,6 @@ class HubImages:
         return self.raw[int(i)]["image"]["bytes"]
 
 
-
 class Relabelled:
     """A source with other labels (injected label noise) and the same images: a synthetic image is drawn from its
     true class, so the noise must not reach the source that generates it."""
@@ -95,7 +90,6 @@ class Relabelled:
 
     def image(self, i: int) -> Image.Image:
         return self.source.image(i)
-
 
 
 class SubsetSource:
@@ -114,13 +108,11 @@ class SubsetSource:
         return self.source.image(int(self.indices[i]))
 
 
-
 def find_image_folder_split(root: Path, split: str) -> Path | None:
     for name in SPLIT_FOLDERS[split]:
         if (root / name).is_dir():
             return root / name
     return None
-
 
 
 def load_image_folder(root: Path) -> tuple[dict, list[str]]:
@@ -153,7 +145,6 @@ def load_image_folder(root: Path) -> tuple[dict, list[str]]:
     return sources, class_names
 
 
-
 def hub_class_names(table, where: str) -> list[str]:
     feature = table.features.get("label")
     names = getattr(feature, "names", None)
@@ -163,7 +154,6 @@ def hub_class_names(table, where: str) -> list[str]:
             "as in timm/mini-imagenet."
         )
     return list(names)
-
 
 
 def load_parquet_folder(root: Path) -> tuple[dict, list[str]]:
@@ -185,7 +175,6 @@ def load_parquet_folder(root: Path) -> tuple[dict, list[str]]:
     return check_hub_tables(tables, str(root))
 
 
-
 def check_hub_tables(tables, where: str) -> tuple[dict, list[str]]:
     sources, class_names = {}, None
     for split in ("train", "val", "test"):
@@ -200,7 +189,6 @@ def check_hub_tables(tables, where: str) -> tuple[dict, list[str]]:
             raise UserError(f"the splits of {where} name different classes; every split needs the same label names.")
         sources[split] = HubImages(table, f"{where} {split}")
     return sources, class_names
-
 
 
 def load_hub(name: str) -> tuple[dict, list[str]]:
@@ -223,7 +211,6 @@ def load_hub(name: str) -> tuple[dict, list[str]]:
     return check_hub_tables(tables, name)
 
 
-
 def folder_fingerprint(sources: dict) -> str:
     """Cheap identity of local data: file names, sizes and modification times of the train split."""
     train = sources["train"]
@@ -235,7 +222,6 @@ def folder_fingerprint(sources: dict) -> str:
     else:
         digest.update(repr(train.table.cache_files).encode())
     return digest.hexdigest()[:16]
-
 
 
 def is_hub_name(data: str) -> bool:

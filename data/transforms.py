@@ -7,9 +7,7 @@ from torchvision import transforms
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
 
-
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 
 def train_transform(image_size: int, min_scale: float) -> transforms.Compose:
@@ -25,7 +23,6 @@ def train_transform(image_size: int, min_scale: float) -> transforms.Compose:
     )
 
 
-
 def eval_transform(image_size: int) -> transforms.Compose:
     """Resize to image_size / 0.875 then centre-crop: the standard ImageNet evaluation view."""
     return transforms.Compose(
@@ -36,7 +33,6 @@ def eval_transform(image_size: int) -> transforms.Compose:
             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-
 
 
 def pixel_part(transform: transforms.Compose) -> transforms.Compose:

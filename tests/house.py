@@ -24,7 +24,7 @@ PATHS = {
 }
 MODULES = set(PATHS)
 ROOT_FILES = {name for name, path in PATHS.items() if path.parent == ROOT}
-SCRIPTS = {name for name in ROOT_FILES if "__name__ == \"__main__\"" in PATHS[name].read_text()}
+SCRIPTS = {name for name in ROOT_FILES if '__name__ == "__main__"' in PATHS[name].read_text()}
 
 
 def imports(module: str) -> set[str]:

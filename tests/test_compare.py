@@ -84,9 +84,7 @@ def test_minimum_detectable_difference():
         assert minimum_detectable_difference(2.5, n) == pytest.approx(2.5 * expected, abs=3e-3)  # scales
     # many seeds: near the normal approximation (z_0.975 + z_0.8) sd / sqrt(n) = 2.8016 / sqrt(n)
     assert minimum_detectable_difference(1.0, 400) == pytest.approx(2.8016 / 20, rel=5e-3)  # t, not z: 0.14042
-    assert (
-        minimum_detectable_difference(1.0, 1) is None and minimum_detectable_difference(0.0, 5) is None
-    )
+    assert minimum_detectable_difference(1.0, 1) is None and minimum_detectable_difference(0.0, 5) is None
 
 
 def test_training_budget_counts_selected_samples():

@@ -166,9 +166,7 @@ def test_easy_to_hard_and_hard_to_easy(scores):
 def test_random_subset_depends_on_rng_not_scores(scores):
     first = select("random_subset", scores, seed=1)
     assert not np.array_equal(first, select("random_subset", scores, seed=2))
-    np.testing.assert_array_equal(
-        first, select("random_subset", None, seed=1, size=N)
-    )
+    np.testing.assert_array_equal(first, select("random_subset", None, seed=1, size=N))
 
 
 @pytest.mark.parametrize("strategy", ["hard_mining", "mixed", "soft"])

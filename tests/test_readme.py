@@ -246,7 +246,7 @@ def test_no_page_cites_files_users_do_not_have():
     """The code and the docs cite docs/ pages, never the design notes this repo was built from."""
     sources = [
         *ROOT.glob("*.py"),
-        *ROOT.glob("tests/*.py"),
+        *ROOT.glob("*/*.py"),
         *(path for path in ROOT.glob("scripts/*") if path.is_file()),
         *PAGES,
     ]
@@ -254,3 +254,58 @@ def test_no_page_cites_files_users_do_not_have():
         text = Path(path).read_text()
         for name in ("shared/", "DESIGN.md"):
             assert name not in text or path.name == "test_readme.py", f"{path.relative_to(ROOT)} cites {name}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The layout, the generated tables and the code the docs cite
+
+
+def test_the_readme_layout_names_every_module_by_its_folder():
+    import house
+
+    layout = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`([\w/]+\.py)`", layout))
+    modules = {path.relative_to(ROOT).as_posix() for path in house.PATHS.values() if path.name != "__init__.py"}
+    assert modules <= named, sorted(modules - named)
+    assert named <= modules | {f"scripts/{path.name}" for path in (ROOT / "scripts").glob("*.py")}, named - modules
+
+
+def test_the_generated_tables_of_the_docs_are_current():
+    """scripts/update_docs.py renders them from the code (and the stored results): run it after a change."""
+    from analysis import docs_tables
+
+    assert docs_tables.pages(), "no generated region left in the docs"
+    assert docs_tables.stale() == []
+
+
+FILE_SUFFIXES = ("json", "csv", "pt", "npy", "npz", "zip", "md", "png", "onnx", "safetensors", "sh", "toml", "log")
+
+
+def test_every_module_and_name_the_docs_cite_exists():
+    """A `path.py` in backticks is a file of the repo (or a script of scripts/), a `module.name` a definition of that
+    module: the docs follow the code when it moves."""
+    import ast
+
+    import house
+
+    checked = 0
+    for page, text in PAGES.items():
+        for code in re.findall(r"`([^`\s]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
+            where = f"{page.relative_to(ROOT)} cites {code}"
+            if re.fullmatch(r"[\w/]+\.py", code) and not code.startswith("tests/"):
+                assert (ROOT / code).is_file() or (ROOT / "scripts" / code).is_file(), where
+                checked += 1
+            elif re.fullmatch(r"[a-z_]+(\.\w+)+", code) and code.split(".")[-1] not in FILE_SUFFIXES:
+                parts = code.split(".")
+                module = next((".".join(parts[:k]) for k in range(len(parts), 0, -1)
+                               if ".".join(parts[:k]) in house.MODULES), None)  # fmt: skip
+                if module is None:
+                    continue  # another library's (torch.compile, timm.create_model)
+                names = parts[len(module.split(".")) :]
+                tree = ast.parse(house.PATHS[module].read_text())
+                defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+                defined |= {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+                            if isinstance(target, ast.Name)}  # fmt: skip
+                assert not names or names[0] in defined, where
+                checked += 1
+    assert checked >= 20

@@ -63,8 +63,21 @@ def test_the_calibrated_lab_expands_into_its_deciding_rows():
         sweep_plans.plan_comparison(sweep.parse_args(["compare", "--strategies", "random_subset,rl-bandit-twin"]))
     benchmark = sweep_plans.plan_comparison(sweep.parse_args(["compare", "--seeds", "0"]))  # the default rows
     adaptive = [f"adaptive-t{target}" for target in ("0.2", "0.4", "0.6")]
-    rows = ["none", "random_subset", *adaptive, "easy_to_hard", "hard_to_easy", "hard_mining", "mixed", "soft",
-            "reducible", "prioritised", "equal-compute", "rl-bandit", "rl-ppo"]  # every strategy of the registry
+    rows = [
+        "none",
+        "random_subset",
+        *adaptive,
+        "easy_to_hard",
+        "hard_to_easy",
+        "hard_mining",
+        "mixed",
+        "soft",
+        "reducible",
+        "prioritised",
+        "equal-compute",
+        "rl-bandit",
+        "rl-ppo",
+    ]  # every strategy of the registry
     assert list(benchmark.runs) == [f"{row}-s0" for row in rows]
     assert benchmark.runs["adaptive-t0.4-s0"][benchmark.runs["adaptive-t0.4-s0"].index("--target-scale") + 1] == (
         "quantile"

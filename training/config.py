@@ -163,7 +163,6 @@ class TrainConfig:
         )  # fmt: skip
 
 
-
 def check_config(config: TrainConfig) -> None:
     """Flag values a run cannot use, each with its fix."""
     rules = [
@@ -205,7 +204,6 @@ def check_config(config: TrainConfig) -> None:
             raise UserError(f"--{flag.replace('_', '-')} {path} does not exist; check the path.")
     if config.fills_cache:
         check_writable_folder(config.cache_dir, "--cache-dir")
-
 
 
 def default_out(config: TrainConfig) -> str:

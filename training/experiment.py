@@ -158,9 +158,7 @@ class TrainingRun:
             self.student.parameters(), experiment.device, lr=config.lr, weight_decay=config.weight_decay
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=config.epochs)
-        self.scaler = torch.amp.GradScaler(
-            experiment.device.type, enabled=experiment.placement.dtype == torch.float16
-        )
+        self.scaler = torch.amp.GradScaler(experiment.device.type, enabled=experiment.placement.dtype == torch.float16)
         train, flipped = experiment.data.train, experiment.data.flipped
         self.curriculum = Curriculum(config.curriculum_spec(), len(train), self.seed, train.labels, flipped)
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0

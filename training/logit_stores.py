@@ -43,7 +43,6 @@ def cached_logits(
     return logits.float(), False
 
 
-
 def read_cached_logits(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
     """The cached tensor if it is what a cache file must hold, else None (then the caller recomputes it)."""
     if not path.exists():
@@ -59,7 +58,6 @@ def read_cached_logits(path: Path, shape: tuple[int, int]) -> torch.Tensor | Non
         and bool(torch.isfinite(logits).all())
     )
     return logits if valid else None
-
 
 
 class TeacherViewStore:
@@ -144,7 +142,6 @@ class TeacherViewStore:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return array
-
 
 
 class EpochViews:
