@@ -17,7 +17,6 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from common import seeds
@@ -29,7 +28,6 @@ SCORE_SOURCES = ("pass", "train-pass")
 BUCKETS = 5  # difficulty quantile buckets of hard_mining and mixed
 SOFT_WIDTH = 0.15  # soft: std of the Gaussian weight around the target, in difficulty units
 SOFT_FLOOR = 0.05  # soft: weight every sample keeps, however far from the target
-LOSSES = ("student", "teacher")  # the label losses (CE against the training label) the reducible loss subtracts
 PRIORITY_FLOOR = 0.1  # prioritised: share every sample keeps, in units of the mean clipped reducible loss
 # Label gates: which samples' label term a run keeps (label_gate); the teacher's term stays on every sample
 LABEL_GATES = ("all", "none", "top1", "top2", "top3", "prob", "oracle")
@@ -372,15 +370,6 @@ def prioritised_sample(
 
 # ----------------------------------------------------------------------------------------------------------------------
 # What feeds the choice besides the difficulty scores: label losses and label gates
-
-
-def label_losses(
-    teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Each sample's cross-entropy against its training label (noisy under --label-noise), the student's and the
-    teacher's: the two terms of the reducible loss."""
-    logits = {"student": student_logits, "teacher": teacher_logits}
-    return {name: F.cross_entropy(logits[name].double(), labels, reduction="none").float() for name in LOSSES}
 
 
 def label_gate(gate: str, labels: np.ndarray, teacher_logits: torch.Tensor | None = None, flipped=None) -> np.ndarray:

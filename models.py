@@ -187,3 +187,15 @@ def combine_difficulty(components: dict[str, torch.Tensor]) -> torch.Tensor:
 def sample_difficulty(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
     """`D = 0.3 D_conf + 0.3 D_entropy + 0.4 D_kl` in [0, 1], one value per sample."""
     return combine_difficulty(difficulty_components(teacher_logits, student_logits))
+
+
+LABEL_LOSSES = ("student", "teacher")  # each sample's CE against its training label: the reducible loss's two terms
+
+
+def label_losses(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Each sample's cross-entropy against its training label (noisy under --label-noise), the student's and the
+    teacher's: the two terms of the reducible loss."""
+    logits = {"student": student_logits, "teacher": teacher_logits}
+    return {name: F.cross_entropy(logits[name].double(), labels, reduction="none").float() for name in LABEL_LOSSES}

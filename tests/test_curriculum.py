@@ -505,7 +505,7 @@ def test_train_pass_records_label_losses_and_rescoring_refreshes_the_stale_rows(
     plan.recorder.record(torch.tensor([3, 1]), TEACHER[[3, 1]], learnt[[3, 1]])
     plan.seen[[1, 3]] = 1
     curriculum.end_epoch(plan)
-    expected = cd.label_losses(TEACHER, learnt, torch.as_tensor(LABELS))
+    expected = models.label_losses(TEACHER, learnt, torch.as_tensor(LABELS))
     np.testing.assert_allclose(curriculum.losses["student"][[1, 3]], expected["student"][[1, 3]].numpy())
     np.testing.assert_allclose(curriculum.losses["student"][[0, 2]], np.log([4 / 3, 2]), rtol=1e-6)  # untouched
     # reducible now: 0, log(1 + e^-10) - log(4/3) = -0.288 for 1 and 3 (a tie: the lower index), -log 2: picks 0, 1.

@@ -176,7 +176,8 @@ def test_every_command_in_the_readme_and_docs_parses():
     assert {page for page, _ in commands} >= {"README.md", "docs/results.md", "docs/curriculum.md"}
     configs = config_classes()
     for page, argv in commands:
-        check_command(argv, f"{page}: {shlex.join(argv)}", configs)
+        if page != "docs/extending.md":  # its commands need its new classes: tests/test_extending.py runs them
+            check_command(argv, f"{page}: {shlex.join(argv)}", configs)
 
 
 def test_a_wrong_flag_in_a_documented_command_is_caught():
@@ -267,7 +268,8 @@ def test_the_readme_layout_names_every_module_by_its_folder():
     named = set(re.findall(r"`([\w/]+\.py)`", layout))
     modules = {path.relative_to(ROOT).as_posix() for path in house.PATHS.values() if path.name != "__init__.py"}
     assert modules <= named, sorted(modules - named)
-    assert named <= modules | {f"scripts/{path.name}" for path in (ROOT / "scripts").glob("*.py")}, named - modules
+    scripts = {name for path in (ROOT / "scripts").glob("*.py") for name in (path.name, f"scripts/{path.name}")}
+    assert named <= modules | scripts, named - modules - scripts
 
 
 def test_the_generated_tables_of_the_docs_are_current():

@@ -15,12 +15,10 @@ import torch
 import models
 from common import seeds
 from curriculum_dataloader import (
-    LOSSES,
     TEACHER_GATES,
     CurriculumSpec,
     Pool,
     label_gate,
-    label_losses,
     rank_quantiles,
     reducible_loss,
     strategy_of,
@@ -35,14 +33,15 @@ class TrainPassScores:
         """`labels`: the training labels, given when the strategy also needs each sample's label losses."""
         self.components = {name: torch.zeros(num_samples, device=device) for name in models.DIFFICULTY_WEIGHTS}
         self.labels = None if labels is None else torch.as_tensor(labels, device=device)
-        self.losses = {} if labels is None else {name: torch.zeros(num_samples, device=device) for name in LOSSES}
+        names = () if labels is None else models.LABEL_LOSSES
+        self.losses = {name: torch.zeros(num_samples, device=device) for name in names}
         self.trained = torch.zeros(num_samples, device=device)
 
     def record(self, indices: torch.Tensor, teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> None:
         for name, values in models.difficulty_components(teacher_logits, student_logits).items():
             self.components[name][indices] = values
         if self.labels is not None:
-            for name, values in label_losses(teacher_logits, student_logits, self.labels[indices]).items():
+            for name, values in models.label_losses(teacher_logits, student_logits, self.labels[indices]).items():
                 self.losses[name][indices] = values
         self.trained.index_fill_(0, indices, 1.0)  # no Python number copied into device memory: no wait
 
@@ -197,7 +196,7 @@ class Curriculum:
         if not self.needs_losses:
             return None
         labels = self.labels if rows is None else self.labels[rows]
-        return label_losses(teacher_logits, student_logits, torch.as_tensor(labels))
+        return models.label_losses(teacher_logits, student_logits, torch.as_tensor(labels))
 
     def update_scores(self, teacher_logits: torch.Tensor, student_logits: torch.Tensor, epoch: int) -> None:
         components = models.difficulty_components(teacher_logits, student_logits)
