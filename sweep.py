@@ -28,8 +28,9 @@ from common import cli, files
 from common import run_folder as bookkeeping
 from common.errors import UserError, run_cli
 from sweeps import slurm as slurm_jobs
+from sweeps.lab import VARIANTS, plan_lab
 from sweeps.launch import Progress, Step, prepare_driver, run_steps
-from sweeps.plans import LAB_ROWS, NOISY_LABEL_WEIGHT, Plan, plan_comparison, plan_table, with_teacher
+from sweeps.plans import LAB_ROWS, NOISY_LABEL_WEIGHT, Plan, plan_comparison, plan_table, with_teachers
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -37,21 +38,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = cli.OneLineParser(description=__doc__, formatter_class=cli.HelpFormatter, allow_abbrev=False)
-    parser.add_argument("sweep", choices=("table", "compare"), help="the results table or the curriculum comparison")
+    parser.add_argument("sweep", choices=("table", "compare", "lab"),
+                        help="the results table, the curriculum comparison, or the lab's protocol "
+                        "(docs/curriculum.md)")  # fmt: skip
     parser.add_argument("--data", help="table: default timm/mini-imagenet; compare: synthetic (the benchmark)")
-    parser.add_argument("--out", help="sweep folder (default runs/demo, runs/table or runs/compare)")
+    parser.add_argument("--out", help="sweep folder (default runs/demo, runs/table, runs/compare or runs/lab)")
     parser.add_argument("--epochs", type=int, help="training epochs (default: the sweep's own)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
-    parser.add_argument("--seeds", help="seeds, comma-separated (default: table 0, compare 0,1,2,3,4)")
+    parser.add_argument("--seeds", help="seeds, comma-separated (default: table 0, compare 0,1,2,3,4, lab 0)")
     parser.add_argument("--targets", default="0.2,0.4,0.6", help="compare: adaptive's targets (default: 0.2,0.4,0.6)")
     parser.add_argument("--lab", choices=("benchmark", "calibrated"), default="benchmark",
                         help="compare: the synthetic benchmark (the demo's), or the calibrated lab: 5x the validation "
                         "and 4x the test images, a weaker teacher, KD with labels (docs/curriculum.md)")  # fmt: skip
     parser.add_argument("--strategies", help="compare: the strategies and rows (default: all of the benchmark's; "
-                        f"the lab: {','.join(LAB_ROWS)})")  # fmt: skip
+                        f"the calibrated lab: {','.join(LAB_ROWS)}); lab: its rows (default: every row)")  # fmt: skip
     parser.add_argument("--label-noise", type=float, default=0.0,
                         help=f"compare: the noisy variant, this share of training labels replaced, with --label-weight "
                         f"{NOISY_LABEL_WEIGHT} (default 0: clean)")  # fmt: skip
+    parser.add_argument("--teachers", help="lab: the teachers' pretraining seeds (default 0,1,2)")
+    parser.add_argument("--draws", help="lab: the student data's draws (default 0,1)")
+    parser.add_argument("--variants", help=f"lab: the label variants (default {','.join(VARIANTS)})")
+    parser.add_argument("--pilot", action="store_true", help="lab: gather validation accuracies only (a pilot)")
     parser.add_argument("--cache-dir", help="teacher-logit cache and pretrained synthetic teacher (shared by runs)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny synthetic data, 1-2 epochs")
     parser.add_argument("--overwrite", action="store_true", help="replace the runs and table in --out")
@@ -136,7 +143,7 @@ def read_json(path: Path):
 
 def plan_steps(plan: Plan, args, progress: Progress) -> dict[int, Step]:
     """The runs still to do, numbered as in the whole sweep: finished ones are skipped, interrupted ones resumed."""
-    first = 2 if plan.teacher else 1
+    first = len(plan.teachers) + 1
     nproc = args.gpus_per_job if args.device != "cpu" else 1
     steps = {}
     for number, (name, argv) in enumerate(plan.runs.items(), start=first):
@@ -150,18 +157,28 @@ def plan_steps(plan: Plan, args, progress: Progress) -> dict[int, Step]:
     return steps
 
 
-def pretrain(plan: Plan, args, progress: Progress) -> str | None:
-    """The pretrained synthetic teacher's best.pt: trained once (cached under --cache-dir) before the runs fan out."""
-    if plan.teacher is None:
-        return None
-    step = Step("teacher", plan.teacher, str(plan.out / "logs" / "teacher.log"), keep_stdout=False)
-    if args.launcher == "slurm" and (checkpoint := slurm_jobs.earlier_checkpoint(plan.out / ".submitit", step)):
-        progress.say("teacher", "done", f"by an earlier sweep's slurm job; {checkpoint}")
-        return checkpoint
-    code, stdout = run_steps({1: step}, progress, args, plan.out)["teacher"]
-    if code != 0:
-        raise UserError(f"the teacher could not be pretrained (exit {code}); see {step.log}, then run the sweep again.")
-    return stdout.strip().splitlines()[-1]
+def pretrain(plan: Plan, args, progress: Progress) -> dict[str, str]:
+    """Each pretrained synthetic teacher's best.pt by its placeholder: trained once (cached under --cache-dir) before
+    the runs fan out."""
+    checkpoints, steps = {}, {}
+    for number, (placeholder, argv) in enumerate(plan.teachers.items(), start=1):
+        name = "teacher" if len(plan.teachers) == 1 else f"teacher-{number - 1}"
+        step = Step(name, argv, str(plan.out / "logs" / f"{name}.log"), keep_stdout=False)
+        if args.launcher == "slurm" and (checkpoint := slurm_jobs.earlier_checkpoint(plan.out / ".submitit", step)):
+            progress.say(name, "done", f"by an earlier sweep's slurm job; {checkpoint}")
+            checkpoints[placeholder] = checkpoint
+        else:
+            steps[number] = (placeholder, step)
+    to_run = {number: step for number, (_, step) in steps.items()}
+    results = run_steps(to_run, progress, args, plan.out) if to_run else {}
+    for placeholder, step in steps.values():
+        code, stdout = results[step.name]
+        if code != 0:
+            raise UserError(
+                f"the teacher could not be pretrained (exit {code}); see {step.log}, then run the sweep again."
+            )
+        checkpoints[placeholder] = stdout.strip().splitlines()[-1]
+    return checkpoints
 
 
 def gather(plan: Plan, args, progress: Progress) -> int:
@@ -179,8 +196,8 @@ def gather(plan: Plan, args, progress: Progress) -> int:
 
 def main(argv=None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    plan = plan_table(args) if args.sweep == "table" else plan_comparison(args)
-    if plan.teacher is not None:  # synthetic data
+    plan = {"table": plan_table, "compare": plan_comparison, "lab": plan_lab}[args.sweep](args)
+    if plan.teachers:  # synthetic data
         # one thread per process: on a small shared CPU two threads per run fight each other and run several times
         # slower; the numbers of a seed are the same for any given thread count
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -199,13 +216,13 @@ def main(argv=None) -> None:
             (plan.out / name).unlink(missing_ok=True)
     prepare_driver()  # workers can import launch.py; SIGTERM and Ctrl-C stop the sweep and its local runs
     files.save_json(plan.out / "sweep.json", plan.spec())
-    progress = Progress(total=len(plan.runs) + (1 if plan.teacher else 0))
+    progress = Progress(total=len(plan.runs) + len(plan.teachers))
     try:
         steps = plan_steps(plan, args, progress)
-        checkpoint = pretrain(plan, args, progress)
+        checkpoints = pretrain(plan, args, progress)
         for step in steps.values():
-            step.argv = with_teacher(step.argv, checkpoint)
-        plan.gather = with_teacher(plan.gather, checkpoint)
+            step.argv = with_teachers(step.argv, checkpoints)
+        plan.gather = with_teachers(plan.gather, checkpoints)
         results = {}
         for stage in (False, True):  # the runs that read other runs' results (a twin's) once those are done
             some = {number: step for number, step in steps.items() if (step.name in plan.after) == stage}

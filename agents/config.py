@@ -155,9 +155,9 @@ def check_arms_and_reward(config: RLConfig) -> None:
 
 
 # a twin differs from the run only in what the agent decides: every setting that shapes the training otherwise
-TWIN_MATCH = ("data", "seed", "augment_seed", "epochs", "label_noise", "student", "label_weight", "temperature",
-              "batch_size", "lr", "weight_decay", "image_size", "min_scale", "teacher", "teacher_checkpoint",
-              "teacher_weights", "pretrained", "student_weights")  # fmt: skip
+TWIN_MATCH = ("data", "seed", "augment_seed", "epochs", "label_noise", "label_noise_kind", "val_label_noise", "student",
+              "label_weight", "temperature", "batch_size", "lr", "weight_decay", "image_size", "min_scale", "teacher",
+              "teacher_checkpoint", "teacher_weights", "pretrained", "student_weights")  # fmt: skip
 
 
 def read_twin(config: RLConfig) -> list[float] | None:

@@ -237,7 +237,9 @@ def resume_config(config_class, argv, script: str):
             "again without --resume (it clears that attempt's files)."
         )
     names = {f.name for f in dataclasses.fields(config_class)}
-    config = config_class(**{name: value for name, value in saved.items() if name in names})
+    before = getattr(config_class, "BEFORE_FIELD", {})  # a field the run's version did not have: what it computed
+    config = config_class(**{**{name: value for name, value in before.items() if name not in saved},
+                             **{name: value for name, value in saved.items() if name in names}})  # fmt: skip
     conflicts = [
         name for name, value in given.items() if name not in RESUME_MAY_CHANGE and value != getattr(config, name)
     ]

@@ -90,15 +90,27 @@ class DataSplits:
     flipped: np.ndarray | None = None  # --label-noise: which training labels were replaced (bool per sample)
 
 
-def noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
-    """Symmetric label noise (as in Zhang et al. 2017, "Understanding deep learning requires rethinking
-    generalization"): exactly `round(fraction * N)` samples, chosen from `seed`, each get another class drawn
-    uniformly from the K - 1 others. Only training labels come here; validation and test stay clean."""
+NOISE_KINDS = ("symmetric", "confusable")
+
+
+def noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed, source=None, kind: str = "symmetric"):
+    """Label noise on one split: exactly `round(fraction * N)` samples, chosen from `seed`, get another class.
+
+    `symmetric` (as in Zhang et al. 2017, "Understanding deep learning requires rethinking generalization"): the
+    samples drawn uniformly, each new class uniformly from the K - 1 others. `confusable` (instance-dependent, as an
+    annotator errs): the samples drawn with probability proportional to how ambiguous the image is, each given the
+    class the image resembles: the synthetic generator's `hardness` and `distractors` (`source`)."""
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    flipped = rng.choice(len(labels), size=round(fraction * len(labels)), replace=False)
+    count = round(fraction * len(labels))
     noisy = labels.copy()
-    noisy[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+    if kind == "symmetric":
+        flipped = rng.choice(len(labels), size=count, replace=False)
+        noisy[flipped] = (labels[flipped] + rng.integers(1, num_classes, size=len(flipped))) % num_classes
+        return noisy
+    weights = np.asarray(source.hardness, dtype=np.float64) + 1e-12  # every sample possible; ties to nothing
+    flipped = rng.choice(len(labels), size=count, replace=False, p=weights / weights.sum())
+    noisy[flipped] = np.asarray(source.distractors)[flipped]
     return noisy
 
 
@@ -133,14 +145,36 @@ def data_subset(data: DataSplits, share: float, seed: int, val_share: float | No
 # Loading
 
 
-def add_label_noise(sources: dict, num_classes: int, label_noise: float, noise_seed: int) -> np.ndarray | None:
-    """Replace `label_noise` of the training labels (noisy_labels) in place of the train source; the flipped mask, or
-    None without noise. Validation and test keep their labels."""
-    if not label_noise:
+def add_label_noise(sources: dict, num_classes: int, noise: LabelNoise) -> np.ndarray | None:
+    """Replace `noise.train` of the training labels and `noise.val` of the validation labels (noisy_labels) in place
+    of their sources; the training split's flipped mask, or None without training noise. The test labels stay."""
+    for split, fraction, salt in (("train", noise.train, None), ("val", noise.val, 1)):
+        if not fraction:
+            continue
+        source = sources[split]
+        if noise.kind == "confusable" and not hasattr(source, "distractors"):
+            raise UserError(
+                "--label-noise-kind confusable mislabels an image as the class it resembles, which only the synthetic "
+                "data knows; use --label-noise-kind symmetric with this --data."
+            )
+        seed = noise.seed if salt is None else [noise.seed, salt]  # the training draw is that of earlier versions
+        sources[split] = Relabelled(
+            source, noisy_labels(source.labels, num_classes, fraction, seed, source, noise.kind)
+        )
+    if not noise.train:
         return None
-    clean = sources["train"].labels
-    sources["train"] = Relabelled(sources["train"], noisy_labels(clean, num_classes, label_noise, noise_seed))
-    return sources["train"].labels != clean
+    return sources["train"].labels != sources["train"].source.labels
+
+
+@dataclass(frozen=True)
+class LabelNoise:
+    """Injected label noise: the share of training and of validation labels replaced, how (NOISE_KINDS), and the
+    seed that chooses them (a run's --seed: every run at a seed sees the same noise)."""
+
+    train: float = 0.0
+    val: float = 0.0
+    kind: str = "symmetric"
+    seed: int = 0
 
 
 def load_data(
@@ -149,11 +183,10 @@ def load_data(
     seed: int = 0,
     min_scale: float | None = None,
     *,
-    label_noise: float = 0.0,
-    noise_seed: int = 0,
+    noise: LabelNoise = LabelNoise(),
 ) -> DataSplits:
-    """Build the four views of `--data`: `synthetic[:options]`, a hub name like `timm/mini-imagenet`, or a folder.
-    `label_noise`: the fraction of training labels replaced by another class, chosen from `noise_seed`."""
+    """Build the four views of `--data`: `synthetic[:options]`, a hub name like `timm/mini-imagenet`, or a folder,
+    with `noise` injected into the training and validation labels."""
     hardness = None
     if data == "synthetic" or data.startswith("synthetic:"):
         options = parse_synthetic(data)
@@ -165,13 +198,15 @@ def load_data(
                 options["seed"],
                 split,
                 options["jitter"],
+                options["draw"],
             )
             for split in ("train", "val", "test")
         }
         class_names = synthetic_class_names(options["classes"])
         hardness = sources["train"].hardness
         native_size, default_min_scale = options["size"], 0.5  # tiny images: keep most of the pattern in the crop
-        identity = json.dumps({"synthetic": options, "generator": 2}, sort_keys=True)
+        named = {key: value for key, value in options.items() if key != "draw" or value}  # draw 0: earlier identity
+        identity = json.dumps({"synthetic": named, "generator": 2}, sort_keys=True)
     else:
         path = Path(data).expanduser()
         if path.is_dir():
@@ -191,7 +226,7 @@ def load_data(
     min_scale = default_min_scale if min_scale is None else min_scale
     # The noise stays out of `identity`: what is keyed by it (the teacher's logits, the stored views) depends on the
     # images alone, and a run's config records --label-noise and --seed, which fix the noise for its resume checks.
-    flipped = add_label_noise(sources, len(class_names), label_noise, noise_seed)
+    flipped = add_label_noise(sources, len(class_names), noise)
     return DataSplits(
         train=SampleView(sources["train"], train_transform(size, min_scale), seed),
         score=SampleView(sources["train"], eval_transform(size)),

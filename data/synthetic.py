@@ -15,8 +15,11 @@ from common.errors import UserError
 
 
 def parse_synthetic(spec: str) -> dict:
-    """`synthetic` or `synthetic:classes=10,train=2000,val=500,test=500,size=32,seed=0,jitter=0`."""
-    options = {"classes": 10, "train": 2000, "val": 500, "test": 500, "size": 32, "seed": 0, "jitter": 0.0}
+    """`synthetic` or `synthetic:classes=10,train=2000,val=500,test=500,size=32,seed=0,jitter=0,draw=0`.
+
+    `seed` fixes what the classes look like (the teacher's pretraining set shares it); `draw` which images each split
+    holds: two draws are two data sets of the same classes (draw 0 is the set of earlier versions)."""
+    options = {"classes": 10, "train": 2000, "val": 500, "test": 500, "size": 32, "seed": 0, "jitter": 0.0, "draw": 0}
     _, _, rest = spec.partition(":")
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
@@ -24,7 +27,7 @@ def parse_synthetic(spec: str) -> dict:
         if key not in options or not number.isdigit():
             raise UserError(
                 f"bad synthetic option {item!r} in --data {spec}; use e.g. "
-                "synthetic:classes=10,train=2000,val=500,test=500,size=32,seed=0,jitter=0.3."
+                "synthetic:classes=10,train=2000,val=500,test=500,size=32,seed=0,jitter=0.3,draw=0."
             )
         options[key] = float(value) if key == "jitter" else int(value)
     if not 2 <= options["classes"] <= 1000 or min(options["train"], options["val"], options["test"]) < 1:
@@ -61,14 +64,18 @@ class SyntheticImages:
     saw few samples per class has not seen the range of each class.
     """
 
-    def __init__(self, class_ids: list[int], size: int, count: int, seed: int, split: str, jitter: float = 0.0):
+    def __init__(
+        self, class_ids: list[int], size: int, count: int, seed: int, split: str, jitter: float = 0.0, draw: int = 0
+    ):
         class_count = len(class_ids)
         self.class_count, self.size, self.seed, self.jitter = class_count, size, seed, jitter
-        # sets of different class counts draw different samples: a pretraining set never holds the students' images
-        self.split_seed = zlib.crc32(f"{seed}/{split}/{class_count}".encode())
+        # sets of different class counts draw different samples: a pretraining set never holds the students' images;
+        # another draw, other samples of the same classes
+        self.split_seed = zlib.crc32(f"{seed}/{split}/{class_count}{f'/draw{draw}' if draw else ''}".encode())
         rng = np.random.default_rng(self.split_seed)
         self.labels = rng.integers(0, class_count, size=count).astype(np.int64)
         self.hardness = rng.random(count)
+        # the class each image blends in (its most confusable class: what --label-noise-kind confusable mislabels it as)
         self.distractors = (self.labels + rng.integers(1, class_count, size=count)) % class_count
         styles = [np.random.default_rng([seed, class_id]) for class_id in class_ids]  # shared by all splits and sets
         self.colours = np.array([style.uniform(0.15, 1.0, size=3) for style in styles])

@@ -87,11 +87,11 @@ def spec_of(argv: list[str], out: Path) -> list[str]:
 
 @dataclasses.dataclass
 class Plan:
-    """A sweep expanded: the teacher to pretrain first (or None), the runs, the gathering command, and the files it
-    writes into --out (`products`: with the runs' folders, what makes a folder hold results)."""
+    """A sweep expanded: the teachers to pretrain first, the runs, the gathering command, and the files it writes into
+    --out (`products`: with the runs' folders, what makes a folder hold results)."""
 
     out: Path
-    teacher: list[str] | None
+    teachers: dict[str, list[str]]  # placeholder in the commands -> the command that pretrains it (empty: real data)
     runs: dict[str, list[str]]  # run name -> command; its folder is out/name
     gather: list[str]
     products: list[str]  # the first is the table's markdown
@@ -99,11 +99,14 @@ class Plan:
     after: set[str] = dataclasses.field(default_factory=set)  # runs that read others' results: launched last
 
     def spec(self) -> dict:
-        return {
-            "teacher": spec_of(self.teacher, self.out) if self.teacher else None,
+        teachers = {placeholder: spec_of(argv, self.out) for placeholder, argv in self.teachers.items()}
+        spec = {
+            # one teacher: as sweeps of earlier versions wrote it, so that they continue
+            "teacher": teachers.pop(TEACHER_CHECKPOINT, None),
             "runs": {name: spec_of(argv, self.out) for name, argv in self.runs.items()},
             "gather": spec_of(self.gather, self.out),
         }
+        return {**spec, "teachers": teachers} if teachers else spec
 
 
 def seeds_of(text: str) -> list[str]:
@@ -113,9 +116,9 @@ def seeds_of(text: str) -> list[str]:
     return seeds
 
 
-def teacher_step(args, pretrain_data: str, teacher_flags: list[str], cache: list[str]) -> list[str]:
+def teacher_step(args, pretrain_data: str, teacher_flags: list[str], cache: list[str], seed: int = 0) -> list[str]:
     return ["pretrain_teacher.py", "--data", pretrain_data, *TEACHER_FLAGS, *teacher_flags,
-            "--device", args.device, "--seed", "0", *cache]  # fmt: skip
+            "--device", args.device, "--seed", str(seed), *cache]  # fmt: skip
 
 
 def plan_table(args) -> Plan:
@@ -124,7 +127,7 @@ def plan_table(args) -> Plan:
     out = Path(args.out or ("runs/demo" if data.startswith("synthetic") else "runs/table"))
     seeds, cache = seeds_of(args.seeds or "0"), (["--cache-dir", args.cache_dir] if args.cache_dir else [])
     overwrite = ["--overwrite"] if args.overwrite else []
-    teacher_command = None
+    teachers = {}
     if data.startswith("synthetic"):
         # The student is resnet10t: MobileNetV2's stride-32 stem leaves 1x1 feature maps at 32 px and learns too
         # slowly for a CPU demo of a few epochs; the real-data rows use the reference's mobilenetv2_100.
@@ -147,7 +150,7 @@ def plan_table(args) -> Plan:
             )
         common = ["--data", data, "--epochs", str(epochs), "--device", args.device, "--workers", workers,
                   "--batch-size", BENCH_BATCH, "--teacher-logits", "replay", *cache]  # fmt: skip
-        teacher_command = teacher_step(args, pretrain, teacher_flags, cache)
+        teachers = {TEACHER_CHECKPOINT: teacher_step(args, pretrain, teacher_flags, cache)}
         teacher = ["--teacher-checkpoint", TEACHER_CHECKPOINT]
     else:
         student, workers, rl, epochs = "mobilenetv2_100", "8", [], args.epochs or 100
@@ -175,7 +178,7 @@ def plan_table(args) -> Plan:
     # seeds of one row share a config but for --seed and --out: evaluate.py pools them into one row
     gather = ["evaluate.py", *(str(out / name) for name in runs), *teacher, "--device", args.device,
               "--workers", workers, "--json", str(out / "table.json"), "--report", str(out / "report")]  # fmt: skip
-    return Plan(out, teacher_command, runs, gather, ["table.md", "table.json"], table="table.md")
+    return Plan(out, teachers, runs, gather, ["table.md", "table.json"], table="table.md")
 
 
 def replace_flag(argv: list[str], flag: str, value: str) -> list[str]:
@@ -272,9 +275,10 @@ def plan_comparison(args) -> Plan:
     baselines = [*(name for name in ("none", "teacher-only") if lab and name in commands), "random_subset"]
     gather = ["compare_curricula.py", *(str(out / name) for name in runs), "--baseline", ",".join(baselines),
               "--out", str(out)]  # fmt: skip
-    teacher = teacher_step(args, pretrain, teacher_flags, cache)
-    return Plan(out, teacher, runs, gather, ["comparison.md", "comparison.json"], table=None, after=after)
+    teachers = {TEACHER_CHECKPOINT: teacher_step(args, pretrain, teacher_flags, cache)}
+    return Plan(out, teachers, runs, gather, ["comparison.md", "comparison.json"], table=None, after=after)
 
 
-def with_teacher(argv: list[str], checkpoint: str | None) -> list[str]:
-    return [checkpoint if part == TEACHER_CHECKPOINT else part for part in argv]
+def with_teachers(argv: list[str], checkpoints: dict[str, str]) -> list[str]:
+    """`argv` with each teacher's placeholder replaced by its pretrained checkpoint."""
+    return [checkpoints.get(part, part) for part in argv]

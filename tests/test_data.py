@@ -256,9 +256,9 @@ def test_unreachable_hub_is_one_fast_error_naming_the_offline_ways(tmp_path):
 
 
 def test_label_noise_is_reproducible_per_seed_and_touches_only_training_labels(synthetic):
-    noisy = data.load_data(SYNTHETIC, label_noise=0.25, noise_seed=5)
-    again = data.load_data(SYNTHETIC, label_noise=0.25, noise_seed=5)
-    other = data.load_data(SYNTHETIC, label_noise=0.25, noise_seed=6)
+    noisy = data.load_data(SYNTHETIC, noise=data.LabelNoise(train=0.25, seed=5))
+    again = data.load_data(SYNTHETIC, noise=data.LabelNoise(train=0.25, seed=5))
+    other = data.load_data(SYNTHETIC, noise=data.LabelNoise(train=0.25, seed=6))
     clean = synthetic.train.labels
     np.testing.assert_array_equal(noisy.train.labels, again.train.labels)
     assert not np.array_equal(noisy.train.labels, other.train.labels)
@@ -272,13 +272,15 @@ def test_label_noise_is_reproducible_per_seed_and_touches_only_training_labels(s
     flipped = int(np.flatnonzero(noisy.flipped)[0])  # a relabelled sample keeps its image (drawn from its true class)
     torch.testing.assert_close(noisy.score[flipped][0], synthetic.score[flipped][0], rtol=0, atol=0)
     assert synthetic.identity == noisy.identity == other.identity  # same images: caches of views and logits shared
-    assert synthetic.flipped is None and data.load_data(SYNTHETIC, label_noise=0.0).identity == synthetic.identity
+    assert (
+        synthetic.flipped is None and data.load_data(SYNTHETIC, noise=data.LabelNoise()).identity == synthetic.identity
+    )
 
 
 def test_label_noise_on_an_image_folder(tmp_path):
     root = write_image_folder(tmp_path)
     clean = data.load_data(str(root), image_size=32)
-    noisy = data.load_data(str(root), image_size=32, label_noise=0.5, noise_seed=1)
+    noisy = data.load_data(str(root), image_size=32, noise=data.LabelNoise(train=0.5, seed=1))
     assert noisy.flipped.sum() == round(0.5 * len(clean.train))
     np.testing.assert_array_equal(noisy.train.labels[~noisy.flipped], clean.train.labels[~noisy.flipped])
     np.testing.assert_array_equal(noisy.val.labels, clean.val.labels)

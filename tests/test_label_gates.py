@@ -93,7 +93,7 @@ def test_the_oracle_drops_exactly_the_replaced_labels(tmp_path, tiny_teacher):
     run = engine.TrainingRun(experiment)
     plan = run.curriculum.plan_epoch(1, 0.5, run.score_pass, experiment.device)
     clean = data.load_data(TINY).train.labels
-    noisy = data.load_data(TINY, label_noise=0.25, noise_seed=seeds.derive(0, "label-noise")).train.labels
+    noisy = data.load_data(TINY, noise=data.LabelNoise(train=0.25, seed=seeds.derive(0, "label-noise"))).train.labels
     replaced = np.asarray(noisy) != np.asarray(clean)
     assert replaced.sum() == 24 and np.array_equal(experiment.data.train.labels, noisy)  # 25% of 96
     assert plan.gate == "oracle" and plan.label_gate.tolist() == (~replaced).astype(float).tolist()

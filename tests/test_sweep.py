@@ -33,9 +33,10 @@ def test_table_expands_into_its_rows_per_seed():
     equal = plan.runs["kd-teacher-only-equal-compute-s0"]  # its own --epochs comes last: round(0.6 x 15) = 9
     assert equal[equal.index("--epochs") + 1] == "15" and equal[-2:] == ["--epochs", "9"]
     assert plan.gather[:13] == ["evaluate.py", *(os.path.join("o", name) for name in plan.runs)]
-    assert plan.teacher[:3] == ["pretrain_teacher.py", "--data", sweep_plans.BENCH_PRETRAIN_DATA]
+    teacher = plan.teachers[sweep_plans.TEACHER_CHECKPOINT]
+    assert teacher[:3] == ["pretrain_teacher.py", "--data", sweep_plans.BENCH_PRETRAIN_DATA]
     real = sweep_plans.plan_table(sweep.parse_args(["table"]))  # the reference table: no teacher to pretrain
-    assert real.teacher is None and str(real.out) == "runs/table" and "resnet152.tv_in1k" in real.runs["kd"]
+    assert real.teachers == {} and str(real.out) == "runs/table" and "resnet152.tv_in1k" in real.runs["kd"]
 
 
 def test_the_calibrated_lab_expands_into_its_deciding_rows():
@@ -54,7 +55,8 @@ def test_the_calibrated_lab_expands_into_its_deciding_rows():
     assert "--reward" not in plan.runs["rl-bandit-gates-s0"]  # the seed's reward
     assert plan.after == {"rl-bandit-twin-s0", "rl-bandit-twin-s1"}  # launched once the twins have finished
     assert plan.gather[-4:] == ["--baseline", "none,teacher-only,random_subset", "--out", "o"]
-    assert plan.teacher[plan.teacher.index("--epochs") + 1] == sweep_plans.LAB_TEACHER[-1]
+    teacher = plan.teachers[sweep_plans.TEACHER_CHECKPOINT]
+    assert teacher[teacher.index("--epochs") + 1] == sweep_plans.LAB_TEACHER[-1]
     clean = sweep_plans.plan_comparison(sweep.parse_args(["compare", "--lab", "calibrated", "--seeds", "0"]))
     assert "oracle-s0" not in clean.runs and "--label-noise" not in clean.runs["none-s0"]
     with pytest.raises(UserError, match="oracle drops the labels"):

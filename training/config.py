@@ -9,6 +9,7 @@ from pathlib import Path
 
 import timm
 
+from common import seeds
 from common.cli import field
 from common.errors import UserError
 from common.files import check_writable_folder
@@ -23,6 +24,7 @@ from curriculum_dataloader import (
     CurriculumSpec,
     Strategy,
 )
+from data.splits import NOISE_KINDS, LabelNoise
 from data.views import LOADERS
 from training.devices import MEMORY_FORMATS
 from training.teacher import LOGIT_SOURCES, TeacherSpec
@@ -36,8 +38,16 @@ class TrainConfig:
     image_size: int | None = field(None, "input size; default 224 for real data, the synthetic set's own size")
     min_scale: float | None = field(None, "RandomResizedCrop minimum area; default 0.08 (real data), 0.5 (synthetic)")
     label_noise: float = field(
-        0.0, "fraction of the training labels replaced by another class (chosen from --seed; validation and test "
-        "stay clean)"
+        0.0, "fraction of the training labels replaced by another class (chosen from --seed; the test labels stay "
+        "clean)"
+    )  # fmt: skip
+    label_noise_kind: str = field(
+        "symmetric", "symmetric: the replaced labels drawn uniformly, each a uniform other class; confusable "
+        "(synthetic data): ambiguous images more often, each labelled as the class it resembles", choices=NOISE_KINDS
+    )  # fmt: skip
+    val_label_noise: float | None = field(
+        None, "fraction of the validation labels replaced, by the same process (default: --label-noise, as a user "
+        "with noisy labels has a noisy validation split; 0: clean validation labels, a control)"
     )  # fmt: skip
     workers: int | None = field(
         None, "DataLoader worker processes; default: the cores this process may use, shared among torchrun's "
@@ -113,7 +123,15 @@ class TrainConfig:
     overwrite: bool = field(False, "replace the run already in --out")
     resume: str | None = field(None, "continue the interrupted run in this folder after its last completed epoch")
 
+    # what a config.json written before a field existed meant by its absence (a resumed run computes as it did)
+    BEFORE_FIELD = {"val_label_noise": 0.0}
+
     # Derived from the flags, each in one place
+
+    def label_noise_spec(self) -> LabelNoise:
+        """The noise in the training and validation labels: drawn from --seed alone, so paired runs share it."""
+        val = self.label_noise if self.val_label_noise is None else self.val_label_noise
+        return LabelNoise(self.label_noise, val, self.label_noise_kind, seeds.derive(self.seed, "label-noise"))
 
     @property
     def label_gates(self) -> tuple[str, ...]:
@@ -184,6 +202,10 @@ def check_config(config: TrainConfig) -> None:
         (config.image_size is None or config.image_size >= 16, "--image-size must be at least 16"),
         (config.min_scale is None or 0 < config.min_scale <= 1, "--min-scale must lie in (0, 1]"),
         (0 <= config.label_noise < 1, "--label-noise must lie in [0, 1) (a fraction of the training labels)"),
+        (
+            config.val_label_noise is None or 0 <= config.val_label_noise < 1,
+            "--val-label-noise must lie in [0, 1) (a fraction of the validation labels)",
+        ),
         (
             config.label_gate == "all" or 0 < config.label_weight < 1,
             f"--label-gate {config.label_gate} gates the label term of KD: give a --label-weight between 0 and 1",

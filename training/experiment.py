@@ -52,9 +52,8 @@ class Experiment:
         self.config, device = config, pick_device(config.device)
         self.workers = default_workers(config.workers)
         if data is None:
-            noise_seed = seeds.derive(config.seed, "label-noise")  # paired runs at a seed share the noise
             data = load_data(config.data, config.image_size, config.view_seed, config.min_scale,
-                             label_noise=config.label_noise, noise_seed=noise_seed)  # fmt: skip
+                             noise=config.label_noise_spec())  # fmt: skip
         # stores built before torchrun's processes start their process group: no rank waits for one in a collective
         self.data = views.fast_splits(data, config.loader, config.cache_dir, self.workers)
         self.rank, self.world, device = init_distributed(device)
