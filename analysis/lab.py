@@ -132,10 +132,11 @@ def cell_values(rows: list[dict]) -> dict:
     }  # fmt: skip
     for variant in {variant for variant, _ in values}:
         for tuned, candidates in TUNED.items():
-            present = [name for name in candidates if (variant, name) in values]
-            if not present:
+            runs = [set(values[(variant, name)]) for name in candidates if (variant, name) in values]
+            if not runs:
                 continue
-            cells = set.intersection(*(set(values[(variant, name)]) for name in present))
+            cells = set.union(*runs)  # the grid is the candidates every cell ran: the same in each cell
+            present = [name for name in candidates if set(values.get((variant, name), {})) == cells]
             picks = {}
             for cell in sorted(cells):
                 best = max(present, key=lambda name: (values[(variant, name)][cell]["val_best"], -present.index(name)))

@@ -42,6 +42,20 @@ VARIANT_ROWS = {
                   "gate-top2-cleanval"),
     "confusable": (*KD_ROWS, *GATE_ROWS, "oracle", "random_subset", "bandit-twin"),
 }  # fmt: skip
+# the order the runs go in: tier by tier, each over every cell, so that a sweep cut short (or a budget that ends) holds
+# the deciding rows of every cell first, then the rest of the grids, then the controls and agents (the twin bandits go
+# last in any case: each waits for its twin)
+TIERS = [
+    [*((v, row) for v in ("symmetric", "confusable") for row in ("kd-lw0", "kd-lw0.6", "gate-top2")),
+     ("clean", "kd-lw0.6"), ("clean", "kd9-lw0.6"), ("clean", "random_subset")],
+    [*((v, row) for v in ("symmetric", "confusable") for row in ("kd-lw0.4", "kd-lw0.5", "gate-top3", "oracle")),
+     ("clean", "reducible"), ("clean", "kd-lw0.4"), ("clean", "kd-lw0.8")],
+    [*((v, row) for v in ("symmetric", "confusable") for row in ("kd-lw0.2", "kd-lw0.8", "gate-top1")),
+     *(("clean", row) for row in ("kd-lw0", "kd-lw0.2", "kd-lw0.5", "gate-top2"))],
+    [("symmetric", "random_subset"), ("confusable", "random_subset"), ("symmetric", "reducible"),
+     ("symmetric", "kd-lw0.6-cleanval"), ("symmetric", "gate-top2-cleanval"),
+     *((v, "bandit-twin") for v in VARIANTS)],
+]  # fmt: skip
 TWIN_ROW = "kd-lw0.6"  # the twin bandit's twin: plain KD at the gate's label weight, a row every variant runs anyway
 
 
@@ -70,7 +84,7 @@ def row_flags(row: str, common: list[str], epochs: int) -> tuple[str, list[str]]
 
 
 def plan_lab(args) -> Plan:
-    """Every (teacher, draw) cell x seed x variant x row, cell by cell: a sweep cut short still holds whole cells."""
+    """Every (teacher, draw) cell x seed x variant x row, tier by tier (TIERS)."""
     teachers, draws = seeds_of(args.teachers or "0,1,2"), seeds_of(args.draws or "0,1")
     variants = [name.strip() for name in (args.variants or ",".join(VARIANTS)).split(",") if name.strip()]
     if not variants or set(variants) - set(VARIANTS):
@@ -86,28 +100,27 @@ def plan_lab(args) -> Plan:
         teacher_placeholder(int(seed)): teacher_step(args, BENCH_PRETRAIN_DATA, LAB_TEACHER, cache, int(seed))
         for seed in teachers
     }
+    cells = [(teacher, draw, seed) for teacher in teachers for draw in draws for seed in seeds]
     runs, after = {}, set()
-    for teacher in teachers:
-        for draw in draws:
+    for tier in TIERS:
+        for teacher, draw, seed in cells:
             common = ["--data", f"{LAB_STUDENT_DATA},draw={draw}", "--epochs", str(epochs), "--device", args.device,
                       "--workers", BENCH_WORKERS, "--batch-size", BENCH_BATCH, "--student", "resnet10t",
                       "--teacher-checkpoint", teacher_placeholder(int(teacher)), "--label-weight", LAB_LABEL_WEIGHT,
                       "--fraction", "0.6", "--target-scale", "quantile", "--teacher-logits", "replay",
                       *cache]  # fmt: skip
-            for seed in seeds:
-                for variant in variants:
-                    noise = [] if variant == "clean" else ["--label-noise", LAB_NOISE, "--label-noise-kind", variant]
-                    for row in VARIANT_ROWS[variant]:
-                        if picked is not None and row not in picked:
-                            continue
-                        script, flags = row_flags(row, [*common, *noise], epochs)
-                        cell = f"t{teacher}-d{draw}-s{seed}"
-                        name = f"{variant}-{row}-{cell}"
-                        if row == "bandit-twin":  # launched once its twin has finished
-                            flags = [*flags, "--reward-twin", str(out / f"{variant}-{TWIN_ROW}-{cell}")]
-                            after.add(name)
-                        runs[name] = [script, *flags, "--seed", seed, "--out", str(out / name),
-                                      *(["--overwrite"] if args.overwrite else []), *args.extra]  # fmt: skip
+            for variant, row in tier:
+                if variant not in variants or (picked is not None and row not in picked):
+                    continue
+                noise = [] if variant == "clean" else ["--label-noise", LAB_NOISE, "--label-noise-kind", variant]
+                script, flags = row_flags(row, [*common, *noise], epochs)
+                cell = f"t{teacher}-d{draw}-s{seed}"
+                name = f"{variant}-{row}-{cell}"
+                if row == "bandit-twin":  # launched once its twin has finished
+                    flags = [*flags, "--reward-twin", str(out / f"{variant}-{TWIN_ROW}-{cell}")]
+                    after.add(name)
+                runs[name] = [script, *flags, "--seed", seed, "--out", str(out / name),
+                              *(["--overwrite"] if args.overwrite else []), *args.extra]  # fmt: skip
     if any(name.split("-t")[0].endswith("bandit-twin") for name in runs) and picked and TWIN_ROW not in picked:
         raise UserError(f"--strategies bandit-twin reads its twin, the {TWIN_ROW} run of its cell: add {TWIN_ROW}.")
     gather = ["scripts/lab_results.py", *(str(out / name) for name in runs), "--out", str(out)]

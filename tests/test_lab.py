@@ -81,8 +81,12 @@ def test_the_lab_expands_cell_by_cell_with_its_teachers_and_twins():
     assert len(plan.runs) == 3 * 2 * rows and len(plan.teachers) == 3
     assert [argv[argv.index("--seed") + 1] for argv in plan.teachers.values()] == ["0", "1", "2"]
     names = list(plan.runs)
-    first_cell = [name for name in names if name.endswith("-t0-d0-s0")]
-    assert names[: len(first_cell)] == first_cell  # a sweep cut short holds whole cells
+    assert sorted(f"{v}-{r}" for tier in lab_plan.TIERS for v, r in tier) == sorted(
+        f"{v}-{r}" for v, rows in lab_plan.VARIANT_ROWS.items() for r in rows
+    )  # every row in one tier
+    first = len(lab_plan.TIERS[0]) * 6
+    assert {name.rsplit("-t", 1)[1] for name in names[:first]} == {f"{t}-d{d}-s0" for t in range(3) for d in range(2)}
+    assert names[0] == "symmetric-kd-lw0-t0-d0-s0"  # the deciding rows of every cell first
     flag = lambda name, option: plan.runs[name][plan.runs[name].index(option) + 1]  # noqa: E731  (the last given)
     assert flag("symmetric-kd-lw0.5-t1-d1-s0", "--label-weight") == "0.5"
     assert flag("symmetric-kd-lw0.5-t1-d1-s0", "--data").endswith(",draw=1")
