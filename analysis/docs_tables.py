@@ -14,8 +14,8 @@ from analysis import lab
 from curriculum_dataloader import strategy_table
 
 ROOT = Path(__file__).resolve().parents[1]
-LAB_TABLES = ("lab-clean", "lab-symmetric", "lab-confusable", "lab-family", "lab-family-last", "lab-controls",
-              "lab-shares")  # fmt: skip
+LAB_TABLES = ("lab-pilot", "lab-clean", "lab-symmetric", "lab-confusable", "lab-family", "lab-family-last",
+              "lab-controls", "lab-shares")  # fmt: skip
 RENDERERS = {"strategies": strategy_table, **{name: partial(lab.stored_table, name) for name in LAB_TABLES}}
 REGION = re.compile(r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end: (?P=name) -->)", re.S)
 

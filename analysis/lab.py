@@ -17,10 +17,11 @@ import re
 import statistics
 from pathlib import Path
 
-from analysis.stats import paired_difference, t_cdf, t_quantile
+from analysis.stats import minimum_detectable_difference, paired_difference, t_cdf, t_quantile
 from common.errors import UserError
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results" / "lab-runs.csv"  # every run of the docs' lab
+PILOT = RESULTS.with_name("lab-pilot-runs.csv")  # the pilot's runs: validation figures only
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "lab-family.png"
 MARGIN = 0.5  # points of top-1: a difference inside +-MARGIN is a tie, if two one-sided tests say so
 LEVEL = 0.05  # every test's level; the family's p-values are Holm-corrected
@@ -108,9 +109,14 @@ def read_csv(path: Path) -> list[dict]:
     numbers = {"teacher", "draw", "seed", "epochs", "best_epoch"}
     floats = {"label_noise", "val_label_noise", "label_weight", "budget", "twin_budget", "val_best", "val_last",
               "test_best", "test_last"}  # fmt: skip
+
+    def parse(key: str, value: str):
+        if key in numbers | floats and value == "":  # a pilot's test figures: never read, stored blank
+            return None
+        return int(value) if key in numbers else float(value) if key in floats else value
+
     with open(path, newline="") as handle:
-        return [{key: int(value) if key in numbers else float(value) if key in floats else value
-                 for key, value in row.items()} for row in csv.DictReader(handle)]  # fmt: skip
+        return [{key: parse(key, value) for key, value in row.items()} for row in csv.DictReader(handle)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -313,6 +319,31 @@ def summarise(rows: list[dict]) -> dict:
     return {"tables": tables, "family": family, "values": values}
 
 
+def pilot_table(rows: list[dict], cells: int) -> str:
+    """Validation top-1 per row over the pilot's seeds, and the paired sd of the deciding differences (on validation),
+    with the difference `cells` units could then detect."""
+    by = {}
+    for row in rows:
+        by.setdefault(f"{row['variant']}-{row['row']}", {})[row["seed"]] = row["val_best"]
+    lines = ["| Row | Seeds | Validation top-1 (best), mean ± sd |", "|---|---|---|"]
+    for name, seeds in sorted(by.items()):
+        lines.append(f"| `{name}` | {len(seeds)} | {mean_sd(list(seeds.values()))} |")
+    pairs = [("symmetric-gate-top2", "symmetric-kd-lw0.6"), ("symmetric-gate-top2", "symmetric-kd-lw0"),
+             ("clean-kd-lw0.6", "clean-kd-lw0")]  # fmt: skip
+    lines += ["", "| Difference (validation) | Mean | sd of the paired differences | Detectable at "
+              f"{cells} units (80% power) |", "|---|---|---|---|"]  # fmt: skip
+    for a, b in pairs:
+        if a in by and b in by:
+            common = sorted(set(by[a]) & set(by[b]))
+            differences = [by[a][s] - by[b][s] for s in common]
+            if len(differences) > 1:
+                sd = statistics.stdev(differences)
+                detectable = minimum_detectable_difference(sd, cells)
+                shown = f"{detectable:.2f}" if detectable is not None else "—"
+                lines.append(f"| `{a}` − `{b}` | {statistics.fmean(differences):+.2f} | {sd:.2f} | {shown} |")
+    return "\n".join(lines)
+
+
 @functools.cache
 def stored_summary() -> dict:
     """The summary of the stored results (RESULTS), which the docs' lab tables show."""
@@ -320,6 +351,8 @@ def stored_summary() -> dict:
 
 
 def stored_table(name: str) -> str:
+    if name == "lab-pilot":
+        return pilot_table(read_csv(PILOT), 6)
     return stored_summary()["tables"][name]
 
 

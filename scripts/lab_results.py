@@ -11,7 +11,6 @@ reads validation accuracies only: a pilot never looks at the test split.
 """
 
 import argparse
-import statistics
 import sys
 from functools import cache
 from pathlib import Path
@@ -19,7 +18,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis import lab  # noqa: E402
-from analysis.stats import minimum_detectable_difference  # noqa: E402
 from common.errors import UserError, run_cli  # noqa: E402
 from data.splits import load_data  # noqa: E402
 
@@ -32,31 +30,6 @@ TITLES = {"lab-clean": "Clean labels", "lab-symmetric": "30% symmetric noise", "
 @cache
 def train_size(data: str) -> int:
     return len(load_data(data).train)
-
-
-def pilot_table(rows: list[dict], cells: int) -> str:
-    """Validation top-1 per row over the pilot's seeds, and the paired sd of the deciding differences (on validation),
-    with the difference `cells` units could then detect."""
-    by = {}
-    for row in rows:
-        by.setdefault(f"{row['variant']}-{row['row']}", {})[row["seed"]] = row["val_best"]
-    lines = ["| Row | Seeds | Validation top-1 (best), mean ± sd |", "|---|---|---|"]
-    for name, seeds in sorted(by.items()):
-        lines.append(f"| `{name}` | {len(seeds)} | {lab.mean_sd(list(seeds.values()))} |")
-    pairs = [("symmetric-gate-top2", "symmetric-kd-lw0.6"), ("symmetric-gate-top2", "symmetric-kd-lw0"),
-             ("clean-kd-lw0.6", "clean-kd-lw0")]  # fmt: skip
-    lines += ["", "| Difference (validation) | Mean | sd of the paired differences | Detectable at "
-              f"{cells} units (80% power) |", "|---|---|---|---|"]  # fmt: skip
-    for a, b in pairs:
-        if a in by and b in by:
-            common = sorted(set(by[a]) & set(by[b]))
-            differences = [by[a][s] - by[b][s] for s in common]
-            if len(differences) > 1:
-                sd = statistics.stdev(differences)
-                detectable = minimum_detectable_difference(sd, cells)
-                lines.append(f"| `{a}` − `{b}` | {statistics.fmean(differences):+.2f} | {sd:.2f} | "
-                             f"{detectable:.2f} |")  # fmt: skip
-    return "\n".join(lines)
 
 
 def markdown(tables: dict) -> str:
@@ -81,7 +54,7 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         lab.write_csv(rows, out / ("pilot-runs.csv" if args.pilot else "lab-runs.csv"))
     if args.pilot:
-        print(pilot_table(rows, args.cells))
+        print(lab.pilot_table(rows, args.cells))
         return
     summary = lab.summarise(rows)
     if args.out:
