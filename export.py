@@ -28,7 +28,7 @@ from agents.config import RLConfig
 from analysis.runs import describe, run_budget
 from common.cli import command_line, field, parse_config
 from common.errors import UserError, run_cli
-from common.files import FILE_MODE, check_writable_folder, load_checkpoint, save_json
+from common.files import FILE_MODE, RUN_KEYS, check_writable_folder, load_checkpoint, save_json
 from common.metrics import read_metrics
 from common.run_folder import read_config
 from data.splits import load_data
@@ -244,7 +244,7 @@ def main(argv=None) -> None:
     out = check_out(config)
     if config.push_to_hub:
         hf_export.check_push(config.push_to_hub, out)
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, RUN_KEYS)
     model = models.model_from_checkpoint(checkpoint).eval()
     data = load_data(config.data or run_config["data"], checkpoint["image_size"])
     images = sample_views(data.test, config.check_images)
