@@ -124,6 +124,11 @@ def export_row(run: dict, data_cache: dict, config: Config, placement: Placement
     """A folder of export.py, its model built by timm from the folder alone; its figures go to the column of the
     checkpoint it was exported from, and its budget is its run's."""
     export = run["export"]
+    if not config.data and export.get("data_source") == "imagefolder":  # export.json names the folder, not its path
+        raise UserError(
+            f"{run['name']} was exported from a run on the local folder {export['data']!r}, whose path an export "
+            "does not keep; pass that folder with --data DIR."
+        )
     loader = test_loader(config.data or export["data"], export["image_size"], data_cache, config, placement.device)
     model = placement.put(hf_export.load_timm_folder(Path(run["name"])))
     scores = evaluate(model, loader, placement, f"test {run['name']}")
