@@ -314,13 +314,14 @@ def check_push(repo_id: str, folder: Path) -> None:
         )
 
 
-def upload_summary(folder: Path, repo_id: str, private: bool, card_lines: int = 12) -> str:
-    """What --push-to-hub is about to publish: the files and their sizes, and the card's first lines."""
+def upload_summary(folder: Path, repo_id: str, private: bool, card_lines: int = 3) -> str:
+    """What --push-to-hub is about to publish: the files and their sizes, and the first lines of the card's text
+    (after the metadata block): its title and what it says the student is and where it came from."""
     files = sorted(path for path in Path(folder).rglob("*") if path.is_file())
     listed = ", ".join(f"{path.relative_to(folder)} ({human_size(path.stat().st_size)})" for path in files)
-    card = (Path(folder) / "README.md").read_text().splitlines()[:card_lines]
+    card = (Path(folder) / "README.md").read_text().split("\n---\n", 1)[-1].strip().splitlines()[:card_lines]
     return "\n".join([f"uploading to {repo_id} ({'private' if private else 'public'}): {listed}",
-                      "the model card begins:", *(f"    {line}" for line in card)])  # fmt: skip
+                      "the model card begins:", *(f"    {line}".rstrip() for line in card)])  # fmt: skip
 
 
 def push_folder(folder: Path, repo_id: str, private: bool) -> str:

@@ -311,7 +311,7 @@ def test_a_refused_upload_is_one_line_and_never_reported_done(exported, tmp_path
     assert "uploaded to" not in out
     listed = out.split("uploading to user/student (public): ", 1)[1].splitlines()[0]  # said before the upload
     assert "README.md (" in listed and "export.json (" in listed and "model.safetensors (" in listed
-    assert "the model card begins:\n    ---\n" in out
+    assert "the model card begins:\n    # run: Student (resnet10t, labels only)\n" in out
 
 
 @pytest.mark.slow
