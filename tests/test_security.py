@@ -215,3 +215,14 @@ def test_an_export_of_a_run_on_a_local_folder_names_no_local_path(tiny_teacher, 
     assert record["config"]["teacher_checkpoint"] == "PATH/TO/best.pt"
     assert "- Data: `my-birds`" in card and "--out run" in record["command"]
     assert json.loads((run / "config.json").read_text())["data"] == str(data)  # the local record keeps the path
+
+
+def test_a_checkpoint_without_what_its_reader_needs_is_one_line(tmp_path):
+    """The top-level keys of a checkpoint but not the rest: one line naming the missing keys, not a KeyError later."""
+    path = tmp_path / "best.pt"
+    files.save_checkpoint(path, {"model": "resnet10t", "state_dict": {}, "config": {}})
+    for needs, missing in ((files.MODEL_KEYS, "class_names"), (files.RUN_KEYS, "image_size"),
+                           (files.RESUME_KEYS, "data")):  # fmt: skip
+        with pytest.raises(UserError) as refused:
+            files.load_checkpoint(path, needs)
+        assert missing in str(refused.value) and "\n" not in str(refused.value)
