@@ -26,7 +26,7 @@ from analysis.report import write_report
 from analysis.runs import describe, run_budget
 from common.cli import field, parse_config
 from common.errors import UserError, run_cli
-from common.files import check_writable_file, check_writable_folder, load_checkpoint, save_json
+from common.files import RUN_KEYS, check_writable_file, check_writable_folder, load_checkpoint, save_json
 from common.metrics import read_metrics
 from common.run_folder import read_config
 from data.splits import load_data
@@ -68,7 +68,7 @@ def read_run(path: str) -> dict:
     """A run folder's (or a lone checkpoint's) config and checkpoints."""
     path = Path(path)
     if path.is_file():
-        checkpoint = load_checkpoint(path)
+        checkpoint = load_checkpoint(path, RUN_KEYS)
         return {"name": str(path), "config": checkpoint["config"], "best": path, "last": None}
     if not path.exists():
         raise UserError(f"{path} does not exist; check the path of the run folder.")
@@ -124,6 +124,11 @@ def export_row(run: dict, data_cache: dict, config: Config, placement: Placement
     """A folder of export.py, its model built by timm from the folder alone; its figures go to the column of the
     checkpoint it was exported from, and its budget is its run's."""
     export = run["export"]
+    if not config.data and export.get("data_source") == "imagefolder":  # export.json names the folder, not its path
+        raise UserError(
+            f"{run['name']} was exported from a run on the local folder {export['data']!r}, whose path an export "
+            "does not keep; pass that folder with --data DIR."
+        )
     loader = test_loader(config.data or export["data"], export["image_size"], data_cache, config, placement.device)
     model = placement.put(hf_export.load_timm_folder(Path(run["name"])))
     scores = evaluate(model, loader, placement, f"test {run['name']}")
@@ -145,7 +150,7 @@ def export_row(run: dict, data_cache: dict, config: Config, placement: Placement
 def student_row(run: dict, data_cache: dict, config: Config, placement: Placement) -> dict:
     if run.get("export"):
         return export_row(run, data_cache, config, placement)
-    best = load_checkpoint(run["best"])
+    best = load_checkpoint(run["best"], RUN_KEYS)
     data_name = config.data or run["config"]["data"]
     loader = test_loader(data_name, best["image_size"], data_cache, config, placement.device)
     train_size = len(data_cache[(data_name, best["image_size"])][0].train)
@@ -166,7 +171,7 @@ def student_row(run: dict, data_cache: dict, config: Config, placement: Placemen
         "last_top5": None,
     }
     if run["last"]:
-        last = load_checkpoint(run["last"])
+        last = load_checkpoint(run["last"], RUN_KEYS)
         model.load_state_dict(last["state_dict"])
         last_scores = evaluate(model, loader, placement, "test last")
         row["last_top1"], row["last_top5"], row["last_epoch"] = last_scores["acc1"], last_scores["acc5"], last["epoch"]
@@ -174,7 +179,7 @@ def student_row(run: dict, data_cache: dict, config: Config, placement: Placemen
 
 
 def image_size_of(run: dict) -> int:
-    return run["export"]["image_size"] if run.get("export") else load_checkpoint(run["best"])["image_size"]
+    return run["export"]["image_size"] if run.get("export") else load_checkpoint(run["best"], RUN_KEYS)["image_size"]
 
 
 def group_runs(runs: list[dict]) -> list[list[dict]]:

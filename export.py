@@ -28,7 +28,7 @@ from agents.config import RLConfig
 from analysis.runs import describe, run_budget
 from common.cli import command_line, field, parse_config
 from common.errors import UserError, run_cli
-from common.files import FILE_MODE, check_writable_folder, load_checkpoint, save_json
+from common.files import FILE_MODE, RUN_KEYS, check_writable_folder, load_checkpoint, save_json
 from common.metrics import read_metrics
 from common.run_folder import read_config
 from data.splits import load_data
@@ -68,6 +68,9 @@ class Config:
         group="hub", metavar="USER/NAME",
     )  # fmt: skip
     private: bool = field(False, "create the repo of --push-to-hub as private")
+    dataset_name: str | None = field(
+        None, "the name the card and export.json give a local data folder (default: the folder's name; no path)"
+    )
     data: str | None = field(None, "data whose test views check the export; default: the run's", group="checks")
     check_images: int = field(128, "test views on which timm and onnxruntime must reproduce the checkpoint's logits")
     latency_batch: int = field(16, "images per call of the batch latency")
@@ -180,17 +183,22 @@ def training_budget(run: Path, train_size: int) -> dict:
 def export_record(config: Config, run_config: dict, checkpoint: dict, model, data, formats: list[str]) -> dict:
     """What export.json and the model card say: the source, the training, the test figures, the versions."""
     run, script = Path(config.run), run_config.get("script", "train_student.py")
+    tested_on = config.data or run_config["data"]
+    # published: the run by its folder's name, a local data folder by its name, no path of this machine
+    name = run.resolve().name
+    public = hf_export.public_config(run_config, name, hf_export.dataset_name(run_config["data"], config.dataset_name))
     return {
-        "name": run.resolve().name,
+        "name": name,
         "description": describe(run_config),
-        "source": {"run": str(run), "checkpoint": f"{config.checkpoint}.pt", "epoch": checkpoint["epoch"]},
-        "command": command_line(SCRIPTS.get(script, TrainConfig), run_config, script),
-        "config": run_config,
+        "source": {"run": name, "checkpoint": f"{config.checkpoint}.pt", "epoch": checkpoint["epoch"]},
+        "command": command_line(SCRIPTS.get(script, TrainConfig), public, script),
+        "config": public,
         "model": checkpoint["model"],
         "parameters": count_parameters(model),
         "image_size": checkpoint["image_size"],
         "class_names": checkpoint["class_names"],
-        "data": config.data or run_config["data"],
+        "data": hf_export.dataset_name(tested_on, config.dataset_name),
+        "data_source": hf_export.dataset_source(tested_on)[0],
         "test": checkpoint_figures(
             run, config.checkpoint, checkpoint, model, data, config.data in (None, run_config["data"])
         ),
@@ -244,7 +252,7 @@ def main(argv=None) -> None:
     out = check_out(config)
     if config.push_to_hub:
         hf_export.check_push(config.push_to_hub, out)
-    checkpoint = load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path, RUN_KEYS)
     model = models.model_from_checkpoint(checkpoint).eval()
     data = load_data(config.data or run_config["data"], checkpoint["image_size"])
     images = sample_views(data.test, config.check_images)
@@ -266,6 +274,7 @@ def main(argv=None) -> None:
     print(f"test top-1 {test['top1']:.2f}%, top-5 {test['top5']:.2f}% ({test['source']}); exported "
           f"{checkpoint_path} (epoch {checkpoint['epoch']}) to {out}: {written}")  # fmt: skip
     if config.push_to_hub:
+        print(hf_export.upload_summary(out, config.push_to_hub, config.private), flush=True)
         print(f"uploaded to {hf_export.push_folder(out, config.push_to_hub, config.private)}")
 
 

@@ -6,6 +6,7 @@ The loss and difficulty functions are the contracts of docs/formulas.md; they ta
 from __future__ import annotations
 
 import math
+import pickle
 
 import timm
 import torch
@@ -32,7 +33,12 @@ def create_model(
         return timm.create_model(
             name, pretrained=pretrained or bool(weights_file), num_classes=num_classes, pretrained_cfg_overlay=overlay
         )
-    except (OSError, RuntimeError, ValueError) as err:
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        if isinstance(err, pickle.UnpicklingError) or "weights_only" in str(err):  # timm: torch.load(weights_only=True)
+            raise UserError(
+                f"{weights_file} holds pickled objects, and unpickling a file can run code, so it was not read; pass "
+                "the .safetensors file of the weights, or a .pt of tensors only (a state dict)."
+            ) from None
         if weights_file:
             raise UserError(
                 f"cannot load {weights_file} into {name} ({type(err).__name__}: {err}); "

@@ -96,7 +96,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def check_out(plan: Plan, overwrite: bool) -> None:
     """Refuse an --out that holds a different sweep, or results of no sweep, before anything runs. The same sweep is
-    continued (finished() tells whether anything is left to do)."""
+    continued (finished() tells whether anything is left to do). An --out that is a file, or lies under one, or
+    cannot be written, is one line too."""
+    files.check_writable_folder(plan.out, "--out")
     if overwrite:
         return
     saved_path = plan.out / "sweep.json"

@@ -28,7 +28,7 @@ from agents.config import RLConfig, check_rl_config, read_twin
 from agents.ppo import PPOAgent, PPOSettings
 from common import seeds
 from common.errors import run_cli
-from common.files import load_checkpoint, save_json
+from common.files import RESUME_KEYS, load_checkpoint, save_json
 from common.metrics import MetricsLog, read_metrics
 from common.run_folder import is_main_process, open_run_folder, results_line, start_run
 from common.signals import exit_if_stop_requested
@@ -81,7 +81,7 @@ def steer(agent: Agent, env: CurriculumEnv, episodes: int, learn: bool, purpose:
         start = env.reset(seed=seed)[0], True, False
     else:
         env.load_state(resume["env"], resume)
-        start = resume["observation"], resume["episode_start"], env.epoch >= env.num_epochs
+        start = np.asarray(resume["observation"]), resume["episode_start"], env.epoch >= env.num_epochs
 
     def checkpoint(observation, episode_start) -> None:
         env.record_step({"env": env.state_dict(), "observation": observation, "episode_start": episode_start,
@@ -114,7 +114,7 @@ def pretrain(agent: Agent, experiment: Experiment, config: RLConfig, folder: Pat
     if is_main_process():
         proxy_folder.mkdir(exist_ok=True)
     last = proxy_folder / "last.pt"
-    resume = load_checkpoint(last) if config.resume and last.exists() else None
+    resume = load_checkpoint(last, RESUME_KEYS) if config.resume and last.exists() else None
     log = MetricsLog(proxy_folder)
     with proxy_experiment(config, experiment) as proxies:  # their loaders' workers end with the proxy runs
         env = make_env(config, proxies, log)

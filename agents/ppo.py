@@ -9,7 +9,9 @@ divided by a running std kept by the agent (PPO wants unit scale), inside `updat
 
 from __future__ import annotations
 
-import copy
+import io
+import json
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,19 +99,37 @@ class PPOAgent(Agent):
 
     @classmethod
     def load(cls, path: str, env, settings: PPOSettings) -> PPOAgent:
-        """The agent.zip of an earlier run, to replay on `env`, whose spaces it must share."""
+        """The agent.zip of an earlier run, to replay on `env`, whose spaces it must share. Read without unpickling
+        anything: stable-baselines3's PPO.load would unpickle the zip's `data` entries (spaces, schedules, the policy
+        class; code, from a file that came from anywhere). Here the policy is rebuilt from this run's own settings,
+        its weights read from the zip's policy.pth with torch.load(weights_only=True), and the spaces compared with
+        the plain JSON fields that describe them in `data`."""
+        fix = "pass the agent.zip of a train_student_rl.py run"
         try:
-            ppo = PPO.load(path, device="cpu")
-        except Exception as err:  # another zip, a truncated file, another library version: one message for all
+            with zipfile.ZipFile(path) as archive:
+                description = json.loads(archive.read("data"))
+                weights = torch.load(io.BytesIO(archive.read("policy.pth")), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
             raise UserError(
-                f"cannot load --policy {path} ({err}); pass the agent.zip of a train_student_rl.py run."
+                f"--policy {path}: its policy.pth holds pickled objects, and unpickling a file can run code, so it "
+                f"was not read; {fix}."
             ) from None
-        if ppo.action_space != env.action_space or ppo.observation_space != env.observation_space:
+        except Exception as err:  # another zip, a truncated file: one message for all
+            raise UserError(f"cannot load --policy {path} ({type(err).__name__}: {err}); {fix}.") from None
+        for name in ("action_space", "observation_space"):
+            if not same_space(description.get(name), getattr(env, name)):
+                raise UserError(
+                    f"{path} was trained with another {name.replace('_', ' ')} ({space_words(description.get(name))});"
+                    " pass the same --action, --bins and --control-temperature as the run that trained it."
+                )
+        agent = cls(settings, env)
+        try:
+            agent.policy.load_state_dict(weights)
+        except (RuntimeError, TypeError, AttributeError) as err:  # other layers or shapes than this run's policy
             raise UserError(
-                f"{path} was trained with another action space ({ppo.action_space}); "
-                "pass the same --action, --bins and --control-temperature as the run that trained it."
-            )
-        agent = cls(settings, env, ppo)
+                f"--policy {path} holds the weights of another policy ({str(err).splitlines()[0]}); pass the agent.zip "
+                "of a run with the same --action, --bins and --control-temperature."
+            ) from None
         agent.replaying, agent.learns_in_full_run = True, False
         return agent
 
@@ -187,7 +207,7 @@ class PPOAgent(Agent):
         self.ppo.num_timesteps = state["num_timesteps"]
         buffer = self.rollout_buffer
         for name, value in state["buffer"].items():
-            setattr(buffer, name, value.copy())
+            setattr(buffer, name, np.array(value))  # a checkpoint holds it as a tensor
         buffer.pos, buffer.full = state["buffer_pos"], state["buffer_full"]
         self.reward_scale = reward_scale_of(state["reward_scale"])
 
@@ -197,14 +217,34 @@ class PPOAgent(Agent):
             atomic_write(folder / "agent.zip", self.ppo.save)
 
 
+def space_fields(description) -> tuple:
+    """(kind, shape, n) of a space from the JSON fields stable-baselines3 writes beside the space's pickle in an
+    agent.zip's `data` (":type:" is the class's repr, "_shape" a list, "n" a string); never the pickle itself."""
+    if not isinstance(description, dict):
+        return (None, None, None)
+    kind = str(description.get(":type:", "")).rsplit(".", 1)[-1].strip("'>")
+    return kind, list(description.get("_shape") or []), description.get("n")
+
+
+def same_space(description, space: spaces.Space) -> bool:
+    n = str(space.n) if isinstance(space, spaces.Discrete) else None
+    return space_fields(description) == (type(space).__name__, list(space.shape), n)
+
+
+def space_words(description) -> str:
+    kind, shape, n = space_fields(description)
+    return f"{kind}({n})" if n is not None else f"{kind} of shape {tuple(shape or ())}"
+
+
 def running_std_state(scale: RunningMeanStd) -> dict:
     return {"mean": float(scale.mean), "var": float(scale.var), "count": float(scale.count)}
 
 
 def reward_scale_of(saved) -> RunningMeanStd | None:
-    """The running reward std of a checkpoint: its plain numbers, or the object an older checkpoint held."""
-    if saved is None or isinstance(saved, RunningMeanStd):
-        return copy.deepcopy(saved)
+    """The running reward std of a checkpoint's plain numbers (one that pickled the object itself is converted by
+    scripts/convert_checkpoint.py)."""
+    if saved is None:
+        return None
     scale = RunningMeanStd(shape=())
     scale.mean, scale.var, scale.count = np.float64(saved["mean"]), np.float64(saved["var"]), saved["count"]
     return scale

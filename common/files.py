@@ -156,9 +156,45 @@ def check_writable_file(path, flag: str) -> Path:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
+    """A checkpoint of tensors and plain types only (numpy arrays become tensors), so that load_checkpoint reads it
+    with torch.load(weights_only=True): reading a checkpoint never runs code (docs/security.md)."""
     import torch  # here, not at the top: the report reads run folders without loading torch
 
+    payload = plain(payload)
     atomic_write(path, lambda handle: torch.save(payload, handle), size=payload_bytes(payload))
+
+
+def plain(value):
+    """`value` with numpy arrays as tensors and numpy numbers as Python's; anything but tensors, numbers, strings,
+    None, lists, tuples and dicts is a bug of the caller (a TypeError), never pickled into a checkpoint."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(item) for item in value)
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise TypeError("an object array cannot go into a checkpoint (it would need a pickle to read)")
+        return torch.tensor(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (torch.Tensor, bool, int, float, str)):
+        return value
+    raise TypeError(f"a {type(value).__name__} cannot go into a checkpoint: save its state as tensors and plain types")
+
+
+def arrays(value):
+    """The inverse of `plain` for state kept as numpy arrays (a curriculum's scores, an agent's rollout): tensors in
+    nested dicts and lists become numpy arrays."""
+    if isinstance(value, dict):
+        return {key: arrays(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(arrays(item) for item in value)
+    import torch
+
+    return value.numpy() if isinstance(value, torch.Tensor) else value
 
 
 def payload_bytes(payload) -> int:
@@ -174,19 +210,96 @@ def save_json(path: Path, payload) -> None:
     atomic_write(path, lambda handle: handle.write((json.dumps(payload, indent=2) + "\n").encode()))
 
 
-def load_checkpoint(path) -> dict:
-    import torch  # here, not at the top: the report reads run folders without loading torch
+# What each reader of a checkpoint needs (a missing one is one line, not a KeyError later)
+MODEL_KEYS = ("model", "class_names", "state_dict")  # models.model_from_checkpoint: a teacher
+RUN_KEYS = (*MODEL_KEYS, "image_size", "epoch", "config")  # a run's best.pt or last.pt: evaluate.py, export.py
+RESUME_KEYS = (*RUN_KEYS, "data", "optimizer", "scheduler", "scaler", "best_val_acc", "best_epoch", "curriculum",
+               "teacher_cache", "temperature", "rows_logged")  # fmt: skip
+CONVERT = "python scripts/convert_checkpoint.py"
 
+
+def load_checkpoint(path, needs: tuple[str, ...] = ()) -> dict:
+    """A checkpoint of train_student.py, read with torch.load(weights_only=True): tensors and plain types only, so
+    reading it runs no code. One written before checkpoints held only those (numpy arrays in a curriculum's state)
+    is converted on read; one that needs anything else is refused in one line naming the explicit conversion."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the best.pt or last.pt of a train_student.py run.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated zip, pickle error, wrong format: one message for all
-        raise UserError(f"cannot read checkpoint {path} ({err}); pass a file written by train_student.py.") from None
+    checkpoint = read_weights_only(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model" not in checkpoint:
         raise UserError(f"{path} is not a train_student.py checkpoint (no model name and state_dict).")
+    missing = [key for key in needs if key not in checkpoint]
+    if (
+        missing
+        or not isinstance(checkpoint["state_dict"], dict)
+        or not isinstance(checkpoint.get("class_names", []), list)
+    ):
+        what = f"no {', '.join(missing)}" if missing else "a state_dict or class_names of another kind"
+        raise UserError(f"{path} is not a complete train_student.py checkpoint ({what}); pass a best.pt or last.pt "
+                        "that train_student.py wrote.")  # fmt: skip
     return checkpoint
+
+
+def read_weights_only(path: Path):
+    """torch.load(weights_only=True); numpy arrays of numbers (checkpoints of before) through an allow-list of
+    numpy's array types only, then as tensors; anything else that would need a pickle: one line, nothing run."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # weights_only refused a global: which ones, below (the file is scanned, nothing is unpickled)
+    except Exception as err:  # truncated zip, wrong format: one message for all
+        raise UserError(f"cannot read checkpoint {path} ({err}); pass a file written by train_student.py.") from None
+    names = pickled_globals(path)
+    if names and set(names) <= set(NUMPY_ARRAY_GLOBALS):
+        try:
+            with torch.serialization.safe_globals(numpy_array_globals()):
+                return plain(torch.load(path, map_location="cpu", weights_only=True))
+        except (pickle.UnpicklingError, TypeError):
+            pass  # an object array, or another numpy type: refused below
+    unsafe = [name for name in names if name not in NUMPY_ARRAY_GLOBALS]  # what makes it more than arrays
+    found = f" ({', '.join(unsafe[:3])})" if unsafe else ""
+    raise UserError(
+        f"{path} holds pickled objects{found} that only a full unpickling could read, and unpickling a file can run "
+        f"code, so it was not read; if you trust where it came from, convert it once with {CONVERT} {path}"
+    )
+
+
+def pickled_globals(path: Path) -> list[str]:
+    """The Python names a checkpoint's pickle would import (torch scans its opcodes; nothing is executed)."""
+    import torch
+
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a zip checkpoint: torch cannot scan it
+        return []
+
+
+# What pickles a numpy array of numbers (numpy 1 and 2 name the module differently): no function among them that
+# could do anything but build an array
+NUMPY_ARRAY_GLOBALS = (
+    "numpy._core.multiarray._reconstruct",
+    "numpy.core.multiarray._reconstruct",
+    "numpy.ndarray",
+    "numpy.dtype",
+    *(f"numpy.dtypes.{name}DType" for name in ("Bool", "Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64",
+                                              "UInt64", "Float16", "Float32", "Float64", "Long", "ULong")),
+)  # fmt: skip
+
+
+def numpy_array_globals() -> list:
+    import numpy as np
+
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    allowed = [(reconstruct, name) for name in NUMPY_ARRAY_GLOBALS[:2]] + [np.ndarray, np.dtype]
+    for name in NUMPY_ARRAY_GLOBALS[4:]:
+        kind = getattr(getattr(np, "dtypes", None), name.rsplit(".", 1)[1], None)
+        if kind is not None:
+            allowed.append((kind, name))
+    return allowed
 
 
 def remove_stale_temporaries(folder: Path) -> None:

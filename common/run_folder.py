@@ -24,6 +24,7 @@ from common.cli import build_parser, config_dict, parse_config
 from common.errors import UserError
 from common.files import (
     FILE_MODE,
+    RESUME_KEYS,
     check_writable_folder,
     load_checkpoint,
     remove_stale_temporaries,
@@ -253,7 +254,7 @@ def resume_config(config_class, argv, script: str):
         setattr(config, name, given[name])
     config.out = str(folder)
     last = folder / "last.pt"
-    return config, (load_checkpoint(last) if last.exists() else None)
+    return config, (load_checkpoint(last, RESUME_KEYS) if last.exists() else None)
 
 
 def start_run(config_class, argv, script: str, description: str, default_out, check):

@@ -23,6 +23,7 @@ from torch import nn
 from analysis.runs import selects_all
 from common import hub
 from common.errors import UserError
+from common.files import human_size
 from data.sources import is_hub_name
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -114,9 +115,43 @@ def dataset_source(data: str) -> tuple[str, bool]:
     return (data, True) if is_hub_name(data) else ("imagefolder", False)
 
 
+# config.json fields that name a local file or folder: never published as they are (docs/security.md)
+PATH_FIELDS = ("teacher_checkpoint", "teacher_weights", "student_weights", "cache_dir", "reward_twin", "policy")
+
+
+def dataset_name(data: str, given: str | None = None) -> str:
+    """What the card and export.json call the data: a hub name or the synthetic set as given, a local folder by
+    `given` (--dataset-name) or its own name, never its path."""
+    if dataset_source(data)[0] != "imagefolder":
+        return data
+    return given or Path(data).expanduser().resolve().name
+
+
+def public_path(value: str | None) -> str | None:
+    """A path as a reader may see it: relative ones that stay below the working folder, and `~/...`, as they are;
+    any other (absolute, `..`, `~user`) as a placeholder that keeps only the file's name."""
+    if not value:
+        return value
+    path = Path(value)
+    if value.startswith("~/") or (not path.is_absolute() and not value.startswith("~") and ".." not in path.parts):
+        return value
+    return f"PATH/TO/{path.name}"
+
+
+def public_config(config: dict, run_name: str, data_name: str) -> dict:
+    """A run's config.json as the card and export.json publish it: the run by its folder's name, a local data folder
+    by `data_name`, every other local path by public_path; the absolute paths stay in the run folder."""
+    public = {**config, "out": run_name, "resume": None, "data": data_name}
+    for name in PATH_FIELDS:
+        if isinstance(public.get(name), str):
+            public[name] = public_path(public[name])
+    return public
+
+
 def card_metadata(info: dict, repo_id: str | None) -> str:
     """The YAML block the hub reads: library, tags, license, datasets, and the test figures as a model-index."""
-    dataset_type, on_hub = dataset_source(info["data"])
+    dataset_type = info.get("data_source") or dataset_source(info["data"])[0]  # exports of before had no source
+    on_hub = dataset_type not in ("synthetic", "imagefolder")
     results = [
         EvalResult(task_type="image-classification", dataset_type=dataset_type, dataset_name=info["data"],
                    dataset_split="test", metric_type=kind, metric_name=name, metric_value=round(info["test"][key], 2))
@@ -277,6 +312,16 @@ def check_push(repo_id: str, folder: Path) -> None:
             f"--push-to-hub: the hub ({constants.ENDPOINT}) cannot be reached (or HF_HUB_OFFLINE is set); export "
             f"without --push-to-hub and upload the folder where there is network: hf upload {repo_id} {folder}"
         )
+
+
+def upload_summary(folder: Path, repo_id: str, private: bool, card_lines: int = 3) -> str:
+    """What --push-to-hub is about to publish: the files and their sizes, and the first lines of the card's text
+    (after the metadata block): its title and what it says the student is and where it came from."""
+    files = sorted(path for path in Path(folder).rglob("*") if path.is_file())
+    listed = ", ".join(f"{path.relative_to(folder)} ({human_size(path.stat().st_size)})" for path in files)
+    card = (Path(folder) / "README.md").read_text().split("\n---\n", 1)[-1].strip().splitlines()[:card_lines]
+    return "\n".join([f"uploading to {repo_id} ({'private' if private else 'public'}): {listed}",
+                      "the model card begins:", *(f"    {line}".rstrip() for line in card)])  # fmt: skip
 
 
 def push_folder(folder: Path, repo_id: str, private: bool) -> str:

@@ -152,7 +152,8 @@ def test_the_card_holds_the_runs_figures_and_command(exported):
     script, *argv = shlex.split(record["command"])[1:]
     assert script == "train_student.py"  # the command rebuilds the run's config
     rebuilt = cli.config_dict(cli.parse_config(TrainConfig, argv))
-    assert rebuilt == {key: value for key, value in run_config.items() if key != "script"}
+    published = {**run_config, "out": run.name}  # the run by its folder's name: no path of this machine
+    assert rebuilt == {key: value for key, value in published.items() if key != "script"}
     for words in ("- Teacher: none (trained on the labels only)", "temperature T = `4.0`", "seed 0",
                   "Budget: 2 epochs, 192 training samples", f"timm {timm.__version__}",
                   "| 0 | n01440764 | tench |"):  # fmt: skip
@@ -188,10 +189,13 @@ def test_evaluate_and_the_report_take_exports_of_both_checkpoints(exported, tmp_
 # Bad input: one line
 
 
-def one_line_error(capsys, argv) -> str:
+def one_line_error(capsys, argv, printed: list | None = None) -> str:
+    """The one line export.py ended in (`printed` gets what it wrote to stdout before)."""
     with pytest.raises(SystemExit) as stop:
         run_cli(lambda: export.main([str(arg) for arg in argv]))
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    if printed is not None:
+        printed.append(out)
     lines = [line for line in err.splitlines() if line.strip()]
     assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0]
@@ -292,7 +296,8 @@ def test_a_refused_upload_is_one_line_and_never_reported_done(exported, tmp_path
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         hub.offline.cache_clear()  # checked again, against this hub
         argv = [run, "--format", "timm", "--out", tmp_path / "new", "--push-to-hub", "user/student"]
-        line = one_line_error(capsys, argv)
+        printed = []
+        line = one_line_error(capsys, argv, printed)
     finally:
         server.shutdown()
         thread.join()
@@ -302,7 +307,11 @@ def test_a_refused_upload_is_one_line_and_never_reported_done(exported, tmp_path
     created = RefusingHub.requests.index("POST /api/repos/create")  # the repo was made, the upload then refused
     assert len(RefusingHub.requests) > created + 1, RefusingHub.requests
     assert (tmp_path / "new" / "export.json").is_file()  # the export itself is complete, and said so
-    assert "uploaded to" not in capsys.readouterr().out
+    out = printed[0]
+    assert "uploaded to" not in out
+    listed = out.split("uploading to user/student (public): ", 1)[1].splitlines()[0]  # said before the upload
+    assert "README.md (" in listed and "export.json (" in listed and "model.safetensors (" in listed
+    assert "the model card begins:\n    # run: Student (resnet10t, labels only)\n" in out
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import submitit
 
 import sweep
 from common import run_folder as bookkeeping
-from common.errors import UserError
+from common.errors import UserError, run_cli
 from conftest import ROOT, run_to_exit
 from sweeps import launch
 from sweeps import plans as sweep_plans
@@ -130,6 +130,19 @@ def test_a_second_sweep_into_one_out_is_refused(tmp_path):
         result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and f"--out {out} is in use by pid {os.getpid()} on " in result.stderr, result.stderr
     assert list(out.iterdir()) == []  # nothing written, and the lock file went with its holder
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys, under):
+    """--out naming an existing file (or a path under one): one line and exit 2, the file untouched."""
+    existing = tmp_path / "table.md"
+    existing.write_text("kept")
+    out = existing / "sweep" if under else existing
+    with pytest.raises(SystemExit) as stop:
+        run_cli(lambda: sweep.main(["table", "--data", "synthetic", "--quick", "--out", str(out)]))
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert stop.value.code == 2 and len(lines) == 1 and "--out" in lines[0] and "file" in lines[0], lines
+    assert existing.read_text() == "kept"
 
 
 def test_local_slots_pin_gpus_or_share_the_cores(monkeypatch):

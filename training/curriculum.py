@@ -14,6 +14,7 @@ import torch
 
 import models
 from common import seeds
+from common.files import arrays
 from curriculum_dataloader import (
     TEACHER_GATES,
     CurriculumSpec,
@@ -311,6 +312,7 @@ class Curriculum:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        state = arrays(state)  # a checkpoint holds them as tensors (common.files.plain)
         self.scores, self.components = state["scores"], state["components"]
         self.losses = state.get("losses", {})  # absent from checkpoints written before the reducible strategies
         self.coverage, self.scored_epoch = state["coverage"], state["scored_epoch"]

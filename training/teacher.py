@@ -17,7 +17,7 @@ import torch
 
 import models
 from common.errors import UserError
-from common.files import load_checkpoint
+from common.files import MODEL_KEYS, load_checkpoint
 from common.run_folder import is_main_process
 from training.devices import Placement, sum_across_processes
 from training.logit_stores import EpochViews, TeacherViewStore, cached_logits
@@ -59,7 +59,7 @@ def load_teacher(data, spec: TeacherSpec) -> torch.nn.Module:
     difficulty scores' input."""
     checkpoint = spec.checkpoint
     if checkpoint:
-        saved = load_checkpoint(checkpoint)
+        saved = load_checkpoint(checkpoint, MODEL_KEYS)
         try:
             teacher = models.model_from_checkpoint(saved)
         except RuntimeError as err:  # load_state_dict: the weights are of another architecture than the name
