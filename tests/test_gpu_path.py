@@ -30,6 +30,21 @@ def test_the_counter_counts_a_read_back_inside_a_loop_only():
     assert torch.Tensor.item is torch._C.TensorBase.item  # everything patched is put back
 
 
+def test_the_counter_counts_waits_inside_torch_by_caller_and_allows_unfused_adams_step():
+    """A wait made by torch itself (a distribution's argument check reads its verdict back) is counted at torch's
+    line; the unfused Adam's CPU step count (ALLOWED) is not."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3)), 4)
+    with HostSyncCounter(torch.device("cpu")) as counter:
+        for (inputs,) in loader:
+            model(inputs).sum().backward()
+            torch.distributions.Categorical(logits=model(inputs), validate_args=True)
+            optimizer.step()
+    assert counter.count == 2, counter.places
+    assert all(place.startswith("torch/distributions/distribution.py:") for place in counter.places), counter.places
+
+
 def counted_epoch(experiment: Experiment) -> tuple[list, list]:
     """One epoch of a fresh TrainingRun, counting host syncs: the dtypes of the teacher's outputs, and
     (training, dtype, channels-last input) of each student call."""
