@@ -444,7 +444,14 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         """Batches in this rank's shard; the same on every rank unless the shards straddle a multiple of the batch."""
-        return max(1, math.ceil(len(range(self.rank, len(self.indices), self.world_size)) / self.batch_size))
+        return self.batches_of(self.rank)
+
+    def batches_of(self, rank: int) -> int:
+        return max(1, math.ceil(len(range(rank, len(self.indices), self.world_size)) / self.batch_size))
+
+    def uneven(self) -> bool:
+        """Whether this epoch's ranks train different numbers of batches (the same answer on every rank)."""
+        return len({self.batches_of(rank) for rank in range(self.world_size)}) > 1
 
 
 def check_epoch_size(strategy: Strategy, num_samples: int, world: int, batch_size: int) -> None:

@@ -34,8 +34,11 @@ READS = ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__
 HOST_VALUES = (int, float, bool, list, tuple, np.ndarray)
 
 
-# Callers inside torch whose reads do not wait on a GPU: (file under site-packages, function) -> why.
+# Callers inside torch whose reads do not wait on a GPU: (file under site-packages, function or None for any) -> why.
 ALLOWED = {
+    ("torch/_subclasses/fake_tensor.py", None): "torch.compile's tracing (first step, and a recompile) runs on fake "
+    "tensors: shapes only, no data on any device",
+    ("torch/_meta_registrations.py", None): "the same tracing's shape functions",
     ("torch/optim/adam.py", "_init_group"): "the unfused Adam's step count, made at the first step with "
     "device='cpu' (a CPU tensor on a GPU too; the fused Adam a GPU runs makes it on the device from no host data)",
     ("torch/optim/optimizer.py", "_get_value"): "that step count read back: a CPU tensor, no wait (on a GPU the "
@@ -181,7 +184,7 @@ class HostSyncCounter:
         while frame.f_code.co_filename == __file__:  # a patched entry point called by another (to inside cpu)
             frame = frame.f_back
         filename, function = frame.f_code.co_filename, frame.f_code.co_name
-        if is_probe(filename) or (short_path(filename), function) in ALLOWED:
+        if is_probe(filename) or {(short_path(filename), function), (short_path(filename), None)} & ALLOWED.keys():
             return
         place = f"{short_path(filename)}:{frame.f_lineno} {function}: {what}"
         if not in_project(filename):

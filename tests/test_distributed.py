@@ -211,3 +211,41 @@ def test_the_teacher_logit_cache_is_decided_on_rank_0_for_every_rank(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / "caches" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks == [[["a", False, 1, [2.0]], ["b", True, 0, [5.0]]]] * 2
+
+
+COMPILE_SITE = """
+import functools
+import os
+
+if os.environ.get("COMPILE_BACKEND"):
+    import torch
+
+    torch.compile = functools.partial(torch.compile, backend=os.environ["COMPILE_BACKEND"])
+"""
+
+
+@pytest.mark.parametrize(
+    "case, flags",
+    [
+        ("even, --compile", ["--compile"]),
+        ("uneven, scored curriculum", ["--curriculum", "adaptive", "--fraction", "0.34375", "--score-source",
+                                       "train-pass", "--teacher-logits", "replay"]),
+    ],
+)  # fmt: skip
+def test_two_ranks_make_no_host_wait_per_step(tmp_path, tiny_teacher, cache_dir, case, flags):
+    """analysis/sync_rehearsal.py counts every caller's waits (torch's own included) on both gloo ranks over two
+    epochs: none, with even shards under --compile and with a scored curriculum (train-pass scores, replayed teacher
+    views) whose 33 samples split unevenly. Before DDP's buffer broadcast was turned off and join() entered only for
+    uneven batch counts, DDP's _find_common_rank made 3 per step. The compiled run uses aot_eager (as above)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(COMPILE_SITE)
+    site = os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "waits.json"
+    argv = train_args(tmp_path / "unused", "--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5",
+                      "--student", "resnet10t", "--cache-dir", cache_dir, *flags, epochs=2)[1:]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": site, "COMPILE_BACKEND": "aot_eager"}
+    result = run_to_exit(*LAUNCHER, 2, "-m", "analysis.sync_rehearsal", out, "--", *argv, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert [rank["waits"] for rank in ranks] == [0, 0], ranks
+    assert all(rank["steps"] >= 2 for rank in ranks), ranks

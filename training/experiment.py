@@ -99,7 +99,8 @@ class Experiment:
         """One epoch of training steps on the plan's samples; the mean training loss."""
         self.sampler.set_epoch(plan.epoch, plan.indices)
         self.source.start_epoch(plan.epoch)
-        loss = train_one_epoch(model, self.train_loader, self.source, settings, plan, epoch=plan.epoch)
+        loss = train_one_epoch(model, self.train_loader, self.source, settings, plan, epoch=plan.epoch,
+                               uneven=self.sampler.uneven())  # fmt: skip
         self.source.end_epoch()
         return loss
 
@@ -151,7 +152,11 @@ class TrainingRun:
         self.model = self.student  # what the training step calls: DDP and/or torch.compile around the student
         if experiment.world > 1:
             device_ids = [experiment.device] if experiment.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=device_ids)
+            # no buffer broadcast before every forward (with join() a value read back each step): each rank's
+            # BatchNorm statistics follow its own batches, and rank 0's are broadcast after the epoch (train_epoch)
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.student, device_ids=device_ids, broadcast_buffers=False
+            )
         if config.compile:  # around DDP, so the compiled graphs break at DDP's gradient buckets (overlap)
             self.model = torch.compile(self.model)
         self.optimizer = adam(

@@ -42,7 +42,14 @@ class StepSettings:
 
 
 def train_one_epoch(
-    model, loader, source: LogitSource, settings: StepSettings, plan: EpochPlan | None = None, *, epoch: int = 0
+    model,
+    loader,
+    source: LogitSource,
+    settings: StepSettings,
+    plan: EpochPlan | None = None,
+    *,
+    epoch: int = 0,
+    uneven: bool = False,
 ) -> float:
     """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
     all processes). The epoch's `plan` (None: every sample alike, nothing handed back) may carry `weights[index]`,
@@ -51,7 +58,8 @@ def train_one_epoch(
     `on_logits(indices, teacher_logits, student_logits)`, which sees every batch (train-pass scoring). Between the
     first batch and the last nothing waits for the device (no value read back, no tensor built from Python data;
     tests/test_gpu_path.py guards it): losses stay there and are checked for NaN once, after the epoch, and batch
-    sizes are counted on the host.
+    sizes are counted on the host. `uneven`: this epoch's ranks train different numbers of batches (DDP's join() is
+    then needed, and paid for: it makes every step agree on which ranks still train).
     """
     place, optimizer, scaler = settings.placement, settings.optimizer, settings.scaler
     weights, label_gate = (plan.weights, plan.label_gate) if plan else (None, None)
@@ -60,7 +68,7 @@ def train_one_epoch(
     batch_losses = torch.zeros(len(loader), device=place.device)
     batch_sizes = []
     progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
-    with join_uneven_inputs(model):  # DDP: ranks may get one batch more or less (every selected sample used once)
+    with join_uneven_inputs(model, uneven):  # DDP: a rank may get a batch less (every selected sample used once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
             images = views.to_device(images, place.device, place.memory_format)  # uint8 views are normalised there
             labels = labels.to(place.device, non_blocking=True)
@@ -89,11 +97,14 @@ def train_one_epoch(
     return (totals[0] / totals[1]).item()
 
 
-def join_uneven_inputs(model):
+def join_uneven_inputs(model, uneven: bool):
     """DDP's join(), which lets a rank that ran out of batches shadow the others' collectives until all are done,
-    found also under torch.compile's wrapper (`_orig_mod`); a no-op for a model of one process."""
+    found also under torch.compile's wrapper (`_orig_mod`), when the ranks' batch counts differ; else a no-op. Not
+    always on: inside join() every forward first agrees across ranks which still train (a collective and, with
+    broadcast buffers, a value read back: host waits at every step)."""
     inner = getattr(model, "_orig_mod", model)
-    return inner.join() if isinstance(inner, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+    ddp = isinstance(inner, torch.nn.parallel.DistributedDataParallel)
+    return inner.join() if ddp and uneven else nullcontext()
 
 
 def check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
