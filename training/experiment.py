@@ -44,6 +44,15 @@ from training.loop import StepSettings, base_view, count_parameters, evaluate, p
 from training.teacher import choose_source, load_teacher
 
 
+def check_global_batch(batch_size: int, world: int) -> None:
+    """--batch-size is the global batch (the reference's batch 128 on any number of GPUs), split evenly over ranks."""
+    if batch_size % world:
+        raise UserError(
+            f"--batch-size {batch_size} (the global batch) does not split evenly over {world} processes; use a "
+            f"multiple of {world}, e.g. {batch_size - batch_size % world or world}."
+        )
+
+
 class Experiment:
     """What stays fixed across training runs of one config: placement, data, loaders, the teacher and its logits."""
 
@@ -58,6 +67,7 @@ class Experiment:
         # stores built before torchrun's processes start their process group: no rank waits for one in a collective
         self.data = views.fast_splits(data, config.loader, config.cache_dir, self.workers)
         self.rank, self.world, device = init_distributed(device)
+        check_global_batch(config.batch_size, self.world)
         self.placement = Placement.on(device, amp_dtype(device, config.amp), config.memory_format)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         allow_tf32(config.tf32)
@@ -78,10 +88,11 @@ class Experiment:
         return self.placement.device
 
     def make_loaders(self) -> None:
-        batch, device = self.config.batch_size, self.device
+        batch, device = self.config.batch_size // self.world, self.device  # --batch-size is the global batch
         stored = isinstance(self.data.val, views.StoredView)  # then only the training loader has workers
         check_shared_memory((1 if stored else 2) * batch * views.image_bytes(self.data), self.workers)
-        self.sampler = EpochSampler(len(self.data.train), self.config.seed, batch, self.rank, self.world)
+        self.sampler = EpochSampler(len(self.data.train), self.config.seed, self.config.batch_size, self.rank,
+                                    self.world)  # fmt: skip
         self.train_loader = make_loader(self.data.train, batch, self.workers, device, self.sampler)
         eval_batch = 2 * batch  # no activations kept for backward: twice the batch fits
         self.val_loader, self.test_loader, self.score_loader = (
@@ -100,7 +111,7 @@ class Experiment:
         self.sampler.set_epoch(plan.epoch, plan.indices)
         self.source.start_epoch(plan.epoch)
         loss = train_one_epoch(model, self.train_loader, self.source, settings, plan, epoch=plan.epoch,
-                               uneven=self.sampler.uneven())  # fmt: skip
+                               uneven=self.sampler.uneven(), loss_scales=self.sampler.loss_scales())  # fmt: skip
         self.source.end_epoch()
         return loss
 
@@ -242,6 +253,7 @@ class TrainingRun:
             "teacher_cache": self.experiment.source.parts,
             "temperature": self.temperature,
             "rows_logged": self.log.count if self.log else 0,
+            "world_size": self.experiment.world,
         }
 
     def load_state(self, checkpoint: dict | None) -> None:
@@ -259,6 +271,13 @@ class TrainingRun:
         if checkpoint["teacher_cache"] != self.experiment.source.parts:
             raise UserError(
                 f"the teacher of {self.folder} changed since the run started; resume with the original one."
+            )
+        world = checkpoint.get("world_size", 1)
+        if world != self.experiment.world:
+            raise UserError(
+                f"--resume {self.folder}: the run trained on {world} process(es), this launch has "
+                f"{self.experiment.world}; resume it with torchrun --nproc_per_node {world} (each rank's BatchNorm "
+                "statistics come from its part of the batch, so another count would change the run mid-way)."
             )
         self.student.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])

@@ -50,6 +50,7 @@ def train_one_epoch(
     *,
     epoch: int = 0,
     uneven: bool = False,
+    loss_scales: list[float] | None = None,
 ) -> float:
     """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
     all processes). The epoch's `plan` (None: every sample alike, nothing handed back) may carry `weights[index]`,
@@ -59,7 +60,8 @@ def train_one_epoch(
     first batch and the last nothing waits for the device (no value read back, no tensor built from Python data;
     tests/test_gpu_path.py guards it): losses stay there and are checked for NaN once, after the epoch, and batch
     sizes are counted on the host. `uneven`: this epoch's ranks train different numbers of batches (DDP's join() is
-    then needed, and paid for: it makes every step agree on which ranks still train).
+    then needed, and paid for: it makes every step agree on which ranks still train). `loss_scales[step]` multiplies
+    the step's loss before backward (EpochSampler.loss_scales: DDP's mean over ranks then is the global batch's mean).
     """
     place, optimizer, scaler = settings.placement, settings.optimizer, settings.scaler
     weights, label_gate = (plan.weights, plan.label_gate) if plan else (None, None)
@@ -82,7 +84,7 @@ def train_one_epoch(
                 label_gate=None if label_gate is None else label_gate[indices],
             )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss if loss_scales is None else loss * loss_scales[step]).backward()
             scaler.step(optimizer)
             scaler.update()
             batch_losses[step] = loss.detach()
