@@ -5,7 +5,8 @@
 
 Runs train_student.py's epochs (`TrainingRun.train_epoch`: the curriculum's scoring, the steps, validation) from the
 flags after `--`, each epoch inside `HostSyncCounter` (analysis/host_syncs.py: every caller, torch's own included),
-and writes what each rank counted to OUT.json (rank 0, after gathering them): its training steps and its places.
+and writes what each rank counted to OUT.json (rank 0, after gathering them): its training steps, its places and
+its epochs' seconds (bench.py --only gpu times the multi-process runs with it).
 On gloo the CPU counter runs; under NCCL torch's own sync warnings are counted.
 """
 
@@ -26,16 +27,17 @@ from training.experiment import Experiment, TrainingRun
 
 
 def count_epochs(config: TrainConfig) -> dict:
-    """This rank's training steps and counted places over the run's epochs."""
-    steps, places = 0, []
+    """This rank's training steps, counted places and each epoch's seconds (validation included) over the run."""
+    steps, places, seconds = 0, [], []
     with Experiment(config) as experiment:
         run = TrainingRun(experiment)
         for _ in range(config.epochs):
             with HostSyncCounter(experiment.device) as counter:
-                run.train_epoch()
+                row = run.train_epoch()
             steps += len(experiment.train_loader)
             places += counter.places
-    return {"steps": steps, "places": places}
+            seconds.append(row["seconds"])
+    return {"steps": steps, "places": places, "seconds": seconds}
 
 
 def by_caller(places: list[str]) -> dict[str, int]:
@@ -51,7 +53,7 @@ def main(argv: list[str]) -> None:
         ranks = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, figures)
     if not dist.is_initialized() or dist.get_rank() == 0:
-        report = [{"rank": rank, "steps": r["steps"], "waits": len(r["places"]),
+        report = [{"rank": rank, "steps": r["steps"], "epoch_seconds": r["seconds"], "waits": len(r["places"]),
                    "waits_per_step": len(r["places"]) / max(1, r["steps"]), "by_caller": by_caller(r["places"])}
                   for rank, r in enumerate(ranks)]  # fmt: skip
         out.write_text(json.dumps(report, indent=2) + "\n")
