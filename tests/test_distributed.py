@@ -273,3 +273,37 @@ def test_two_ranks_make_no_host_wait_per_step(tmp_path, tiny_teacher, cache_dir,
     ranks = json.loads(out.read_text())
     assert [rank["waits"] for rank in ranks] == [0, 0], ranks
     assert all(rank["steps"] >= 2 for rank in ranks), ranks
+
+
+EMPTY_SHARD = f"""
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, {str(ROOT)!r})
+import torch
+import torch.distributed as dist
+
+from training.devices import Placement, make_loader
+from training.loop import predict_logits
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+view = [(torch.full((3, 2, 2), 1.0), 0, 0)]  # one sample: rank 1's strided shard is empty
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+torch.nn.init.constant_(model[1].weight, 0.5)
+logits = predict_logits(model, make_loader(view, 4, 0, torch.device("cpu")), Placement(torch.device("cpu")), "p")
+Path(sys.argv[1], f"rank{{dist.get_rank()}}.json").write_text(json.dumps(logits.tolist()))
+dist.destroy_process_group()
+"""
+
+
+def test_a_rank_with_an_empty_shard_predicts_zeros_of_the_right_width(tmp_path):
+    """One sample on two ranks: rank 1 has no batch; it once crashed on sum_across_processes(None) while rank 0
+    waited in the collective. Both now return rank 0's logits."""
+    script = tmp_path / "empty.py"
+    script.write_text(EMPTY_SHARD)
+    result = run_to_exit(*LAUNCHER, 2, script, tmp_path, env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logits = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert logits[0] == logits[1] and len(logits[0]) == 1 and len(logits[0][0]) == 5

@@ -123,11 +123,17 @@ def test_gpu_defaults(monkeypatch):
         assert devices.default_workers(3) == 3  # a given --workers stands
 
 
-def test_a_too_small_shared_memory_is_one_line_naming_the_fix(tmp_path, capsys):
+def test_a_too_small_shared_memory_is_one_line_naming_the_fix(tmp_path, capsys, monkeypatch):
     devices.check_shared_memory(10**6, workers=4, folder=str(tmp_path))  # fits
     devices.check_shared_memory(10**18, workers=0, folder=str(tmp_path))  # no workers: no shared memory used
     with pytest.raises(UserError, match=r"docker run --shm-size .* lower --workers"):
         devices.check_shared_memory(10**18, workers=4, folder=str(tmp_path))
+    # what one rank's workers need fits; what the node's 8 ranks need together does not
+    batch = devices.shutil.disk_usage(tmp_path).free // (3 * (4 * devices.PREFETCH + 1))
+    devices.check_shared_memory(batch, workers=4, folder=str(tmp_path))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(UserError, match=r"8 processes x 4 loader workers"):
+        devices.check_shared_memory(batch, workers=4, folder=str(tmp_path))
 
     def bus_error():  # torch's words (torch/csrc/DataLoader.cpp) for a worker that found no room in /dev/shm
         raise RuntimeError(
@@ -140,3 +146,11 @@ def test_a_too_small_shared_memory_is_one_line_naming_the_fix(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--shm-size" in err and "--workers" in err
+
+
+def test_one_progress_bar_per_run(monkeypatch):
+    """torchrun's ranks other than 0 draw no progress bar (8 bars over one terminal were noise)."""
+    monkeypatch.setenv("RANK", "1")
+    assert loop.progress_off() is True
+    monkeypatch.setenv("RANK", "0")
+    assert loop.progress_off() is None  # tqdm's own rule: shown on a terminal

@@ -7,6 +7,7 @@ from training/curriculum.py (its strategies from curriculum_dataloader.py), the 
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import models
 from common import seeds
 from common.cli import config_dict
 from common.errors import UserError
-from common.files import atomic_write, load_checkpoint, save_checkpoint, save_json
+from common.files import append_to_zip, atomic_write, load_checkpoint, save_checkpoint, save_json
 from common.metrics import MetricsLog
 from common.run_folder import is_main_process
 from curriculum_dataloader import EpochSampler, check_epoch_size, strategy_of
@@ -42,6 +43,8 @@ from training.devices import (
 )
 from training.loop import StepSettings, base_view, count_parameters, evaluate, predict_logits, train_one_epoch
 from training.teacher import choose_source, load_teacher
+
+HISTORY = "difficulty_history.npz"  # every score the curriculum used, by the epoch it was made after (fp16)
 
 
 def check_global_batch(batch_size: int, world: int) -> None:
@@ -179,6 +182,7 @@ class TrainingRun:
         self.curriculum = Curriculum(config.curriculum_spec(), len(train), self.seed, train.labels, flipped)
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
+        self.history_written: set[str] = set()  # the score history's entries in difficulty_history.npz
 
     def score_pass(self, stale: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The teacher's and the current student's logits on the un-augmented images the curriculum asks for (all of
@@ -262,6 +266,8 @@ class TrainingRun:
         if checkpoint is None:
             if self.log:
                 self.log.truncate(0)
+            if self.folder and is_main_process():
+                (self.folder / HISTORY).unlink(missing_ok=True)
             return
         if checkpoint["data"] != self.experiment.data.identity:
             raise UserError(
@@ -292,6 +298,10 @@ class TrainingRun:
         self.temperature = checkpoint["temperature"]
         if self.log:
             self.log.truncate(checkpoint["rows_logged"])
+        if self.folder and is_main_process():  # the checkpoint's history, whole: an append a kill tore is repaired
+            final = self.final_history()
+            atomic_write(self.folder / HISTORY, lambda f: np.savez(f, **final))
+            self.history_written = set(final)
 
     def end_epoch(self, row: dict, extra_state: dict | None = None) -> None:
         """Log the row, then write best.pt (if improved) and last.pt, in that order: a kill between them is repaired
@@ -311,11 +321,27 @@ class TrainingRun:
         self.log.append(row)
         if self.curriculum.scores is not None:
             atomic_write(self.folder / "difficulty.npy", lambda f: np.save(f, self.curriculum.scores))
-            atomic_write(self.folder / "difficulty_history.npz", lambda f: np.savez(f, **self.curriculum.history))
+            self.append_history(self.final_history())
         atomic_write(self.folder / "coverage.npy", lambda f: np.save(f, self.curriculum.coverage))
         if improved:
             save_checkpoint(self.folder / "best.pt", {**self.model_payload(), "val_acc": row["val_acc"]})
         save_checkpoint(self.folder / "last.pt", {**self.state_payload(), **(extra_state or {})})
+
+    def final_history(self) -> dict[str, np.ndarray]:
+        """The score history's entries that no longer change: all but the newest (train-pass scores and the next
+        epoch's pass over the unselected samples still refresh it)."""
+        keys = sorted(self.curriculum.history, key=lambda key: int(key.removeprefix("epoch_")))
+        return {key: self.curriculum.history[key] for key in keys[:-1]}
+
+    def append_history(self, history: dict[str, np.ndarray]) -> None:
+        """Append the entries not yet in difficulty_history.npz: each epoch writes its own entry, not the whole
+        history again (last.pt holds it whole, for an exact resume)."""
+        new = {key: value for key, value in history.items() if key not in self.history_written}
+        if new:
+            append_to_zip(self.folder / HISTORY,
+                          {f"{key}.npy": functools.partial(np.lib.format.write_array, array=value, allow_pickle=False)
+                           for key, value in new.items()})  # fmt: skip
+            self.history_written |= new.keys()
 
     def finish(self) -> dict:
         """Test accuracy of the best-validation checkpoint (the reported figure) and of the last epoch's model."""
@@ -336,6 +362,7 @@ class TrainingRun:
             "params": count_parameters(self.student),
         }
         if is_main_process():
+            self.append_history(self.curriculum.history)  # the newest entry too: the run is over
             save_json(self.folder / "results.json", results)
         if self.log:
             self.log.close()

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 import models
 from common.errors import UserError
+from common.run_folder import is_main_process
 from data import views
-from training.devices import Placement, sum_across_processes
+from training.devices import Placement, max_across_processes, sum_across_processes
 
 if TYPE_CHECKING:
     from training.curriculum import EpochPlan
@@ -69,7 +70,7 @@ def train_one_epoch(
     model.train()
     batch_losses = torch.zeros(len(loader), device=place.device)
     batch_sizes = []
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=progress_off())
     with join_uneven_inputs(model, uneven):  # DDP: a rank may get a batch less (every selected sample used once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
             images = views.to_device(images, place.device, place.memory_format)  # uint8 views are normalised there
@@ -97,6 +98,11 @@ def train_one_epoch(
     sizes = torch.tensor(batch_sizes, dtype=torch.float32).to(place.device)
     totals = sum_across_processes(torch.stack([(batch_losses * sizes).sum(), sizes.sum()]))
     return (totals[0] / totals[1]).item()
+
+
+def progress_off() -> bool | None:
+    """One progress bar per run: rank 0's (None: tqdm's own rule, shown on a terminal); the other ranks draw none."""
+    return None if is_main_process() else True
 
 
 def join_uneven_inputs(model, uneven: bool):
@@ -129,17 +135,21 @@ def base_view(dataset):
 @torch.inference_mode()
 def predict_logits(model, loader, placement: Placement, desc: str) -> torch.Tensor:
     """Logits of every sample of the loader's view, as a CPU float32 tensor [N, K] in sample order. With several
-    processes each predicts its shard and the rows are summed into place across processes."""
+    processes each predicts its shard and the rows are summed into place across processes; a rank whose shard is
+    empty (fewer samples than ranks) adds zeros of the width the others found."""
     model.eval()
     view = base_view(loader.dataset)
     logits = None
-    for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=None):
+    for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=progress_off()):
         images = views.to_device(images, placement.device, placement.memory_format)
         with placement.autocast():
             batch = model(images).float()
         if logits is None:
             logits = torch.zeros(len(view), batch.shape[1], device=placement.device)
         logits[indices.to(placement.device, non_blocking=True)] = batch
+    width = max_across_processes(0 if logits is None else logits.shape[1], placement.device)
+    if logits is None:
+        logits = torch.zeros(len(view), width, device=placement.device)
     return sum_across_processes(logits).cpu()
 
 
