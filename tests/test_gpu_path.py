@@ -103,6 +103,23 @@ def test_the_teachers_logits_stay_fp32_under_autocast():
     assert (logits - full).abs().max() < 0.05 * full.abs().max()  # close to the fp32 teacher: bf16 features only
 
 
+def test_the_teachers_head_runs_without_tf32_and_puts_the_setting_back():
+    """The fp32 head is fp32 on a GPU too: TF32 (on for the rest of the run) is off inside it."""
+    model = timm.create_model("resnet10t", num_classes=5).eval()
+    seen = []
+    model.get_classifier().register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))  # fmt: skip
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    devices.allow_tf32(True)
+    try:
+        with torch.inference_mode():
+            models.with_fp32_head(model)(torch.randn(2, 3, 32, 32))
+        assert seen == [(False, False)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def test_gpu_defaults(monkeypatch):
     parameter = [torch.nn.Parameter(torch.zeros(2))]
     assert devices.adam(parameter, torch.device("cuda"), lr=1e-3, weight_decay=0).defaults["fused"] is True

@@ -208,7 +208,8 @@ class TrainingRun:
 
     def step_settings(self) -> StepSettings:
         return StepSettings(self.optimizer, self.scaler, label_weight=self.config.label_weight,
-                            temperature=self.temperature, placement=self.experiment.placement)  # fmt: skip
+                            temperature=self.temperature, placement=self.experiment.placement,
+                            dynamic_batch=self.config.compile)  # fmt: skip
 
     def train_epoch(self, target: float | None = None, gate: str | None = None) -> dict:
         """One epoch: the curriculum's plan (it rescores first when due), the training steps, validation. `gate`:

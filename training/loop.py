@@ -40,6 +40,7 @@ class StepSettings:
     label_weight: float
     temperature: float
     placement: Placement
+    dynamic_batch: bool = False  # a compiled model: its batch dimension marked dynamic (no recompile mid-epoch)
 
 
 def train_one_epoch(
@@ -74,6 +75,8 @@ def train_one_epoch(
     with join_uneven_inputs(model, uneven):  # DDP: a rank may get a batch less (every selected sample used once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
             images = views.to_device(images, place.device, place.memory_format)  # uint8 views are normalised there
+            if settings.dynamic_batch:  # batches differ by a sample (and by rank): one graph for every size
+                torch._dynamo.maybe_mark_dynamic(images, 0)
             labels = labels.to(place.device, non_blocking=True)
             indices = cpu_indices.to(place.device, non_blocking=True)
             teacher_logits = source.batch(images, cpu_indices, indices)
