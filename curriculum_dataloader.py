@@ -466,7 +466,7 @@ class EpochSampler(Sampler):
         """What this rank's batch-mean loss is multiplied by at each step, part * world_size / global batch, so that
         DDP's mean of the ranks' gradients is the gradient of the global batch's mean loss (1.0 in one process)."""
         parts = [(self.part_size(size, self.rank), size) for size in self.global_sizes()]
-        return [part * self.world_size / size for part, size in parts if part]
+        return [part * self.world_size / size for part, size in parts if part] or [1.0]  # an empty epoch: 1 batch
 
 
 def check_epoch_size(strategy: Strategy, num_samples: int, world: int, batch_size: int) -> None:

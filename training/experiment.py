@@ -182,7 +182,7 @@ class TrainingRun:
         self.curriculum = Curriculum(config.curriculum_spec(), len(train), self.seed, train.labels, flipped)
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
-        self.history_written: set[str] = set()  # the score history's entries in difficulty_history.npz
+        self.history_written: set[str] | None = None  # the history's entries in difficulty_history.npz (None: none yet)
 
     def score_pass(self, stale: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The teacher's and the current student's logits on the un-augmented images the curriculum asks for (all of
@@ -267,8 +267,6 @@ class TrainingRun:
         if checkpoint is None:
             if self.log:
                 self.log.truncate(0)
-            if self.folder and is_main_process():
-                (self.folder / HISTORY).unlink(missing_ok=True)
             return
         if checkpoint["data"] != self.experiment.data.identity:
             raise UserError(
@@ -335,8 +333,13 @@ class TrainingRun:
         return {key: self.curriculum.history[key] for key in keys[:-1]}
 
     def append_history(self, history: dict[str, np.ndarray]) -> None:
-        """Append the entries not yet in difficulty_history.npz: each epoch writes its own entry, not the whole
-        history again (last.pt holds it whole, for an exact resume)."""
+        """Write the entries not yet in difficulty_history.npz: the run's first write makes the file afresh (an RL
+        episode's proxy run replaces the last episode's), later ones append to it, so each epoch writes its own
+        entry, not the whole history again (last.pt holds it whole, for an exact resume)."""
+        if self.history_written is None:
+            atomic_write(self.folder / HISTORY, lambda f: np.savez(f, **history))
+            self.history_written = set(history)
+            return
         new = {key: value for key, value in history.items() if key not in self.history_written}
         if new:
             append_to_zip(self.folder / HISTORY,
@@ -363,7 +366,8 @@ class TrainingRun:
             "params": count_parameters(self.student),
         }
         if is_main_process():
-            self.append_history(self.curriculum.history)  # the newest entry too: the run is over
+            if self.curriculum.history:
+                self.append_history(self.curriculum.history)  # the newest entry too: the run is over
             save_json(self.folder / "results.json", results)
         if self.log:
             self.log.close()
