@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import io
 import json
 import os
 import resource
@@ -251,6 +252,18 @@ def step_row(epochs: Epochs, batches: list, clock: Clock, steps: int, name: str)
     peak_memory(epochs.run.experiment.device, reset=True)
     seconds = clock.once(lambda: epochs.epoch(cycled(batches, steps)))
     return (name, steps * len(batches[0][1]) / seconds, peak_memory(epochs.run.experiment.device))
+
+
+def end_epoch_row(exp: Experiment, clock: Clock, folder: Path) -> tuple:
+    """What rank 0 writes after an epoch (metrics row, scores, best.pt and last.pt, fsync'd) while the other ranks
+    wait at the next collective: seconds, after one real epoch of a run with a folder."""
+    folder.mkdir(parents=True)
+    run = TrainingRun(exp, folder)
+    row = run.train_epoch()
+    with contextlib.redirect_stdout(io.StringIO()):  # its epoch line
+        seconds = clock.once(lambda: run.end_epoch(row))
+    run.log.close()
+    return ("rank 0's end-of-epoch writes (metrics row, checkpoints), seconds", seconds, None)
 
 
 def evaluation_rows(exp: Experiment, clock: Clock, workers: int, places: list) -> list:
@@ -519,6 +532,7 @@ def main(bench, tmp: Path) -> dict:
               f"steps on {form.in_memory} batches in memory", flush=True)  # fmt: skip
         rows = training_rows(exp, clock, form, compile_too, deadline, places)
         rows += evaluation_rows(exp, clock, max(1, workers), places)
+        rows.append(end_epoch_row(exp, clock, tmp / "end-epoch"))
         total = device_total_mib(exp.device)
     print_rows(rows)
     runs = []
