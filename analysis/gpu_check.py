@@ -45,7 +45,7 @@ from training import loop
 from training.config import TrainConfig
 from training.devices import close_loader, default_workers, make_loader, pick_device
 from training.experiment import Experiment, TrainingRun
-from training.teacher import choose_source
+from training.teacher import choose_source, compile_teacher
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository, where the scripts are
 BUDGET_S = 450  # rows left when this much time has passed are skipped (printed as such; a FAIL)
@@ -204,8 +204,8 @@ def cycled(batches: list, steps: int) -> list:
 # The rows: (name, img/s or seconds, peak GPU MiB)
 
 
-def teacher_row(exp: Experiment, batches: list, clock: Clock, steps: int) -> tuple:
-    """The teacher's forward alone (what `--teacher-logits online` adds to every step)."""
+def teacher_row(exp: Experiment, batches: list, clock: Clock, steps: int, name: str) -> tuple:
+    """The teacher's forward alone (what `--teacher-logits online` adds to every step), after a warm-up pass."""
 
     def forwards():
         with torch.inference_mode():
@@ -214,19 +214,23 @@ def teacher_row(exp: Experiment, batches: list, clock: Clock, steps: int) -> tup
                 with exp.placement.autocast():
                     exp.teacher(images)
 
-    forwards()  # warm-up
+    forwards()  # warm-up (and the compile)
     peak_memory(exp.device, reset=True)
     seconds = clock.once(forwards)
-    return ("teacher forward alone", steps * len(batches[0][1]) / seconds, peak_memory(exp.device))
+    return (name, steps * len(batches[0][1]) / seconds, peak_memory(exp.device))
 
 
 def training_rows(exp: Experiment, clock: Clock, form: Form, compile_too: bool, deadline: float, places: list):
-    """The loader alone, the teacher alone, the KD steps eager and compiled with the teacher online and replayed, and
-    one counted whole epoch (eager, online)."""
-    images = len(exp.data.train)
+    """The loader alone, the teacher alone, the KD steps eager and compiled (the teacher too, as --compile compiles
+    it on a GPU) with the teacher online and replayed, and one counted whole epoch (eager, online)."""
+    images, eager_teacher = len(exp.data.train), exp.teacher
+    teachers = {False: eager_teacher, True: compile_teacher(eager_teacher, compile_too, exp.device)}
     rows = [("loader alone: training views", images / clock.median(lambda: loader_pass(exp.train_loader)), None)]
     batches = memory_batches(exp.train_loader, exp.device, min(form.in_memory, len(exp.train_loader)))
-    rows.append(teacher_row(exp, batches, clock, form.steady))
+    rows.append(teacher_row(exp, batches, clock, form.steady, "teacher forward alone, eager"))
+    if teachers[True] is not eager_teacher:
+        exp.teacher = teachers[True]
+        rows.append(teacher_row(exp, batches, clock, form.steady, "teacher forward alone, compiled"))
     for compiled in (False, True):
         for logits in ("online", "replay"):
             name = f"KD step, {'compiled' if compiled else 'eager'}, {logits} teacher"
@@ -236,12 +240,13 @@ def training_rows(exp: Experiment, clock: Clock, form: Form, compile_too: bool, 
                 rows.append((f"{name}: skipped (time budget)", None, None))
             else:
                 exp.config = dataclasses.replace(exp.config, compile=compiled)  # TrainingRun reads it
+                exp.teacher = teachers[compiled]  # Epochs' source reads it
                 epochs = Epochs(TrainingRun(exp), logits, places)
                 rows.append(step_row(epochs, batches, clock, form.steady, name))
                 if not compiled and logits == "online":
                     rows.append(("whole epoch, eager, online teacher (host waits counted)",
                                  images / clock.once(epochs.counted_epoch), None))  # fmt: skip
-    exp.config = dataclasses.replace(exp.config, compile=False)
+    exp.config, exp.teacher = dataclasses.replace(exp.config, compile=False), eager_teacher
     return rows
 
 

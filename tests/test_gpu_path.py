@@ -15,6 +15,7 @@ from conftest import TINY
 from training import devices, loop
 from training.config import TrainConfig
 from training.experiment import Experiment, TrainingRun
+from training.teacher import compile_teacher
 
 
 def test_the_counter_counts_a_read_back_inside_a_loop_only():
@@ -101,6 +102,25 @@ def test_the_teachers_logits_stay_fp32_under_autocast():
         full = model(images)
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
     assert (logits - full).abs().max() < 0.05 * full.abs().max()  # close to the fp32 teacher: bf16 features only
+
+
+def test_the_teacher_with_its_fp32_head_compiles_into_one_graph_for_batches_of_any_size():
+    """What --compile does to the teacher on a GPU (training/teacher.py compile_teacher), with aot_eager here: no
+    graph break at the fp32 head, one graph for batches of 9 and 8 marked dynamic, the eager teacher's logits."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    teacher = models.with_fp32_head(timm.create_model("resnet10t", num_classes=5)).eval().requires_grad_(False)
+    compiled = torch.compile(teacher, backend="aot_eager")
+    for size in (9, 8):
+        images = torch.randn(size, 3, 32, 32)
+        torch._dynamo.maybe_mark_dynamic(images, 0)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, expected = compiled(images), teacher(images)
+        assert logits.dtype == torch.float32
+        torch.testing.assert_close(logits, expected)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert compile_teacher(teacher, True, torch.device("cpu")) is teacher  # a CPU run keeps the teacher eager
 
 
 def test_the_teachers_head_runs_without_tf32_and_puts_the_setting_back():
