@@ -16,6 +16,7 @@ import dataclasses
 import json
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ class BenchConfig:
     amp: bool = field(False, "mixed precision")
     repeats: int = field(3, "timed repetitions per figure (median reported)")
     agent_epochs: int = field(10, "epochs of the PPO-steered run that times the agent (it updates every 5)")
-    json: str = field("bench.json", "where to write the figures")
+    json: str = field(
+        "runs/bench/bench.json", "where to write the figures (runs/ is ignored by git: no stray file in a checkout)"
+    )
     only: str = field(
         "all", "all: the training figures; loader: only the data path's rows; export: only the CPU latency of "
         "--student as exported by export.py (random weights), torch eager vs onnxruntime; gpu: the GPU acceptance "
@@ -79,7 +82,7 @@ class BenchConfig:
         "auto", "also time the student under --compile; auto: on a GPU only (on a CPU inductor's C++ build takes "
         "minutes)", choices=("auto", "on", "off")
     )  # fmt: skip
-    gpu_processes: int = field(0, "processes of the multi-process rows; 0: 2 where 2 GPUs are present, else none")
+    gpu_processes: int = field(0, "processes of the multi-process rows; 0: every GPU present (none on a CPU)")
 
 
 def timed(functions: dict, repeats: int, device: torch.device) -> dict:
@@ -302,16 +305,18 @@ def main(argv=None) -> None:
     if bench.only == "loader":
         figures.update(measure_loader(bench.loader_images, bench.loader_size, bench.prepared_side, bench.repeats))
         print_loader_table(figures)
-        Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_figures(bench.json, figures)
         return
     if bench.only == "export":
         figures.update(measure_export(bench))
-        Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_figures(bench.json, figures)
         return
     if bench.only == "gpu":
         with tempfile.TemporaryDirectory() as tmp:
             figures.update(gpu_check.main(bench, Path(tmp)))
-        Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
+        write_figures(bench.json, figures)
+        if figures["gpu_failed"]:
+            sys.exit(1)  # a FAIL line: the check's verdict, for a scheduler or a script
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -338,7 +343,13 @@ def main(argv=None) -> None:
     if device.type == "cuda":
         figures["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     print_table(figures)
-    Path(bench.json).write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(bench.json, figures)
+
+
+def write_figures(path: str, figures: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"figures: {path}")
 
 
 def print_table(figures: dict) -> None:

@@ -419,10 +419,12 @@ class EpochSampler(Sampler):
     """Batches of `(index, epoch)` pairs: this epoch's selected samples in an order seeded by (seed, epoch).
 
     The epoch travels with each index so the dataset seeds that sample's augmentation from (seed, epoch, index):
-    reproducible with any number of DataLoader workers. With `world_size > 1` each rank takes a disjoint strided
-    shard of the shuffled selection, so every selected sample is trained exactly once per epoch (ranks may differ by
-    one sample; DDP's join() evens out the step counts). A shard is cut into ceil(n / batch_size) batches of nearly
-    equal size, so no epoch ends on a batch of one (which BatchNorm cannot train on).
+    reproducible with any number of DataLoader workers. `batch_size` is the global batch: the ordered selection is
+    cut into ceil(n / batch_size) batches of nearly equal size (so no epoch ends on a batch of one, which BatchNorm
+    cannot train on), and with `world_size > 1` rank r takes every world_size-th sample of each, from the r-th. So
+    every selected sample is trained exactly once per epoch, every rank trains the same number of batches, and the
+    ranks' batches of a step together are the batch one process would train on at that step (parts may differ by one
+    sample: `loss_scales` makes the step's gradient that of the whole batch).
     """
 
     def __init__(self, num_samples: int, seed: int, batch_size: int, rank: int = 0, world_size: int = 1):
@@ -433,31 +435,51 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch: int, indices: np.ndarray) -> None:
         self.epoch, self.indices = epoch, np.asarray(indices)
 
-    def shard(self) -> np.ndarray:
-        order = seeds.generator(self.seed, "order", epoch=self.epoch).permutation(self.indices)
-        return order[self.rank :: self.world_size]
+    def global_sizes(self) -> list[int]:
+        """The sizes of this epoch's global batches, as np.array_split cuts them."""
+        count = max(1, math.ceil(len(self.indices) / self.batch_size))
+        small, extra = divmod(len(self.indices), count)
+        return [small + 1] * extra + [small] * (count - extra)
+
+    def part_size(self, size: int, rank: int) -> int:
+        return len(range(rank, size, self.world_size))
 
     def __iter__(self):
-        shard = self.shard()
-        for batch in np.array_split(shard, len(self)):
-            yield [(int(i), self.epoch) for i in batch]
+        order = seeds.generator(self.seed, "order", epoch=self.epoch).permutation(self.indices)
+        for batch in np.array_split(order, len(self.global_sizes())):
+            part = batch[self.rank :: self.world_size]
+            if len(part) or not len(order):
+                yield [(int(i), self.epoch) for i in part]
 
     def __len__(self) -> int:
-        """Batches in this rank's shard; the same on every rank unless the shards straddle a multiple of the batch."""
-        return max(1, math.ceil(len(range(self.rank, len(self.indices), self.world_size)) / self.batch_size))
+        return self.batches_of(self.rank)
+
+    def batches_of(self, rank: int) -> int:
+        """Batches `rank` trains this epoch: one per global batch, unless that batch has fewer samples than ranks."""
+        return max(1, sum(self.part_size(size, rank) > 0 for size in self.global_sizes()))
+
+    def uneven(self) -> bool:
+        """Whether this epoch's ranks train different numbers of batches (the same answer on every rank)."""
+        return len({self.batches_of(rank) for rank in range(self.world_size)}) > 1
+
+    def loss_scales(self) -> list[float]:
+        """What this rank's batch-mean loss is multiplied by at each step, part * world_size / global batch, so that
+        DDP's mean of the ranks' gradients is the gradient of the global batch's mean loss (1.0 in one process)."""
+        parts = [(self.part_size(size, self.rank), size) for size in self.global_sizes()]
+        return [part * self.world_size / size for part, size in parts if part] or [1.0]  # an empty epoch: 1 batch
 
 
 def check_epoch_size(strategy: Strategy, num_samples: int, world: int, batch_size: int) -> None:
-    """Refuse, before any training, an epoch whose smallest training batch would hold one sample (BatchNorm cannot
-    train on it) or none: the strategy's smallest selection, split over processes and batches as EpochSampler
-    splits it."""
+    """Refuse, before any training, an epoch whose smallest training batch on a process would hold one sample
+    (BatchNorm cannot train on it) or none: the strategy's smallest selection, split over batches and processes as
+    EpochSampler splits it."""
     flag, fraction = strategy.smallest_epoch()
     count = round(fraction * num_samples)
-    shard = count // world
-    smallest_batch = shard // max(1, math.ceil(shard / batch_size))
+    smallest_batch = count // max(1, math.ceil(count / batch_size)) // world
     if smallest_batch < 2:
+        per = f" per process ({world} processes)" if world > 1 else ""
         raise UserError(
             f"{flag} selects {count} of {num_samples} training samples per epoch, which leaves a training batch of "
-            f"{smallest_batch} sample(s) with --batch-size {batch_size} (BatchNorm needs 2); "
+            f"{smallest_batch} sample(s){per} with --batch-size {batch_size} (BatchNorm needs 2); "
             f"raise {flag} or change --batch-size."
         )

@@ -102,7 +102,8 @@ class SlicedTeacher(nn.Module):
 class Fp32Head(nn.Module):
     """A timm classifier whose last layer (global pooling and classifier) runs in fp32 under autocast: its features
     come in the autocast dtype, its logits in full precision. bf16 logits would round KD's targets (7 mantissa bits,
-    steps of 0.03 at logits near 8) before the softmax at T = 4, and make difficulty scores tie."""
+    steps of 0.03 at logits near 8) before the softmax at T = 4, and make difficulty scores tie. In full fp32: TF32
+    (on by default for the rest, `--tf32`) is off inside it, so the logit caches' key ("fp32 head") says true."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -110,8 +111,19 @@ class Fp32Head(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.model.forward_features(images)
-        with torch.autocast(images.device.type, enabled=False):
+        with torch.autocast(images.device.type, enabled=False), full_fp32():
             return self.model.forward_head(features.float())
+
+
+class full_fp32:  # noqa: N801  (a context manager, named as torch's own)
+    """TF32 off for matmuls and convolutions inside the block, the previous setting back after it."""
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
 def with_fp32_head(teacher: nn.Module) -> nn.Module:

@@ -1,20 +1,25 @@
-"""The GPU acceptance check, `python bench.py --only gpu`: what a first GPU run must show, in one script of a few
-minutes (docs/performance.md#the-gpu-check).
+"""The GPU acceptance check, `python bench.py --only gpu`: what a first GPU run must show, in one script of under
+ten minutes that gives a verdict (docs/performance.md#the-gpu-check).
 
 KD at 224 px, a ResNet-152 teacher and a MobileNetV2 student of random weights, bf16 autocast, on generated
-ImageNet-size JPEGs through the real Experiment and TrainingRun: the training loader's img/s against the training
-step's (the step timed on batches already in memory), whole epochs with the teacher online and replayed, eager and
-`--compile`, peak GPU memory, the host syncs inside each timed epoch's step loop (host_syncs.py: on a GPU
-`torch.cuda.set_sync_debug_mode("warn")`, which must count 0), evaluation passes with and without loader workers,
-and with two GPUs a 2-process run against a 1-process run, plus a 2-process `--compile` run whose shards differ by a
-batch (DDP's join; it hung before). On a CPU it runs a reduced form (small models and images, no compile and no
-multi-process rows unless asked) that the test suite runs.
+ImageNet-size JPEGs through the real Experiment and TrainingRun. It times, over STEADY steps after a warm-up (CUDA
+events on a GPU), the teacher's forward and the KD step with the teacher online and replayed, eager and
+`--compile`, on batches already in pinned memory; the training loader alone; evaluation passes; one counted epoch.
+With several GPUs (all of them by default) a scored curriculum (train-pass scores, replayed teacher views) runs on 1
+process and on all (the same global batch), and a `--compile` run whose ranks' parts differ by a sample; each of
+those counts its host waits on every rank (analysis/sync_rehearsal.py). It ends with one PASS, FAIL or SKIP line per
+criterion (`verdicts`) and exits non-zero on any FAIL. A multi-process run past its time is ended whole, torchrun
+and every worker (`run_to_end`), and named. On a CPU it runs a reduced form (small models and images, no compile and
+no multi-process rows unless asked; speed criteria SKIP) that the test suite runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import io
+import json
 import os
 import resource
 import signal
@@ -33,19 +38,22 @@ import models
 from analysis.host_syncs import HostSyncCounter
 from common import files
 from common.cli import parse_config
-from common.metrics import read_metrics
+from data import views
 from data.jpegs import IMAGENET_SIZES, imagenet_like_jpeg, write_split
 from data.synthetic import synthetic_class_names
 from training import loop
 from training.config import TrainConfig
 from training.devices import close_loader, default_workers, make_loader, pick_device
 from training.experiment import Experiment, TrainingRun
-from training.teacher import choose_source
+from training.teacher import choose_source, compile_teacher
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository, where the scripts are
-BUDGET_S = 480  # rows left when this much time has passed are skipped (printed as such)
-END_S = 570  # a multi-process run still going then is stopped: the check ends within 10 minutes
-PROCESS_TIMEOUT_S = 240  # a multi-process run that takes longer is reported as not finished (a hang, as before)
+BUDGET_S = 450  # rows left when this much time has passed are skipped (printed as such; a FAIL)
+END_S = 570  # a multi-process run still going then is ended: the check ends within 10 minutes
+PROCESS_TIMEOUT_S = 240  # a multi-process run that takes longer is ended whole and named as hung
+RUN_TOKEN = "KD_GPU_CHECK_RUN"  # in every process a multi-process run starts: how its whole tree is found
+MIN_SCALING = 0.7  # N-GPU epoch rate / (N x 1-GPU epoch rate) a node must reach
+MIN_REPLAY_VS_ONLINE = 0.95  # replaying skips the teacher: a replaying step is not slower than an online one
 
 
 @dataclass(frozen=True)
@@ -55,14 +63,19 @@ class Form:
     teacher: str
     student: str
     image_size: int
-    batch_size: int
+    batch_size: int  # global, as --batch-size
     train: int  # generated training images (the scoring view is decoded from them too)
     val: int
+    steady: int  # timed steps of each step row, after a warm-up pass over the batches in memory
+    in_memory: int  # batches kept in memory and cycled through by the step rows
     classes: int = 10
 
 
-GPU_FORM = Form("resnet152", "mobilenetv2_100", image_size=224, batch_size=128, train=2560, val=512)
-CPU_FORM = Form("resnet18", "resnet10t", image_size=64, batch_size=16, train=48, val=32, classes=4)
+# On a GPU: 20 batches an epoch for the loader and whole-epoch rows; 200 timed steps per step row (25,600 images)
+GPU_FORM = Form("resnet152", "mobilenetv2_100", image_size=224, batch_size=128, train=2560, val=512, steady=200,
+                in_memory=16)  # fmt: skip
+CPU_FORM = Form("resnet18", "resnet10t", image_size=64, batch_size=16, train=48, val=32, steady=6, in_memory=3,
+                classes=4)  # fmt: skip
 
 
 def jpeg(seed_index: tuple[int, int]) -> bytes:
@@ -102,21 +115,23 @@ def run_argv(form: Form, data: Path, teacher: Path, cache: Path, device: str, wo
 
 
 class Clock:
-    """Median seconds of `repeats` calls after a warm-up call, the device's queue drained around each."""
+    """Seconds of a call, the device's queue drained around it: CUDA events on a GPU, perf_counter on a CPU."""
 
     def __init__(self, device: torch.device, repeats: int):
         self.device, self.repeats = device, repeats
 
-    def drain(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def once(self, fn) -> float:
-        self.drain()
-        start = time.perf_counter()
+        if self.device.type != "cuda":
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+        torch.cuda.synchronize(self.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-        self.drain()
-        return time.perf_counter() - start
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
 
     def median(self, fn, warm: bool = True) -> float:
         if warm:
@@ -133,9 +148,13 @@ def peak_memory(device: torch.device, reset: bool = False) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
+def device_total_mib(device: torch.device) -> float | None:
+    return torch.cuda.get_device_properties(device).total_memory / 2**20 if device.type == "cuda" else None
+
+
 class Epochs:
-    """Epochs of one TrainingRun over the whole training set, as train_epoch runs them (without validation), from a
-    logit source of its own (online or replay); syncs are counted in every timed epoch."""
+    """Epochs of one TrainingRun, as train_epoch runs them (without validation), from a logit source of its own
+    (online or replay); the host waits of a counted epoch go to `places`."""
 
     def __init__(self, run: TrainingRun, logits: str, places: list[str]):
         exp, self.run, self.places = run.experiment, run, places
@@ -154,10 +173,6 @@ class Epochs:
         with HostSyncCounter(self.run.experiment.device) as counter:
             self.epoch()
         self.places += counter.places
-
-    def steps(self, batches: list) -> None:
-        """The training steps alone, on batches already in (pinned) memory: what the device sustains."""
-        self.epoch(batches)
 
 
 def memory_batches(loader, device: torch.device, count: int) -> list:
@@ -181,39 +196,79 @@ def loader_pass(loader) -> None:
         pass
 
 
+def cycled(batches: list, steps: int) -> list:
+    return [batches[step % len(batches)] for step in range(steps)]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
-# The rows
+# The rows: (name, img/s or seconds, peak GPU MiB)
 
 
-def training_rows(exp: Experiment, clock: Clock, compile_too: bool, deadline: float, places: list) -> list:
-    """(row, img/s, peak GPU MiB) of the loader, the steps and the epochs, eager (online, replay) and compiled."""
-    images = len(exp.data.train)
-    rows = [("loader alone: training views", images / clock.median(lambda: loader_pass(exp.train_loader)), None)]
-    for compiled, logits in [(False, "online"), (False, "replay")] + ([(True, "online")] if compile_too else []):
-        name = f"{'compiled' if compiled else 'eager'}, {logits} teacher"
-        if time.monotonic() > deadline:
-            rows.append((f"{name}: skipped (time budget)", None, None))
-            continue
-        exp.config = dataclasses.replace(exp.config, compile=compiled)  # TrainingRun reads it
-        rows += step_rows(Epochs(TrainingRun(exp), logits, places), clock, name, compiled)
-    exp.config = dataclasses.replace(exp.config, compile=False)
-    return rows
+def teacher_row(exp: Experiment, batches: list, clock: Clock, steps: int, name: str) -> tuple:
+    """The teacher's forward alone (what `--teacher-logits online` adds to every step), after a warm-up pass."""
 
+    def forwards():
+        with torch.inference_mode():
+            for images, *_ in cycled(batches, steps):
+                images = views.to_device(images, exp.device, exp.placement.memory_format)
+                with exp.placement.autocast():
+                    exp.teacher(images)
 
-def step_rows(epochs: Epochs, clock: Clock, name: str, compiled: bool) -> list:
-    """The first (compiling) epoch's seconds, the steps alone and whole epochs of one run and logit source."""
-    exp, rows = epochs.run.experiment, []
-    if compiled:  # the first epoch compiles (and a last batch of another size compiles again)
-        rows.append((f"{name}: first epoch (compiling), seconds", clock.once(epochs.epoch), None))
-    else:
-        epochs.epoch()  # warm-up; with replay it fills the store, which the timed epochs then read
-    batches = memory_batches(exp.train_loader, exp.device, min(8, len(exp.train_loader)))
+    forwards()  # warm-up (and the compile)
     peak_memory(exp.device, reset=True)
-    step_s = clock.median(lambda: epochs.steps(batches), warm=False)
-    rows.append((f"{name}: steps alone", sum(len(b[1]) for b in batches) / step_s, peak_memory(exp.device)))
-    epoch_s = clock.median(epochs.counted_epoch, warm=False)
-    rows.append((f"{name}: whole epochs", len(exp.data.train) / epoch_s, peak_memory(exp.device)))
+    seconds = clock.once(forwards)
+    return (name, steps * len(batches[0][1]) / seconds, peak_memory(exp.device))
+
+
+def training_rows(exp: Experiment, clock: Clock, form: Form, compile_too: bool, deadline: float, places: list):
+    """The loader alone, the teacher alone, the KD steps eager and compiled (the teacher too, as --compile compiles
+    it on a GPU) with the teacher online and replayed, and one counted whole epoch (eager, online)."""
+    images, eager_teacher = len(exp.data.train), exp.teacher
+    teachers = {False: eager_teacher, True: compile_teacher(eager_teacher, compile_too, exp.device)}
+    rows = [("loader alone: training views", images / clock.median(lambda: loader_pass(exp.train_loader)), None)]
+    batches = memory_batches(exp.train_loader, exp.device, min(form.in_memory, len(exp.train_loader)))
+    rows.append(teacher_row(exp, batches, clock, form.steady, "teacher forward alone, eager"))
+    if teachers[True] is not eager_teacher:
+        exp.teacher = teachers[True]
+        rows.append(teacher_row(exp, batches, clock, form.steady, "teacher forward alone, compiled"))
+    for compiled in (False, True):
+        for logits in ("online", "replay"):
+            name = f"KD step, {'compiled' if compiled else 'eager'}, {logits} teacher"
+            if compiled and not compile_too:
+                rows.append((f"{name}: skipped (compile off: --gpu-compile on)", None, None))
+            elif time.monotonic() > deadline:
+                rows.append((f"{name}: skipped (time budget)", None, None))
+            else:
+                exp.config = dataclasses.replace(exp.config, compile=compiled)  # TrainingRun reads it
+                exp.teacher = teachers[compiled]  # Epochs' source reads it
+                epochs = Epochs(TrainingRun(exp), logits, places)
+                rows.append(step_row(epochs, batches, clock, form.steady, name))
+                if not compiled and logits == "online":
+                    rows.append(("whole epoch, eager, online teacher (host waits counted)",
+                                 images / clock.once(epochs.counted_epoch), None))  # fmt: skip
+    exp.config, exp.teacher = dataclasses.replace(exp.config, compile=False), eager_teacher
     return rows
+
+
+def step_row(epochs: Epochs, batches: list, clock: Clock, steps: int, name: str) -> tuple:
+    """img/s of `steps` training steps on batches in memory, after a warm-up pass over them (which compiles, and with
+    replay fills the store that the timed steps then read)."""
+    epochs.epoch(batches)
+    peak_memory(epochs.run.experiment.device, reset=True)
+    seconds = clock.once(lambda: epochs.epoch(cycled(batches, steps)))
+    return (name, steps * len(batches[0][1]) / seconds, peak_memory(epochs.run.experiment.device))
+
+
+def end_epoch_row(exp: Experiment, clock: Clock, folder: Path) -> tuple:
+    """What rank 0 writes after an epoch (metrics row, scores, best.pt and last.pt, fsync'd) while the other ranks
+    wait at the next collective: seconds, after one real epoch of a run with a folder."""
+    folder.mkdir(parents=True)
+    run = TrainingRun(exp, folder)
+    row = run.train_epoch()
+    with contextlib.redirect_stdout(io.StringIO()):  # its epoch line
+        seconds = clock.once(lambda: run.end_epoch(row))
+    run.log.close()
+    return ("rank 0's end-of-epoch writes (metrics row, checkpoints), seconds", seconds, None)
 
 
 def evaluation_rows(exp: Experiment, clock: Clock, workers: int, places: list) -> list:
@@ -240,55 +295,211 @@ def evaluation_rows(exp: Experiment, clock: Clock, workers: int, places: list) -
     return rows
 
 
-def run_to_end(argv: list[str], env: dict, timeout: float) -> tuple[int | None, float, str]:
-    """(exit code or None past `timeout`, seconds, last lines of output) of a script run; a run past its timeout is
-    killed with its process group (torchrun and its workers)."""
-    start = time.monotonic()
-    process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-    try:
-        output, _ = process.communicate(timeout=timeout)
-        code = process.returncode
-    except subprocess.TimeoutExpired:
+# ----------------------------------------------------------------------------------------------------------------------
+# Multi-process runs, ended whole when they hang
+
+
+def processes_of(token: str) -> list[int]:
+    """Every process whose environment holds RUN_TOKEN=token: torchrun and its workers, also those that started
+    their own session or outlived their parent (a /proc walk; Linux)."""
+    marker, found = f"{RUN_TOKEN}={token}".encode(), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                environment = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:  # ended meanwhile, or another user's
+                continue
+            if marker in environment.split(b"\0"):
+                found.append(int(entry))
+    return found
+
+
+def end_whole(process: subprocess.Popen, token: str) -> int:
+    """SIGKILL torchrun's process group and every process of the run, wherever its session; the count killed."""
+    pids = set(processes_of(token)) | {process.pid}
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        code = None
-    return code, time.monotonic() - start, "\n".join(output.strip().splitlines()[-3:])
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait()
+    return len(pids)
 
 
-def process_rows(argv: list[str], form: Form, processes: int, out: Path, deadline: float, end: float) -> list[str]:
-    """Lines comparing a P-process run of train_student.py with a 1-process run (2 epochs each, the second timed,
-    same per-process batch), and a P-process --compile run with one rank a batch longer than the others."""
+def run_to_end(argv: list[str], env: dict, timeout: float, log: Path) -> tuple[int | None, float, str]:
+    """(exit code, or None past `timeout`; seconds; last lines of output) of a run whose output goes to `log` (a file:
+    no pipe that an orphaned worker could hold open). Past its timeout, or if a worker outlives it, the run is ended
+    whole: torchrun and every worker it started."""
+    start, token = time.monotonic(), f"{os.getpid()}-{time.monotonic_ns()}"
+    with open(log, "w") as output:
+        process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env, RUN_TOKEN: token}, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+    killed = end_whole(process, token) if code is None else 0
+    leftovers = processes_of(token)  # workers still alive after torchrun ended
+    if leftovers:
+        end_whole(process, token)
+    lines = log.read_text(errors="replace").strip().splitlines()[-3:]
+    if killed:
+        lines.append(f"(ended torchrun and its workers: {killed} processes)")
+    if leftovers:
+        lines.append(f"({len(leftovers)} processes outlived torchrun and were ended)")
+    return code, time.monotonic() - start, "\n".join(lines)
+
+
+@dataclass
+class ProcessRun:
+    name: str
+    state: str  # finished, failed, hung, skipped
+    detail: str = ""
+    ranks: list | None = None  # analysis/sync_rehearsal.py's report
+
+    def epoch_seconds(self) -> float | None:
+        return max(rank["epoch_seconds"][-1] for rank in self.ranks) if self.ranks else None
+
+
+def process_runs(argv: list[str], form: Form, processes: int, out: Path, deadline: float, end: float) -> list:
+    """A scored curriculum (train-pass scores, replayed views) on 1 process and on `processes` (the same global
+    batch; 2 epochs, the second timed), and a `processes`-rank --compile run whose ranks' parts differ by a sample;
+    each counts the host waits of every rank (analysis/sync_rehearsal.py)."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-    one_process, env = [sys.executable], {"OMP_NUM_THREADS": "1"}
-    uneven = processes * form.batch_size + 1  # one rank gets one sample more: a batch more
+    scored = ["--epochs", "2", "--curriculum", "adaptive", "--fraction", "0.7", "--score-source", "train-pass",
+              "--teacher-logits", "replay"]  # fmt: skip
+    uneven = 2 * form.batch_size + 1  # 3 global batches of sizes that no number of ranks above 1 splits evenly
     runs = {
-        "1 process": (one_process, ["--epochs", "2"]),
-        f"{processes} processes": (launch, ["--epochs", "2"]),
+        "1 process, scored curriculum": ([sys.executable], scored),
+        f"{processes} processes, scored curriculum": (launch, scored),
         f"{processes} processes, --compile, uneven shards": (
             launch, ["--epochs", "1", "--compile", "--curriculum", "random_subset", "--fraction",
                      f"{uneven / form.train:.8f}"]),
     }  # fmt: skip
-    lines, seconds = [], {}
-    for name, (prefix, extra) in runs.items():
+    results = []
+    out.mkdir(parents=True, exist_ok=True)
+    for index, (name, (prefix, extra)) in enumerate(runs.items()):
         limit = min(PROCESS_TIMEOUT_S, end - time.monotonic())
         if time.monotonic() > deadline or limit < 60:
-            lines.append(f"{name}: skipped (time budget)")
+            results.append(ProcessRun(name, "skipped", "time budget"))
             continue
-        folder = out / name.replace(" ", "-").replace(",", "")
-        code, wall, tail = run_to_end([*prefix, "train_student.py", *argv, *extra, "--out", str(folder)], env, limit)
-        if code != 0:
-            state = f"did not finish within {limit:.0f} s" if code is None else f"failed (exit {code})"
-            lines.append(f"{name}: {state}; last output:\n{tail}")
-            continue
-        rows = read_metrics(folder / "metrics.csv")
-        seconds[name] = float(rows[-1]["seconds"])
-        lines.append(f"{name}: finished in {wall:.0f} s; last epoch {seconds[name]:.1f} s ({rows[-1]['selected']} "
-                     "images, with validation)")  # fmt: skip
-    if "1 process" in seconds and f"{processes} processes" in seconds:
-        speedup = seconds["1 process"] / seconds[f"{processes} processes"]
-        lines.append(f"{processes} processes vs 1: {speedup:.2f}x the epoch rate (ideal {processes}x)")
+        report, log = out / f"run{index}.json", out / f"run{index}.log"
+        argv_run = [*prefix, "-m", "analysis.sync_rehearsal", str(report), "--", *argv, *extra]
+        code, wall, tail = run_to_end(argv_run, {"OMP_NUM_THREADS": "1"}, limit, log)
+        if code is None:
+            results.append(ProcessRun(name, "hung", f"did not finish within {limit:.0f} s; last output:\n{tail}"))
+        elif code != 0:
+            results.append(ProcessRun(name, "failed", f"exit {code}; last output:\n{tail}"))
+        else:
+            results.append(ProcessRun(name, "finished", f"{wall:.0f} s", json.loads(report.read_text())))
+    return results
+
+
+def process_lines(runs: list) -> list[str]:
+    lines = []
+    for run in runs:
+        line = f"{run.name}: {run.state} ({run.detail})"
+        if run.ranks:
+            waits = sum(rank["waits"] for rank in run.ranks) / sum(rank["steps"] for rank in run.ranks)
+            line += f"; last epoch {run.epoch_seconds():.1f} s (with validation); host waits per step {waits:.2f}"
+        lines.append(line)
     return lines
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    criterion: str
+    state: str  # PASS, FAIL, SKIP
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.state} {self.criterion}: {self.detail}"
+
+
+def verdicts(rows: list, places: list, runs: list, on_gpu: bool, total_mib: float | None, processes: int) -> list:
+    """One Verdict per criterion from the check's figures (the table's rows, the counted places, the multi-process
+    runs). Speed criteria SKIP on a CPU: its figures say nothing of a GPU's."""
+    values = {name: value for name, value, _ in rows if value is not None}
+    return [
+        waits_verdict(places, runs),
+        loader_verdict(values, on_gpu),
+        steps_verdict(rows, values, on_gpu),
+        memory_verdict(rows, total_mib),
+        scaling_verdict(runs, processes, on_gpu),
+        uneven_verdict(runs),
+    ]
+
+
+def waits_verdict(places: list, runs: list) -> Verdict:
+    found = [*places] + [place for run in runs for rank in (run.ranks or []) for place in rank["by_caller"]]
+    steps = sum(rank["steps"] for run in runs for rank in (run.ranks or []))
+    if found:
+        return Verdict("host waits per step = 0", "FAIL", f"{len(found)} place(s), e.g. {sorted(set(found))[:3]}")
+    where = f", and in {steps} steps of the multi-process runs' ranks" if steps else ""
+    return Verdict("host waits per step = 0", "PASS", f"0 in the counted epoch and evaluation passes{where}")
+
+
+def loader_verdict(values: dict, on_gpu: bool) -> Verdict:
+    """The training loader feeds at least the default run's step rate (eager, teacher online)."""
+    loader, step = values.get("loader alone: training views"), values.get("KD step, eager, online teacher")
+    if not (loader and step):
+        return Verdict("loader >= step rate", "FAIL", "a row did not run")
+    detail = f"loader {loader:,.0f} img/s, eager online step {step:,.0f} img/s ({loader / step:.2f}x)"
+    return Verdict("loader >= step rate", ("PASS" if loader >= step else "FAIL") if on_gpu else "SKIP", detail)
+
+
+def steps_verdict(rows: list, values: dict, on_gpu: bool) -> Verdict:
+    """Every KD step row measured (compiled ones unless turned off), and replaying not slower than online."""
+    criterion = "KD step img/s, teacher online and replayed, eager and compiled"
+    names = [name for name, *_ in rows if name.startswith("KD step")]
+    missing = [name for name in names if name not in values and "compile off" not in name]
+    if missing:
+        return Verdict(criterion, "FAIL", f"not measured: {missing}")
+    measured = ", ".join(f"{name.removeprefix('KD step, ')} {values[name]:,.0f}" for name in names if name in values)
+    slow = [kind for kind in ("eager", "compiled") if f"KD step, {kind}, replay teacher" in values
+            and values[f"KD step, {kind}, replay teacher"] < MIN_REPLAY_VS_ONLINE
+            * values[f"KD step, {kind}, online teacher"]]  # fmt: skip
+    if not on_gpu:
+        return Verdict(criterion, "SKIP", measured)
+    return Verdict(
+        criterion, "FAIL" if slow else "PASS", measured + (f"; replay slower than online: {slow}" * bool(slow))
+    )
+
+
+def memory_verdict(rows: list, total_mib: float | None) -> Verdict:
+    if total_mib is None:
+        return Verdict("peak GPU memory under the device's total", "SKIP", "no GPU")
+    peak = max((memory for *_, memory in rows if memory is not None), default=0.0)
+    state = "PASS" if peak < total_mib else "FAIL"
+    return Verdict("peak GPU memory under the device's total", state, f"{peak:,.0f} of {total_mib:,.0f} MiB")
+
+
+def scaling_verdict(runs: list, processes: int, on_gpu: bool) -> Verdict:
+    """The N-process epoch rate against N times the 1-process one, the same global batch and scored curriculum."""
+    criterion = f"{processes}-GPU scaling efficiency >= {MIN_SCALING}"
+    if processes < 2 or len(runs) < 2:
+        return Verdict(criterion, "SKIP", "one process")
+    one, many = runs[0], runs[1]
+    if not (one.ranks and many.ranks):
+        return Verdict(criterion, "FAIL", f"{one.name}: {one.state}; {many.name}: {many.state}")
+    efficiency = one.epoch_seconds() / many.epoch_seconds() / processes
+    state = ("PASS" if efficiency >= MIN_SCALING else "FAIL") if on_gpu else "SKIP"
+    detail = (
+        f"{efficiency:.2f} ({one.epoch_seconds():.1f} s an epoch on 1, {many.epoch_seconds():.1f} s on {processes})"
+    )
+    return Verdict(criterion, state, detail)
+
+
+def uneven_verdict(runs: list) -> Verdict:
+    if len(runs) < 3:
+        return Verdict("compiled uneven-shards run finishes", "SKIP", "one process")
+    uneven = runs[2]
+    return Verdict("compiled uneven-shards run finishes", "PASS" if uneven.state == "finished" else "FAIL",
+                   f"{uneven.name}: {uneven.state} ({uneven.detail})")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -303,7 +514,8 @@ def print_rows(rows: list) -> None:
 
 
 def main(bench, tmp: Path) -> dict:
-    """Run the check in `tmp`; prints its table and returns its figures (bench.json)."""
+    """Run the check in `tmp`; prints its table and verdicts and returns its figures (bench.json), `gpu_failed`
+    among them."""
     start = time.monotonic()
     deadline = start + BUDGET_S
     os.environ["HF_DATASETS_CACHE"] = str(tmp / "hf-datasets")  # the set's arrow copy goes with it, not to ~/.cache
@@ -311,7 +523,7 @@ def main(bench, tmp: Path) -> dict:
     form = GPU_FORM if device.type == "cuda" else CPU_FORM
     workers = default_workers(bench.gpu_workers)
     compile_too = bench.gpu_compile == "on" or (bench.gpu_compile == "auto" and device.type == "cuda")
-    processes = bench.gpu_processes or (min(2, torch.cuda.device_count()) if device.type == "cuda" else 1)
+    processes = bench.gpu_processes or (torch.cuda.device_count() if device.type == "cuda" else 1)
     data = write_jpeg_set(tmp / "jpegs", form, max(1, workers))  # before CUDA starts: forked generators
     teacher = write_teacher(tmp / "teacher.pt", form)
     argv = run_argv(form, data, teacher, tmp / "cache", bench.device, workers)
@@ -321,26 +533,27 @@ def main(bench, tmp: Path) -> dict:
         name = torch.cuda.get_device_name(exp.device) if exp.device.type == "cuda" else "cpu"
         print(f"GPU check on {name}, torch {torch.__version__}: KD at {form.image_size} px, {form.teacher} -> "
               f"{form.student} (random weights), batch {form.batch_size}, {exp.placement.dtype} autocast, "
-              f"{workers} loader workers, {form.train} generated ImageNet-size JPEGs; medians of {bench.repeats}",
-              flush=True)  # fmt: skip
-        rows = training_rows(exp, clock, compile_too, deadline, places)
+              f"{workers} loader workers, {form.train} generated ImageNet-size JPEGs; step rows time {form.steady} "
+              f"steps on {form.in_memory} batches in memory", flush=True)  # fmt: skip
+        rows = training_rows(exp, clock, form, compile_too, deadline, places)
         rows += evaluation_rows(exp, clock, max(1, workers), places)
+        rows.append(end_epoch_row(exp, clock, tmp / "end-epoch"))
+        total = device_total_mib(exp.device)
     print_rows(rows)
-    values = {name: value for name, value, _ in rows}
-    loader, steps = values["loader alone: training views"], values.get("eager, online teacher: steps alone")
-    if steps:
-        print(f"loader / steps (eager, online teacher): {loader / steps:.2f} (below 1: the loader holds the GPU back)")
-    print(f"host syncs in the step loop: {len(places)}")
-    for place in sorted(set(places))[:20]:
-        print(f"  {place}")
-    lines = ["multi-process rows: skipped (one GPU)" if device.type == "cuda" else "multi-process rows: skipped "
-             "on a CPU (tests/test_distributed.py runs them; --gpu-processes 2 runs them here)"]  # fmt: skip
+    runs = []
     if processes > 1:
         run_args = run_argv(form, data, teacher, tmp / "cache", bench.device, None)  # workers: each rank's share
-        lines = process_rows(run_args, form, processes, tmp / "runs", deadline, start + END_S)
-    print(*lines, sep="\n")
+        runs = process_runs(run_args, form, processes, tmp / "runs", deadline, start + END_S)
+    print(*(process_lines(runs) or [f"multi-process rows: skipped ({'one GPU' if device.type == 'cuda' else 'a CPU'}"
+                                    "; --gpu-processes 2 runs them)"]), sep="\n")  # fmt: skip
+    checks = verdicts(rows, places, runs, device.type == "cuda", total, processes)
+    print(*(check.line() for check in checks), sep="\n")
     figures = {"gpu_rows": [[name, value, memory] for name, value, memory in rows], "gpu_host_syncs": len(places),
-               "gpu_sync_places": places, "gpu_process_lines": lines, "gpu_check_seconds": time.monotonic() - start,
+               "gpu_sync_places": places, "gpu_process_runs": [dataclasses.asdict(run) for run in runs],
+               "gpu_verdicts": [dataclasses.asdict(check) for check in checks],
+               "gpu_failed": any(check.state == "FAIL" for check in checks),
+               "gpu_check_seconds": time.monotonic() - start,
                "peak_host_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
-    print(f"check took {figures['gpu_check_seconds']:.0f} s; peak host memory {figures['peak_host_mib']:,.0f} MiB")
+    print(f"check took {figures['gpu_check_seconds']:.0f} s; peak host memory {figures['peak_host_mib']:,.0f} MiB; "
+          f"{'FAIL' if figures['gpu_failed'] else 'PASS'}")  # fmt: skip
     return figures

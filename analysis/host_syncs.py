@@ -4,8 +4,9 @@
 the loader spends fetching a batch (its own host work): the training steps and the evaluation passes, not the
 after-epoch reduction. On a GPU torch reports each wait itself: `torch.cuda.set_sync_debug_mode("warn")`, switched
 on only inside the loop, warns at every synchronising CUDA call, and the warnings are counted. On a CPU nothing
-waits, so the entry points that would wait on a GPU are patched, and their calls from the project's own files are
-counted (a wait inside torch, such as GradScaler's with an unfused optimiser, only the GPU count sees):
+waits, so the entry points that would wait on a GPU are patched, and their calls from any caller are counted: the
+project's files and torch's own (DDP's `_find_common_rank` under `join()` or with `broadcast_buffers`), less the
+few callers of ALLOWED, which do not wait on a GPU, and the tests' own probes. The entry points:
 - a device tensor read back: item, tolist, numpy, cpu, its truth value, int, float, index, format, repr, nonzero,
   a boolean-mask index;
 - a tensor made from host data on the device: torch.tensor / torch.as_tensor with a device, `.to(device)` of
@@ -13,6 +14,7 @@ counted (a wait inside torch, such as GradScaler's with an unfused optimiser, on
 - a Python number, list or array written into a device tensor (`t[i] = 1.0`).
 On a CPU every tensor lives on the one device, so the batch the loader yields is told apart by identity: its tensors
 are the host's (and `.to(device)` of them a new object), every other tensor stands for a device tensor.
+Each place reads "file:line function: what", and for a caller inside torch also the project line it came from.
 """
 
 from __future__ import annotations
@@ -32,13 +34,44 @@ READS = ("item", "tolist", "numpy", "cpu", "nonzero", "__bool__", "__int__", "__
 HOST_VALUES = (int, float, bool, list, tuple, np.ndarray)
 
 
+# Callers inside torch whose reads do not wait on a GPU: (file under site-packages, function or None for any) -> why.
+ALLOWED = {
+    ("torch/_subclasses/fake_tensor.py", None): "torch.compile's tracing (first step, and a recompile) runs on fake "
+    "tensors: shapes only, no data on any device",
+    ("torch/_meta_registrations.py", None): "the same tracing's shape functions",
+    ("torch/optim/adam.py", "_init_group"): "the unfused Adam's step count, made at the first step with "
+    "device='cpu' (a CPU tensor on a GPU too; the fused Adam a GPU runs makes it on the device from no host data)",
+    ("torch/optim/optimizer.py", "_get_value"): "that step count read back: a CPU tensor, no wait (on a GPU the "
+    "fused Adam of training/devices.py reads nothing)",
+}
+
+
 def in_project(filename: str) -> bool:
     """A file of the project itself: not torch, not a test, not this counter."""
     path = Path(filename).resolve()
     return (
-        path.is_relative_to(PROJECT)
+        not filename.startswith("<")  # <frozen runpy>, <string>: not a file
+        and path.is_relative_to(PROJECT)
         and path != Path(__file__).resolve()
         and not {"tests", ".venv", "site-packages"} & set(path.relative_to(PROJECT).parts)
+    )
+
+
+def short_path(filename: str) -> str:
+    """A project file relative to the repository, a library's relative to site-packages (`torch/...`)."""
+    path = Path(filename).resolve()
+    if "site-packages" in path.parts:
+        return "/".join(path.parts[len(path.parts) - path.parts[::-1].index("site-packages") :])
+    if path.is_relative_to(PROJECT):
+        return os.path.relpath(path, PROJECT)
+    return str(path)
+
+
+def is_probe(filename: str) -> bool:
+    """A test's own code (or this counter): what it reads to check the counter is not the step loop's."""
+    path = Path(filename).resolve()
+    return path == Path(__file__).resolve() or (
+        path.is_relative_to(PROJECT) and "tests" in path.relative_to(PROJECT).parts
     )
 
 
@@ -145,11 +178,22 @@ class HostSyncCounter:
         return self.armed and id(tensor) not in self.host
 
     def record(self, what: str) -> None:
-        """Count a call if it comes straight from a file of the project (two frames up: past the patched wrapper)."""
+        """Count a call by its caller (the frame past the patched wrapper), unless that caller is a test's probe or
+        one of ALLOWED; a caller inside torch is shown with the project line that led to it."""
         frame = sys._getframe(2)
-        if in_project(frame.f_code.co_filename):
-            where = os.path.relpath(frame.f_code.co_filename, PROJECT)
-            self.places.append(f"{where}:{frame.f_lineno} {what}")
+        while frame.f_code.co_filename == __file__:  # a patched entry point called by another (to inside cpu)
+            frame = frame.f_back
+        filename, function = frame.f_code.co_filename, frame.f_code.co_name
+        if is_probe(filename) or {(short_path(filename), function), (short_path(filename), None)} & ALLOWED.keys():
+            return
+        place = f"{short_path(filename)}:{frame.f_lineno} {function}: {what}"
+        if not in_project(filename):
+            outer = frame.f_back
+            while outer is not None and not in_project(outer.f_code.co_filename):
+                outer = outer.f_back
+            if outer is not None:
+                place += f" (from {short_path(outer.f_code.co_filename)}:{outer.f_lineno})"
+        self.places.append(place)
 
     def counted(self, name: str, method: bool = True):
         def make(original):

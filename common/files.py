@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 from common.errors import UserError
@@ -27,6 +28,24 @@ def _read_umask() -> int:
 
 # mkstemp creates files 0600; a run's files get the mode open() would give them (0666 less the umask)
 FILE_MODE = 0o666 & ~_read_umask()
+
+
+def append_to_zip(path: Path, members: dict) -> None:
+    """Add members to the zip at `path` (an .npz; created if absent) without rewriting what it holds: `members` maps a
+    new member's name to a function that writes its bytes. fsync'd, but not atomic: a kill during the append can
+    tear the file, so whoever resumes from a checkpoint rewrites it whole (atomic_write)."""
+    try:
+        with zipfile.ZipFile(path, "a") as archive:
+            for name, write in members.items():
+                with archive.open(name, "w", force_zip64=True) as member:
+                    write(member)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise write_error(path, err) from None
 
 
 def atomic_write(path: Path, write, size: int = 0) -> None:

@@ -281,5 +281,6 @@ def open_run_folder(config, script: str) -> Path:
         return Path(config.out)
     folder = prepare_run_folder(config.out, config.overwrite)
     remove_stale_temporaries(folder)
-    save_json(folder / "config.json", {"script": script, **config_dict(config)})
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's processes: --batch-size is split over them
+    save_json(folder / "config.json", {"script": script, **config_dict(config), "world_size": world_size})
     return folder

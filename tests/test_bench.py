@@ -1,9 +1,14 @@
 """bench.py runs the real code paths and writes every figure (its speed targets are read off its output, not tested)."""
 
 import json
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+import bench
+from analysis import gpu_check
 from conftest import run_script
 
 
@@ -49,12 +54,94 @@ def test_the_gpu_check_runs_in_its_reduced_form_on_a_cpu_and_counts_no_host_sync
     out = tmp_path / "gpu.json"
     result = run_script("bench.py", "--only", "gpu", "--device", "cpu", "--repeats", 1, "--json", out,
                         env={"OMP_NUM_THREADS": "1"})  # fmt: skip
-    assert "host syncs in the step loop: 0" in result.stdout.splitlines()
+    lines = result.stdout.splitlines()
+    assert "PASS host waits per step = 0: 0 in the counted epoch and evaluation passes" in lines
+    assert [line.split()[0] for line in lines if line.split()[:1] in (["PASS"], ["FAIL"], ["SKIP"])] == [
+        "PASS",
+        "SKIP",
+        "SKIP",
+        "SKIP",
+        "SKIP",
+        "SKIP",
+    ]  # speeds, memory and the multi-process rows: GPU criteria
     figures = json.loads(out.read_text())
-    assert figures["gpu_host_syncs"] == 0 and figures["gpu_sync_places"] == []
+    assert figures["gpu_host_syncs"] == 0 and figures["gpu_sync_places"] == [] and not figures["gpu_failed"]
     rows = {name: value for name, value, _ in figures["gpu_rows"]}
-    for name in ("loader alone: training views", "eager, online teacher: steps alone",
-                 "eager, online teacher: whole epochs", "eager, replay teacher: whole epochs",
+    for name in ("loader alone: training views", "teacher forward alone, eager", "KD step, eager, online teacher",
+                 "KD step, eager, replay teacher", "whole epoch, eager, online teacher (host waits counted)",
                  "evaluation pass, stored views, no workers (the run's)"):  # fmt: skip
         assert rows[name] > 0, name
     assert "epoch_labels_s" not in figures  # only the check ran
+
+
+def gpu_rows(loader: float, online: float, replay: float, peak: float) -> list:
+    steps = [(f"KD step, {kind}, {logits} teacher", speed, peak) for kind in ("eager", "compiled")
+             for logits, speed in (("online", online), ("replay", replay))]  # fmt: skip
+    return [("loader alone: training views", loader, None), ("teacher forward alone, eager", 5000.0, 9000.0), *steps]
+
+
+def rank(seconds: float, places: dict | None = None) -> dict:
+    return {"steps": 40, "epoch_seconds": [seconds + 1, seconds], "by_caller": places or {}}
+
+
+def test_the_gpu_checks_verdicts_pass_and_fail_each_criterion():
+    """What an 8-GPU node would be judged by: all PASS on good figures; each fault a FAIL line of its own."""
+    uneven = "8 processes, --compile, uneven shards"
+    good_runs = [gpu_check.ProcessRun("1 process", "finished", "", [rank(8.0)]),
+                 gpu_check.ProcessRun("8 processes", "finished", "", [rank(1.2)] * 8),
+                 gpu_check.ProcessRun(uneven, "finished", "", [rank(2.0)] * 8)]  # fmt: skip
+    good = gpu_check.verdicts(gpu_rows(3000, 2000, 2600, 20_000), [], good_runs, True, 80_000, 8)
+    assert [check.state for check in good] == ["PASS"] * 6, [check.line() for check in good]
+    assert good[4].line() == "PASS 8-GPU scaling efficiency >= 0.7: 0.83 (8.0 s an epoch on 1, 1.2 s on 8)"
+    hung = gpu_check.ProcessRun(uneven, "hung", "did not finish within 200 s")
+    bad_runs = [good_runs[0], gpu_check.ProcessRun("8 processes", "finished", "", [rank(3.0, {"x.py:1 f: item": 40})]),
+                hung]  # fmt: skip
+    bad = gpu_check.verdicts(gpu_rows(1500, 2000, 1800, 90_000), ["y.py:2 g: item"], bad_runs, True, 80_000, 8)
+    assert [check.state for check in bad] == ["FAIL"] * 6, [check.line() for check in bad]
+    assert "8 processes, --compile, uneven shards: hung (did not finish within 200 s)" in bad[5].line()
+    assert "replay slower than online" in bad[2].line() and "90,000 of 80,000 MiB" in bad[3].line()
+
+
+def test_a_failed_gpu_check_exits_non_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "main", lambda bench, tmp: {"gpu_failed": True})
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--only", "gpu", "--device", "cpu", "--json", str(tmp_path / "gpu.json")])
+    assert exit_.value.code == 1 and json.loads((tmp_path / "gpu.json").read_text())["gpu_failed"]
+
+
+HANGING_WORKER = """
+import os
+import sys
+import time
+from pathlib import Path
+
+if os.getsid(0) != os.getpid():  # torchrun starts each worker in a session of its own; make sure it is
+    os.setsid()
+Path(sys.argv[1], str(os.getpid())).write_text("")
+print("worker waiting forever", flush=True)
+time.sleep(3600)
+"""
+
+
+@pytest.mark.slow
+def test_a_hung_multi_process_run_is_ended_whole_and_named(tmp_path):
+    """Two workers that hang in sessions of their own: past the timeout torchrun and both are killed (the output
+    goes to a file, so nothing waits on a pipe an orphan holds), and the run is named as hung."""
+    (tmp_path / "pids").mkdir()
+    (tmp_path / "hang.py").write_text(HANGING_WORKER)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            str(tmp_path / "hang.py"), str(tmp_path / "pids")]  # fmt: skip
+    start = time.monotonic()
+    code, _, tail = gpu_check.run_to_end(argv, {"OMP_NUM_THREADS": "1"}, 12, tmp_path / "run.log")
+    assert code is None and time.monotonic() - start < 40
+    workers = [int(path.name) for path in (tmp_path / "pids").iterdir()]
+    assert len(workers) == 2 and "ended torchrun and its workers" in tail, tail
+    time.sleep(0.5)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in process_state(pid)], workers
+
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

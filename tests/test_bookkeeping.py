@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 
 import house
+import numpy as np
 import pytest
 
 import evaluate
@@ -151,3 +152,15 @@ def test_a_folder_whose_run_never_finished_an_epoch_is_not_a_run(tmp_path, capsy
         (run / marker).write_bytes(b"")
         with pytest.raises(UserError, match="already holds a run.*--overwrite"):
             run_folder.prepare_run_folder(run, overwrite=False, dry_run=True)
+
+
+def test_arrays_appended_to_an_npz_are_read_with_the_ones_before(tmp_path):
+    """difficulty_history.npz grows by an entry an epoch without being rewritten (files.append_to_zip)."""
+    path = tmp_path / "history.npz"
+    np.savez(path, epoch_0=np.arange(3, dtype=np.float16))
+    before = path.read_bytes()
+    files.append_to_zip(path, {"epoch_1.npy": lambda f: np.lib.format.write_array(f, np.ones(3, np.float16))})
+    assert path.read_bytes().startswith(before[:100])  # the first entry's bytes stay where they were
+    history = np.load(path)
+    assert history.files == ["epoch_0", "epoch_1"]
+    np.testing.assert_array_equal(history["epoch_1"], np.ones(3))

@@ -249,17 +249,35 @@ def test_epoch_sampler_order_depends_on_epoch_and_seed():
 
 
 def test_epoch_sampler_shards_are_disjoint_and_cover_the_selection():
-    """Every selected sample goes to exactly one rank, odd selections included (ranks differ by at most one)."""
+    """Every selected sample goes to exactly one rank, odd selections included (the ranks' parts of a step differ by
+    at most one)."""
     for selection in (SELECTION, SELECTION[:14]):
-        shards = []
+        shards, sizes = [], []
         for rank in range(2):
             sampler = cd.EpochSampler(100, seed=5, batch_size=4, rank=rank, world_size=2)
             sampler.set_epoch(2, selection)
             shards.append([index for index, _ in items(sampler)])
+            sizes.append([len(batch) for batch in sampler])
             assert len(list(sampler)) == len(sampler)
         assert not set(shards[0]) & set(shards[1])
         assert sorted(shards[0] + shards[1]) == sorted(selection.tolist())
-        assert abs(len(shards[0]) - len(shards[1])) <= 1
+        assert all(abs(a - b) <= 1 for a, b in zip(*sizes, strict=True))
+
+
+def test_epoch_sampler_splits_each_global_batch_across_ranks_with_loss_scales():
+    """--batch-size is global: 15 samples at 8 become global batches of 8 and 7, the ranks' parts of each step are
+    together one process's batch of that step, both ranks train 2 batches (no join), and the parts' loss scales
+    (part x 2 / batch) make the mean of the ranks' gradients the batch's: 8/8 and 8/8, then 8/7 and 6/7."""
+    one = cd.EpochSampler(100, seed=5, batch_size=8)
+    one.set_epoch(2, SELECTION)
+    ranks = [cd.EpochSampler(100, seed=5, batch_size=8, rank=rank, world_size=2) for rank in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(2, SELECTION)
+    parts = [list(sampler) for sampler in ranks]
+    assert [sorted(a + b) for a, b in zip(*parts, strict=True)] == [sorted(batch) for batch in one]
+    assert [len(batch) for batch in one] == [8, 7] and not ranks[0].uneven()
+    assert [sampler.loss_scales() for sampler in ranks] == [[1.0, 8 / 7], [1.0, 6 / 7]]
+    assert one.loss_scales() == [1.0, 1.0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -6,8 +6,10 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from common import metrics as bookkeeping
+from common.files import load_checkpoint
 from conftest import ROOT, run_script, run_to_exit, train_args
 
 pytestmark = pytest.mark.slow  # every test here trains (see pyproject.toml)
@@ -28,9 +30,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_teach
              "--curriculum", "adaptive", "--fraction", "0.7", "--cache-dir", cache_dir]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     run_script(*train_args(one, *flags, epochs=2))  # batch 32
-    argv = train_args(two, *flags, epochs=2)
-    argv[argv.index("--batch-size") + 1] = "16"  # 2 x 16 = the same global batch
-    result = torchrun(argv)
+    result = torchrun(train_args(two, *flags, epochs=2))  # --batch-size 32: the global batch, 16 a rank
     assert result.stdout.count("epoch 1/2") == 1  # rank 0 alone prints
     assert json.loads((two / "results.json").read_text())["test_acc"] >= 0
     # every selected sample trained exactly once per epoch across the ranks (the run checks it; coverage shows it)
@@ -42,6 +42,29 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_teach
         # selection of the current synthetic generator; the exact check of the sharding is the coverage above)
         assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.12)
         assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=0.12)
+
+
+def test_one_and_two_processes_take_the_same_steps_to_the_same_weights_without_batch_statistics(tmp_path, tiny_teacher):
+    """The same run (global batch 32) on 1 and 2 gloo processes, with a GroupNorm student (no batch statistics) and
+    an uneven selection (67 samples: global batches of 23, 22, 22, split 12/11 and 11/11 across the ranks): the same
+    samples, the same number of Adam steps, and the same final weights within float tolerance (each rank's loss is
+    scaled by its share of the batch). Resuming the 2-process run in 1 process is refused in one line."""
+    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "test_efficientnet_gn",
+             "--curriculum", "random_subset", "--fraction", "0.7", "--cache-dir", tmp_path / "cache"]  # fmt: skip
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_script(*train_args(one, *flags, epochs=2))
+    torchrun(train_args(two, *flags, epochs=2))
+    np.testing.assert_array_equal(np.load(two / "coverage.npy"), np.load(one / "coverage.npy"))
+    last_one, last_two = (load_checkpoint(run / "last.pt") for run in (one, two))
+    assert (last_one["world_size"], last_two["world_size"]) == (1, 2)
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    steps = [{int(state["step"]) for state in last["optimizer"]["state"].values()} for last in (last_one, last_two)]
+    assert steps[0] == steps[1] == {6}  # 3 global batches an epoch, 2 epochs
+    for name, weight in last_one["state_dict"].items():
+        torch.testing.assert_close(last_two["state_dict"][name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    resumed = run_script("train_student.py", "--resume", two, check=False)
+    assert resumed.returncode != 0 and "trained on 2 process(es)" in resumed.stderr, resumed.stderr
+    assert len(resumed.stderr.strip().splitlines()) == 1
 
 
 def test_rl_run_with_two_processes(tmp_path, tiny_teacher, cache_dir):
@@ -60,7 +83,7 @@ def test_two_processes_fill_the_teacher_view_store_as_one_does(tmp_path, tiny_te
     """--teacher-logits replay under DDP: each rank runs the teacher on its shard, rank 0 stores every view."""
     flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "resnet10t",
              "--teacher-logits", "replay"]  # fmt: skip
-    torchrun(train_args(tmp_path / "two", *flags, "--cache-dir", tmp_path / "cache-two", "--batch-size", 16))
+    torchrun(train_args(tmp_path / "two", *flags, "--cache-dir", tmp_path / "cache-two"))
     run_script(*train_args(tmp_path / "one", *flags, "--cache-dir", tmp_path / "cache-one"))
     (two,) = (tmp_path / "cache-two").glob("teacher-views-*/epoch-0001.npy")
     (one,) = (tmp_path / "cache-one").glob("teacher-views-*/epoch-0001.npy")
@@ -77,7 +100,7 @@ def test_prioritised_draws_repeat_across_ranks_and_are_trained_and_stored_as_by_
     flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "resnet10t",
              "--curriculum", "prioritised", "--fraction", "1", "--score-source", "train-pass",
              "--teacher-logits", "replay"]  # fmt: skip
-    torchrun(train_args(tmp_path / "two", *flags, "--cache-dir", tmp_path / "cache-two", "--batch-size", 16))
+    torchrun(train_args(tmp_path / "two", *flags, "--cache-dir", tmp_path / "cache-two"))
     run_script(*train_args(tmp_path / "one", *flags, "--cache-dir", tmp_path / "cache-one"))
     coverage = np.load(tmp_path / "two" / "coverage.npy")
     assert coverage.sum() == 96 and coverage.max() > 1  # 96 draws of 96 samples with replacement repeat some
@@ -124,10 +147,11 @@ if "RANK" in os.environ:  # the ranks, not the launcher
 
 
 def test_uneven_shards_with_and_without_compile_finish_and_agree_with_one_process(tmp_path, tiny_teacher):
-    """33 selected samples at batch 16 per rank: one rank trains 2 batches (9 and 8 samples), the other 1 (16). DDP's
-    join() must absorb the difference, also under torch.compile's wrapper (found through `_orig_mod`; without it the
-    compiled run waited forever in DDP's forward). Under a timeout, so a hang fails the test. The fixed-view stores
-    are built before the process group starts (no rank waits for a build in a collective), each once.
+    """33 selected samples at a global batch of 32: global batches of 17 and 16, so the ranks' parts are 9 and 8, then
+    8 and 8 (batches of different sizes on each rank, which a compiled model recompiles for). Under a timeout, so a
+    hang fails the test (a compiled run with shards a batch apart once waited forever in DDP's forward). The
+    fixed-view stores are built before the process group starts (no rank waits for a build in a collective), each
+    once.
 
     The one-process run compiles with inductor (the test of --compile; a cold compile cache costs minutes on two
     cores); the two-process one with aot_eager, which traces forward and backward as inductor does, through DDP's
@@ -141,9 +165,9 @@ def test_uneven_shards_with_and_without_compile_finish_and_agree_with_one_proces
              "--curriculum", "random_subset", "--fraction", "0.34375", "--loader", "uint8",
              "--cache-dir", tmp_path / "cache"]  # fmt: skip
     runs = {
-        "two": [*LAUNCHER, 2, *train_args(tmp_path / "two", *flags, "--batch-size", 16)],
-        "two-compiled": [*LAUNCHER, 2, *train_args(tmp_path / "two-compiled", *flags, "--batch-size", 16, "--compile")],
-        "one-compiled": train_args(tmp_path / "one-compiled", *flags, "--compile"),  # batch 32: the same global batch
+        "two": [*LAUNCHER, 2, *train_args(tmp_path / "two", *flags)],  # --batch-size 32: the global batch
+        "two-compiled": [*LAUNCHER, 2, *train_args(tmp_path / "two-compiled", *flags, "--compile")],
+        "one-compiled": train_args(tmp_path / "one-compiled", *flags, "--compile"),
     }
     for name, argv in runs.items():
         backend = {"COMPILE_BACKEND": "aot_eager"} if name == "two-compiled" else {}
@@ -160,7 +184,7 @@ def test_uneven_shards_with_and_without_compile_finish_and_agree_with_one_proces
         assert rows[name]["selected"] == "33"
     for key in ("train_loss", "val_loss"):
         assert float(rows["two-compiled"][key]) == pytest.approx(float(rows["two"][key]), rel=1e-3)
-        # one process: 2 steps of 17 and 16 samples; two: 25 (9 + 16), then 8 (one rank joined)
+        # the same global batches (17, then 16); BatchNorm sees a rank's part
         assert float(rows["one-compiled"][key]) == pytest.approx(float(rows["two"][key]), rel=0.12)
 
 
@@ -211,3 +235,75 @@ def test_the_teacher_logit_cache_is_decided_on_rank_0_for_every_rank(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / "caches" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks == [[["a", False, 1, [2.0]], ["b", True, 0, [5.0]]]] * 2
+
+
+COMPILE_SITE = """
+import functools
+import os
+
+if os.environ.get("COMPILE_BACKEND"):
+    import torch
+
+    torch.compile = functools.partial(torch.compile, backend=os.environ["COMPILE_BACKEND"])
+"""
+
+
+@pytest.mark.parametrize(
+    "case, flags",
+    [
+        ("even, --compile", ["--compile"]),
+        ("uneven, scored curriculum", ["--curriculum", "adaptive", "--fraction", "0.34375", "--score-source",
+                                       "train-pass", "--teacher-logits", "replay"]),
+    ],
+)  # fmt: skip
+def test_two_ranks_make_no_host_wait_per_step(tmp_path, tiny_teacher, cache_dir, case, flags):
+    """analysis/sync_rehearsal.py counts every caller's waits (torch's own included) on both gloo ranks over two
+    epochs: none, with even shards under --compile and with a scored curriculum (train-pass scores, replayed teacher
+    views) whose 33 samples split unevenly. Before DDP's buffer broadcast was turned off and join() entered only for
+    uneven batch counts, DDP's _find_common_rank made 3 per step. The compiled run uses aot_eager (as above)."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(COMPILE_SITE)
+    site = os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")]))
+    out = tmp_path / "waits.json"
+    argv = train_args(tmp_path / "unused", "--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5",
+                      "--student", "resnet10t", "--cache-dir", cache_dir, *flags, epochs=2)[1:]  # fmt: skip
+    env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": site, "COMPILE_BACKEND": "aot_eager"}
+    result = run_to_exit(*LAUNCHER, 2, "-m", "analysis.sync_rehearsal", out, "--", *argv, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = json.loads(out.read_text())
+    assert [rank["waits"] for rank in ranks] == [0, 0], ranks
+    assert all(rank["steps"] >= 2 for rank in ranks), ranks
+
+
+EMPTY_SHARD = f"""
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, {str(ROOT)!r})
+import torch
+import torch.distributed as dist
+
+from training.devices import Placement, make_loader
+from training.loop import predict_logits
+
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+view = [(torch.full((3, 2, 2), 1.0), 0, 0)]  # one sample: rank 1's strided shard is empty
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+torch.nn.init.constant_(model[1].weight, 0.5)
+logits = predict_logits(model, make_loader(view, 4, 0, torch.device("cpu")), Placement(torch.device("cpu")), "p")
+Path(sys.argv[1], f"rank{{dist.get_rank()}}.json").write_text(json.dumps(logits.tolist()))
+dist.destroy_process_group()
+"""
+
+
+def test_a_rank_with_an_empty_shard_predicts_zeros_of_the_right_width(tmp_path):
+    """One sample on two ranks: rank 1 has no batch; it once crashed on sum_across_processes(None) while rank 0
+    waited in the collective. Both now return rank 0's logits."""
+    script = tmp_path / "empty.py"
+    script.write_text(EMPTY_SHARD)
+    result = run_to_exit(*LAUNCHER, 2, script, tmp_path, env={"OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logits = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert logits[0] == logits[1] and len(logits[0]) == 1 and len(logits[0][0]) == 5

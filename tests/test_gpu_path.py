@@ -15,6 +15,7 @@ from conftest import TINY
 from training import devices, loop
 from training.config import TrainConfig
 from training.experiment import Experiment, TrainingRun
+from training.teacher import compile_teacher
 
 
 def test_the_counter_counts_a_read_back_inside_a_loop_only():
@@ -28,6 +29,21 @@ def test_the_counter_counts_a_read_back_inside_a_loop_only():
         loop.accuracy(logits, labels)  # after the loop: the documented after-epoch reduction
     assert counter.count == 2 and all(place.startswith("training/loop.py:") for place in counter.places), counter.places
     assert torch.Tensor.item is torch._C.TensorBase.item  # everything patched is put back
+
+
+def test_the_counter_counts_waits_inside_torch_by_caller_and_allows_unfused_adams_step():
+    """A wait made by torch itself (a distribution's argument check reads its verdict back) is counted at torch's
+    line; the unfused Adam's CPU step count (ALLOWED) is not."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3)), 4)
+    with HostSyncCounter(torch.device("cpu")) as counter:
+        for (inputs,) in loader:
+            model(inputs).sum().backward()
+            torch.distributions.Categorical(logits=model(inputs), validate_args=True)
+            optimizer.step()
+    assert counter.count == 2, counter.places
+    assert all(place.startswith("torch/distributions/distribution.py:") for place in counter.places), counter.places
 
 
 def counted_epoch(experiment: Experiment) -> tuple[list, list]:
@@ -88,6 +104,42 @@ def test_the_teachers_logits_stay_fp32_under_autocast():
     assert (logits - full).abs().max() < 0.05 * full.abs().max()  # close to the fp32 teacher: bf16 features only
 
 
+def test_the_teacher_with_its_fp32_head_compiles_into_one_graph_for_batches_of_any_size():
+    """What --compile does to the teacher on a GPU (training/teacher.py compile_teacher), with aot_eager here: no
+    graph break at the fp32 head, one graph for batches of 9 and 8 marked dynamic, the eager teacher's logits."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    teacher = models.with_fp32_head(timm.create_model("resnet10t", num_classes=5)).eval().requires_grad_(False)
+    compiled = torch.compile(teacher, backend="aot_eager")
+    for size in (9, 8):
+        images = torch.randn(size, 3, 32, 32)
+        torch._dynamo.maybe_mark_dynamic(images, 0)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits, expected = compiled(images), teacher(images)
+        assert logits.dtype == torch.float32
+        torch.testing.assert_close(logits, expected)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert compile_teacher(teacher, True, torch.device("cpu")) is teacher  # a CPU run keeps the teacher eager
+
+
+def test_the_teachers_head_runs_without_tf32_and_puts_the_setting_back():
+    """The fp32 head is fp32 on a GPU too: TF32 (on for the rest of the run) is off inside it."""
+    model = timm.create_model("resnet10t", num_classes=5).eval()
+    seen = []
+    model.get_classifier().register_forward_pre_hook(
+        lambda *_: seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)))  # fmt: skip
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    devices.allow_tf32(True)
+    try:
+        with torch.inference_mode():
+            models.with_fp32_head(model)(torch.randn(2, 3, 32, 32))
+        assert seen == [(False, False)]
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def test_gpu_defaults(monkeypatch):
     parameter = [torch.nn.Parameter(torch.zeros(2))]
     assert devices.adam(parameter, torch.device("cuda"), lr=1e-3, weight_decay=0).defaults["fused"] is True
@@ -108,11 +160,17 @@ def test_gpu_defaults(monkeypatch):
         assert devices.default_workers(3) == 3  # a given --workers stands
 
 
-def test_a_too_small_shared_memory_is_one_line_naming_the_fix(tmp_path, capsys):
+def test_a_too_small_shared_memory_is_one_line_naming_the_fix(tmp_path, capsys, monkeypatch):
     devices.check_shared_memory(10**6, workers=4, folder=str(tmp_path))  # fits
     devices.check_shared_memory(10**18, workers=0, folder=str(tmp_path))  # no workers: no shared memory used
     with pytest.raises(UserError, match=r"docker run --shm-size .* lower --workers"):
         devices.check_shared_memory(10**18, workers=4, folder=str(tmp_path))
+    # what one rank's workers need fits; what the node's 8 ranks need together does not
+    batch = devices.shutil.disk_usage(tmp_path).free // (3 * (4 * devices.PREFETCH + 1))
+    devices.check_shared_memory(batch, workers=4, folder=str(tmp_path))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    with pytest.raises(UserError, match=r"8 processes x 4 loader workers"):
+        devices.check_shared_memory(batch, workers=4, folder=str(tmp_path))
 
     def bus_error():  # torch's words (torch/csrc/DataLoader.cpp) for a worker that found no room in /dev/shm
         raise RuntimeError(
@@ -125,3 +183,11 @@ def test_a_too_small_shared_memory_is_one_line_naming_the_fix(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--shm-size" in err and "--workers" in err
+
+
+def test_one_progress_bar_per_run(monkeypatch):
+    """torchrun's ranks other than 0 draw no progress bar (8 bars over one terminal were noise)."""
+    monkeypatch.setenv("RANK", "1")
+    assert loop.progress_off() is True
+    monkeypatch.setenv("RANK", "0")
+    assert loop.progress_off() is None  # tqdm's own rule: shown on a terminal

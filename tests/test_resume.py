@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
@@ -77,6 +78,11 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path, tiny_teacher,
     assert json.loads((killed / "results.json").read_text()) == json.loads((whole / "results.json").read_text())
     for name in ("coverage.npy", "best.pt"):
         assert (killed / name).is_file()
+    if curriculum != "none":  # the score history, appended an entry an epoch and rewritten on resume, is the same
+        killed_history, whole_history = (np.load(run / "difficulty_history.npz") for run in (killed, whole))
+        assert killed_history.files == whole_history.files
+        for key in whole_history.files:
+            np.testing.assert_array_equal(killed_history[key], whole_history[key])
     if curriculum == "none":  # two uninterrupted runs with the same seed are identical too (CPU)
         run_script(*train_args(twin, *flags, data=DATA, epochs=epochs))
         assert comparable(twin) == comparable(whole)

@@ -76,7 +76,9 @@ class TrainConfig:
     )  # fmt: skip
     temperature: float = field(4.0, "KD temperature T")
     epochs: int = field(100, "training epochs")
-    batch_size: int = field(128, "training batch size")
+    batch_size: int = field(
+        128, "global training batch: with torchrun's N processes each trains batch-size / N of it (a multiple of N)"
+    )
     lr: float = field(1e-3, "Adam learning rate (cosine-annealed over the epochs)")
     weight_decay: float = field(1e-4, "Adam weight decay")
     curriculum: str = field(

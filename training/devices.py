@@ -122,6 +122,15 @@ def sum_across_processes(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def max_across_processes(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (a collective: every rank calls it), through `device` (NCCL's GPU)."""
+    if not dist.is_initialized():
+        return value
+    carrier = torch.tensor([value], device=device)
+    dist.all_reduce(carrier, op=dist.ReduceOp.MAX)
+    return int(carrier.item())
+
+
 def share_from_main(tensor: torch.Tensor | None, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     """rank 0's CPU `tensor` on every rank (the others pass None): every rank then works on the same values. NCCL
     carries it through this rank's GPU."""
@@ -158,13 +167,17 @@ def default_workers(requested: int | None = None) -> int:
 
 def check_shared_memory(batch_bytes: int, workers: int, folder: str = "/dev/shm") -> None:
     """Refuse loader workers whose batches cannot fit in shared memory (a container's 64 MB /dev/shm): workers pass
-    batches through it, and running out kills a worker with a bus error in the middle of an epoch."""
+    batches through it, and running out kills a worker with a bus error in the middle of an epoch. The node's
+    /dev/shm is shared by all of torchrun's local processes (LOCAL_WORLD_SIZE), each with its own workers: all of
+    them must fit, not one (each rank alone would pass and all together fail)."""
     if workers == 0 or not os.path.isdir(folder):
         return
-    needed, free = (workers * PREFETCH + 1) * batch_bytes, shutil.disk_usage(folder).free
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    needed, free = ranks * (workers * PREFETCH + 1) * batch_bytes, shutil.disk_usage(folder).free
     if needed > free:
+        on = f"{ranks} processes x {workers}" if ranks > 1 else f"{workers}"
         raise UserError(
-            f"{folder} has {free / 2**20:.0f} MiB free, but {workers} loader workers need about {needed / 2**20:.0f} "
+            f"{folder} has {free / 2**20:.0f} MiB free, but {on} loader workers need about {needed / 2**20:.0f} "
             f"MiB of it ({PREFETCH} batches of {batch_bytes / 2**20:.0f} MiB each); give the container more shared "
             "memory (docker run --shm-size 8g) or lower --workers (0 uses none)."
         )

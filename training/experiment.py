@@ -7,6 +7,7 @@ from training/curriculum.py (its strategies from curriculum_dataloader.py), the 
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import models
 from common import seeds
 from common.cli import config_dict
 from common.errors import UserError
-from common.files import atomic_write, load_checkpoint, save_checkpoint, save_json
+from common.files import append_to_zip, atomic_write, load_checkpoint, save_checkpoint, save_json
 from common.metrics import MetricsLog
 from common.run_folder import is_main_process
 from curriculum_dataloader import EpochSampler, check_epoch_size, strategy_of
@@ -41,7 +42,18 @@ from training.devices import (
     sum_across_processes,
 )
 from training.loop import StepSettings, base_view, count_parameters, evaluate, predict_logits, train_one_epoch
-from training.teacher import choose_source, load_teacher
+from training.teacher import choose_source, compile_teacher, load_teacher
+
+HISTORY = "difficulty_history.npz"  # every score the curriculum used, by the epoch it was made after (fp16)
+
+
+def check_global_batch(batch_size: int, world: int) -> None:
+    """--batch-size is the global batch (the reference's batch 128 on any number of GPUs), split evenly over ranks."""
+    if batch_size % world:
+        raise UserError(
+            f"--batch-size {batch_size} (the global batch) does not split evenly over {world} processes; use a "
+            f"multiple of {world}, e.g. {batch_size - batch_size % world or world}."
+        )
 
 
 class Experiment:
@@ -57,6 +69,7 @@ class Experiment:
         # stores built before torchrun's processes start their process group: no rank waits for one in a collective
         self.data = views.fast_splits(data, config.loader, config.cache_dir, self.workers)
         self.rank, self.world, device = init_distributed(device)
+        check_global_batch(config.batch_size, self.world)
         self.placement = Placement.on(device, amp_dtype(device, config.amp), config.memory_format)
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
         allow_tf32(config.tf32)
@@ -66,7 +79,8 @@ class Experiment:
         self.teacher = self.val_teacher = None
         teacher_spec = config.teacher_spec()
         if config.needs_teacher:
-            self.teacher = self.placement.put(load_teacher(self.data, teacher_spec))
+            self.teacher = compile_teacher(self.placement.put(load_teacher(self.data, teacher_spec)), config.compile,
+                                           device)  # fmt: skip
         self.make_loaders()
         predict = lambda model: self.predict(model, self.score_loader, "teacher logits")  # noqa: E731
         self.source = choose_source(teacher_spec, config.steps_read_logits, self.teacher, self.data, self.placement,
@@ -77,10 +91,11 @@ class Experiment:
         return self.placement.device
 
     def make_loaders(self) -> None:
-        batch, device = self.config.batch_size, self.device
+        batch, device = self.config.batch_size // self.world, self.device  # --batch-size is the global batch
         stored = isinstance(self.data.val, views.StoredView)  # then only the training loader has workers
         check_shared_memory((1 if stored else 2) * batch * views.image_bytes(self.data), self.workers)
-        self.sampler = EpochSampler(len(self.data.train), self.config.seed, batch, self.rank, self.world)
+        self.sampler = EpochSampler(len(self.data.train), self.config.seed, self.config.batch_size, self.rank,
+                                    self.world)  # fmt: skip
         self.train_loader = make_loader(self.data.train, batch, self.workers, device, self.sampler)
         eval_batch = 2 * batch  # no activations kept for backward: twice the batch fits
         self.val_loader, self.test_loader, self.score_loader = (
@@ -98,7 +113,8 @@ class Experiment:
         """One epoch of training steps on the plan's samples; the mean training loss."""
         self.sampler.set_epoch(plan.epoch, plan.indices)
         self.source.start_epoch(plan.epoch)
-        loss = train_one_epoch(model, self.train_loader, self.source, settings, plan, epoch=plan.epoch)
+        loss = train_one_epoch(model, self.train_loader, self.source, settings, plan, epoch=plan.epoch,
+                               uneven=self.sampler.uneven(), loss_scales=self.sampler.loss_scales())  # fmt: skip
         self.source.end_epoch()
         return loss
 
@@ -150,7 +166,11 @@ class TrainingRun:
         self.model = self.student  # what the training step calls: DDP and/or torch.compile around the student
         if experiment.world > 1:
             device_ids = [experiment.device] if experiment.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.student, device_ids=device_ids)
+            # no buffer broadcast before every forward (with join() a value read back each step): each rank's
+            # BatchNorm statistics follow its own batches, and rank 0's are broadcast after the epoch (train_epoch)
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.student, device_ids=device_ids, broadcast_buffers=False
+            )
         if config.compile:  # around DDP, so the compiled graphs break at DDP's gradient buckets (overlap)
             self.model = torch.compile(self.model)
         self.optimizer = adam(
@@ -162,6 +182,7 @@ class TrainingRun:
         self.curriculum = Curriculum(config.curriculum_spec(), len(train), self.seed, train.labels, flipped)
         self.epoch, self.best_val_acc, self.best_epoch = 0, -1.0, 0
         self.log = log or (MetricsLog(folder) if folder else None)
+        self.history_written: set[str] | None = None  # the history's entries in difficulty_history.npz (None: none yet)
 
     def score_pass(self, stale: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The teacher's and the current student's logits on the un-augmented images the curriculum asks for (all of
@@ -187,7 +208,8 @@ class TrainingRun:
 
     def step_settings(self) -> StepSettings:
         return StepSettings(self.optimizer, self.scaler, label_weight=self.config.label_weight,
-                            temperature=self.temperature, placement=self.experiment.placement)  # fmt: skip
+                            temperature=self.temperature, placement=self.experiment.placement,
+                            dynamic_batch=self.config.compile)  # fmt: skip
 
     def train_epoch(self, target: float | None = None, gate: str | None = None) -> dict:
         """One epoch: the curriculum's plan (it rescores first when due), the training steps, validation. `gate`:
@@ -236,6 +258,7 @@ class TrainingRun:
             "teacher_cache": self.experiment.source.parts,
             "temperature": self.temperature,
             "rows_logged": self.log.count if self.log else 0,
+            "world_size": self.experiment.world,
         }
 
     def load_state(self, checkpoint: dict | None) -> None:
@@ -254,6 +277,13 @@ class TrainingRun:
             raise UserError(
                 f"the teacher of {self.folder} changed since the run started; resume with the original one."
             )
+        world = checkpoint.get("world_size", 1)
+        if world != self.experiment.world:
+            raise UserError(
+                f"--resume {self.folder}: the run trained on {world} process(es), this launch has "
+                f"{self.experiment.world}; resume it with torchrun --nproc_per_node {world} (each rank's BatchNorm "
+                "statistics come from its part of the batch, so another count would change the run mid-way)."
+            )
         self.student.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -267,6 +297,10 @@ class TrainingRun:
         self.temperature = checkpoint["temperature"]
         if self.log:
             self.log.truncate(checkpoint["rows_logged"])
+        if self.folder and is_main_process():  # the checkpoint's history, whole: an append a kill tore is repaired
+            final = self.final_history()
+            atomic_write(self.folder / HISTORY, lambda f: np.savez(f, **final))
+            self.history_written = set(final)
 
     def end_epoch(self, row: dict, extra_state: dict | None = None) -> None:
         """Log the row, then write best.pt (if improved) and last.pt, in that order: a kill between them is repaired
@@ -286,11 +320,32 @@ class TrainingRun:
         self.log.append(row)
         if self.curriculum.scores is not None:
             atomic_write(self.folder / "difficulty.npy", lambda f: np.save(f, self.curriculum.scores))
-            atomic_write(self.folder / "difficulty_history.npz", lambda f: np.savez(f, **self.curriculum.history))
+            self.append_history(self.final_history())
         atomic_write(self.folder / "coverage.npy", lambda f: np.save(f, self.curriculum.coverage))
         if improved:
             save_checkpoint(self.folder / "best.pt", {**self.model_payload(), "val_acc": row["val_acc"]})
         save_checkpoint(self.folder / "last.pt", {**self.state_payload(), **(extra_state or {})})
+
+    def final_history(self) -> dict[str, np.ndarray]:
+        """The score history's entries that no longer change: all but the newest (train-pass scores and the next
+        epoch's pass over the unselected samples still refresh it)."""
+        keys = sorted(self.curriculum.history, key=lambda key: int(key.removeprefix("epoch_")))
+        return {key: self.curriculum.history[key] for key in keys[:-1]}
+
+    def append_history(self, history: dict[str, np.ndarray]) -> None:
+        """Write the entries not yet in difficulty_history.npz: the run's first write makes the file afresh (an RL
+        episode's proxy run replaces the last episode's), later ones append to it, so each epoch writes its own
+        entry, not the whole history again (last.pt holds it whole, for an exact resume)."""
+        if self.history_written is None:
+            atomic_write(self.folder / HISTORY, lambda f: np.savez(f, **history))
+            self.history_written = set(history)
+            return
+        new = {key: value for key, value in history.items() if key not in self.history_written}
+        if new:
+            append_to_zip(self.folder / HISTORY,
+                          {f"{key}.npy": functools.partial(np.lib.format.write_array, array=value, allow_pickle=False)
+                           for key, value in new.items()})  # fmt: skip
+            self.history_written |= new.keys()
 
     def finish(self) -> dict:
         """Test accuracy of the best-validation checkpoint (the reported figure) and of the last epoch's model."""
@@ -311,6 +366,8 @@ class TrainingRun:
             "params": count_parameters(self.student),
         }
         if is_main_process():
+            if self.curriculum.history:
+                self.append_history(self.curriculum.history)  # the newest entry too: the run is over
             save_json(self.folder / "results.json", results)
         if self.log:
             self.log.close()

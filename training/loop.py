@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 import models
 from common.errors import UserError
+from common.run_folder import is_main_process
 from data import views
-from training.devices import Placement, sum_across_processes
+from training.devices import Placement, max_across_processes, sum_across_processes
 
 if TYPE_CHECKING:
     from training.curriculum import EpochPlan
@@ -39,10 +40,19 @@ class StepSettings:
     label_weight: float
     temperature: float
     placement: Placement
+    dynamic_batch: bool = False  # a compiled model: its batch dimension marked dynamic (no recompile mid-epoch)
 
 
 def train_one_epoch(
-    model, loader, source: LogitSource, settings: StepSettings, plan: EpochPlan | None = None, *, epoch: int = 0
+    model,
+    loader,
+    source: LogitSource,
+    settings: StepSettings,
+    plan: EpochPlan | None = None,
+    *,
+    epoch: int = 0,
+    uneven: bool = False,
+    loss_scales: list[float] | None = None,
 ) -> float:
     """One epoch of KD; the teacher's logits of each batch come from `source`. Returns the mean training loss (over
     all processes). The epoch's `plan` (None: every sample alike, nothing handed back) may carry `weights[index]`,
@@ -51,7 +61,9 @@ def train_one_epoch(
     `on_logits(indices, teacher_logits, student_logits)`, which sees every batch (train-pass scoring). Between the
     first batch and the last nothing waits for the device (no value read back, no tensor built from Python data;
     tests/test_gpu_path.py guards it): losses stay there and are checked for NaN once, after the epoch, and batch
-    sizes are counted on the host.
+    sizes are counted on the host. `uneven`: this epoch's ranks train different numbers of batches (DDP's join() is
+    then needed, and paid for: it makes every step agree on which ranks still train). `loss_scales[step]` multiplies
+    the step's loss before backward (EpochSampler.loss_scales: DDP's mean over ranks then is the global batch's mean).
     """
     place, optimizer, scaler = settings.placement, settings.optimizer, settings.scaler
     weights, label_gate = (plan.weights, plan.label_gate) if plan else (None, None)
@@ -59,10 +71,12 @@ def train_one_epoch(
     model.train()
     batch_losses = torch.zeros(len(loader), device=place.device)
     batch_sizes = []
-    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None)
-    with join_uneven_inputs(model):  # DDP: ranks may get one batch more or less (every selected sample used once)
+    progress = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=progress_off())
+    with join_uneven_inputs(model, uneven):  # DDP: a rank may get a batch less (every selected sample used once)
         for step, (images, labels, cpu_indices) in enumerate(progress):
             images = views.to_device(images, place.device, place.memory_format)  # uint8 views are normalised there
+            if settings.dynamic_batch:  # batches differ by a sample (and by rank): one graph for every size
+                torch._dynamo.maybe_mark_dynamic(images, 0)
             labels = labels.to(place.device, non_blocking=True)
             indices = cpu_indices.to(place.device, non_blocking=True)
             teacher_logits = source.batch(images, cpu_indices, indices)
@@ -74,7 +88,7 @@ def train_one_epoch(
                 label_gate=None if label_gate is None else label_gate[indices],
             )  # fmt: skip
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss if loss_scales is None else loss * loss_scales[step]).backward()
             scaler.step(optimizer)
             scaler.update()
             batch_losses[step] = loss.detach()
@@ -89,11 +103,19 @@ def train_one_epoch(
     return (totals[0] / totals[1]).item()
 
 
-def join_uneven_inputs(model):
+def progress_off() -> bool | None:
+    """One progress bar per run: rank 0's (None: tqdm's own rule, shown on a terminal); the other ranks draw none."""
+    return None if is_main_process() else True
+
+
+def join_uneven_inputs(model, uneven: bool):
     """DDP's join(), which lets a rank that ran out of batches shadow the others' collectives until all are done,
-    found also under torch.compile's wrapper (`_orig_mod`); a no-op for a model of one process."""
+    found also under torch.compile's wrapper (`_orig_mod`), when the ranks' batch counts differ; else a no-op. Not
+    always on: inside join() every forward first agrees across ranks which still train (a collective and, with
+    broadcast buffers, a value read back: host waits at every step)."""
     inner = getattr(model, "_orig_mod", model)
-    return inner.join() if isinstance(inner, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+    ddp = isinstance(inner, torch.nn.parallel.DistributedDataParallel)
+    return inner.join() if ddp and uneven else nullcontext()
 
 
 def check_finite(batch_losses: torch.Tensor, epoch: int) -> None:
@@ -116,17 +138,21 @@ def base_view(dataset):
 @torch.inference_mode()
 def predict_logits(model, loader, placement: Placement, desc: str) -> torch.Tensor:
     """Logits of every sample of the loader's view, as a CPU float32 tensor [N, K] in sample order. With several
-    processes each predicts its shard and the rows are summed into place across processes."""
+    processes each predicts its shard and the rows are summed into place across processes; a rank whose shard is
+    empty (fewer samples than ranks) adds zeros of the width the others found."""
     model.eval()
     view = base_view(loader.dataset)
     logits = None
-    for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=None):
+    for images, _, indices in tqdm(loader, desc=desc, leave=False, disable=progress_off()):
         images = views.to_device(images, placement.device, placement.memory_format)
         with placement.autocast():
             batch = model(images).float()
         if logits is None:
             logits = torch.zeros(len(view), batch.shape[1], device=placement.device)
         logits[indices.to(placement.device, non_blocking=True)] = batch
+    width = max_across_processes(0 if logits is None else logits.shape[1], placement.device)
+    if logits is None:
+        logits = torch.zeros(len(view), width, device=placement.device)
     return sum_across_processes(logits).cpu()
 
 
