@@ -126,6 +126,29 @@ class full_fp32:  # noqa: N801  (a context manager, named as torch's own)
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
+def cast_body(teacher: nn.Module, dtype: torch.dtype, image_size: int) -> nn.Module:
+    """The teacher's convolutions and linear layers that `forward_features` runs, stored in `dtype` (bf16 under
+    --amp): autocast then stops re-casting fp32 weights on every call, and they take half the memory. What
+    `forward_head` runs (pooling, any head convolution or norm, the classifier) stays fp32, as do the norms' affine
+    parameters; the body's layers are found by running `forward_features` once on a blank image, so any timm model
+    works, whatever its head holds."""
+    head = teacher.model if isinstance(teacher, SlicedTeacher) else teacher
+    body = head.model if isinstance(head, Fp32Head) else head
+    used: list[nn.Module] = []
+    hooks = [module.register_forward_hook(lambda module, *_: used.append(module)) for module in body.modules()]
+    parameter = next(body.parameters())
+    try:
+        with torch.no_grad():
+            body.forward_features(torch.zeros(1, 3, image_size, image_size, device=parameter.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for module in {id(module): module for module in used}.values():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            module.to(dtype)
+    return teacher
+
+
 def with_fp32_head(teacher: nn.Module) -> nn.Module:
     """The teacher with its timm model's last layer in fp32 (inside the slicing, if it is a SlicedTeacher)."""
     if isinstance(teacher, SlicedTeacher):

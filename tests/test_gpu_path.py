@@ -15,7 +15,8 @@ from conftest import TINY
 from training import devices, loop
 from training.config import TrainConfig
 from training.experiment import Experiment, TrainingRun
-from training.teacher import compile_teacher
+from training.teacher import body_dtype as teacher_body_dtype
+from training.teacher import compile_teacher, place_teacher
 
 
 def test_the_counter_counts_a_read_back_inside_a_loop_only():
@@ -102,6 +103,33 @@ def test_the_teachers_logits_stay_fp32_under_autocast():
         full = model(images)
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
     assert (logits - full).abs().max() < 0.05 * full.abs().max()  # close to the fp32 teacher: bf16 features only
+
+
+@pytest.mark.parametrize("name", ["resnet10t", "mobilenetv3_small_050"])
+def test_under_bf16_autocast_the_teachers_body_weights_are_bf16_and_its_head_stays_fp32(name):
+    """models.cast_body, as place_teacher applies it under --amp: the body's convolutions in bf16 (autocast no longer
+    re-casts them every call), whatever the head holds (MobileNetV3's has a convolution), and the same logits."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5).eval()
+    teacher = models.with_fp32_head(model)
+    images = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = teacher(images)
+    placement = devices.Placement.on(torch.device("cpu"), torch.bfloat16)
+    placed = place_teacher(teacher, placement, 32)
+    head = {id(p) for p in model.get_classifier().parameters()} | {
+        id(p) for p in getattr(model, "conv_head", torch.nn.Identity()).parameters()}  # fmt: skip
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            expected = torch.float32 if id(module.weight) in head else torch.bfloat16
+            assert module.weight.dtype == expected, module
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            assert module.weight.dtype == torch.float32
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        after = placed(images)
+    assert after.dtype == torch.float32
+    torch.testing.assert_close(after, before, rtol=0, atol=0)  # autocast ran those layers in bf16 before, too
+    assert teacher_body_dtype(devices.Placement.on(torch.device("cpu"), torch.float16)) is None  # fp16: fp32 weights
 
 
 def test_the_teacher_with_its_fp32_head_compiles_into_one_graph_for_batches_of_any_size():

@@ -42,7 +42,7 @@ from training.devices import (
     sum_across_processes,
 )
 from training.loop import StepSettings, base_view, count_parameters, evaluate, predict_logits, train_one_epoch
-from training.teacher import choose_source, compile_teacher, load_teacher
+from training.teacher import choose_source, compile_teacher, load_teacher, place_teacher
 
 HISTORY = "difficulty_history.npz"  # every score the curriculum used, by the epoch it was made after (fp16)
 
@@ -79,8 +79,8 @@ class Experiment:
         self.teacher = self.val_teacher = None
         teacher_spec = config.teacher_spec()
         if config.needs_teacher:
-            self.teacher = compile_teacher(self.placement.put(load_teacher(self.data, teacher_spec)), config.compile,
-                                           device)  # fmt: skip
+            teacher = place_teacher(load_teacher(self.data, teacher_spec), self.placement, self.data.image_size)
+            self.teacher = compile_teacher(teacher, config.compile, device)
         self.make_loaders()
         predict = lambda model: self.predict(model, self.score_loader, "teacher logits")  # noqa: E731
         self.source = choose_source(teacher_spec, config.steps_read_logits, self.teacher, self.data, self.placement,

@@ -75,6 +75,19 @@ def load_teacher(data, spec: TeacherSpec) -> torch.nn.Module:
     return models.with_fp32_head(teacher).eval().requires_grad_(False)
 
 
+def body_dtype(placement: Placement) -> torch.dtype | None:
+    """The dtype the teacher's body weights are stored in: bf16 under bf16 autocast (models.cast_body), else as
+    loaded (fp16 autocast keeps fp32 weights: its range is too narrow for some weights)."""
+    return torch.bfloat16 if placement.dtype == torch.bfloat16 else None
+
+
+def place_teacher(teacher: torch.nn.Module, placement: Placement, image_size: int) -> torch.nn.Module:
+    """The teacher on the run's device and layout, its body's weights in body_dtype."""
+    teacher = placement.put(teacher)
+    dtype = body_dtype(placement)
+    return models.cast_body(teacher, dtype, image_size) if dtype else teacher
+
+
 def compile_teacher(teacher: torch.nn.Module, compile_: bool, device: torch.device) -> torch.nn.Module:
     """Under --compile on a GPU the teacher is compiled too: with the logits online it is most of a step's work
     (ResNet-152's 11.6 GMACs an image against MobileNetV2's 0.9 forward and backward). Its fp32 head compiles into
@@ -103,7 +116,9 @@ class LogitSource:
             "data": data.identity,
             "split": "train",
             "transform": f"eval/{data.image_size}",
-            "dtype": str(dtype) if dtype is None else f"{dtype}, fp32 head",  # bf16 heads before: other logits
+            # bf16 heads before, fp32 body weights before: other logits
+            "dtype": str(dtype) if dtype is None else f"{dtype}, fp32 head" + (
+                f", {body_dtype(placement)} body weights" if body_dtype(placement) else ""),
         }  # fmt: skip
         self.shape = (len(data.score), len(data.class_names))
         self.scoring: torch.Tensor | None = None
