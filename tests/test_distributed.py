@@ -24,26 +24,6 @@ def torchrun(argv: list, processes: int = 2):
     return run_script(*LAUNCHER, processes, *argv, env={"OMP_NUM_THREADS": "1"})
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_teacher, cache_dir):
-    # fraction 0.7 of 96 selects 67 samples a epoch: an odd count, so the two shards differ by one
-    flags = ["--teacher-checkpoint", tiny_teacher, "--label-weight", "0.5", "--student", "resnet10t",
-             "--curriculum", "adaptive", "--fraction", "0.7", "--cache-dir", cache_dir]  # fmt: skip
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_script(*train_args(one, *flags, epochs=2))  # batch 32
-    result = torchrun(train_args(two, *flags, epochs=2))  # --batch-size 32: the global batch, 16 a rank
-    assert result.stdout.count("epoch 1/2") == 1  # rank 0 alone prints
-    assert json.loads((two / "results.json").read_text())["test_acc"] >= 0
-    # every selected sample trained exactly once per epoch across the ranks (the run checks it; coverage shows it)
-    np.testing.assert_array_equal(np.load(two / "coverage.npy"), np.load(one / "coverage.npy"))
-    rows_one, rows_two = bookkeeping.read_metrics(one / "metrics.csv"), bookkeeping.read_metrics(two / "metrics.csv")
-    for a, b in zip(rows_one, rows_two, strict=True):
-        assert a["selected"] == b["selected"] == "67"
-        # BatchNorm sees 16 images per rank instead of 32: close, not equal (up to 8.5% apart on the quantile-band
-        # selection of the current synthetic generator; the exact check of the sharding is the coverage above)
-        assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=0.12)
-        assert float(b["val_loss"]) == pytest.approx(float(a["val_loss"]), rel=0.12)
-
-
 def test_one_and_two_processes_take_the_same_steps_to_the_same_weights_without_batch_statistics(tmp_path, tiny_teacher):
     """The same run (global batch 32) on 1 and 2 gloo processes, with a GroupNorm student (no batch statistics) and
     an uneven selection (67 samples: global batches of 23, 22, 22, split 12/11 and 11/11 across the ranks): the same
@@ -53,7 +33,9 @@ def test_one_and_two_processes_take_the_same_steps_to_the_same_weights_without_b
              "--curriculum", "random_subset", "--fraction", "0.7", "--cache-dir", tmp_path / "cache"]  # fmt: skip
     one, two = tmp_path / "one", tmp_path / "two"
     run_script(*train_args(one, *flags, epochs=2))
-    torchrun(train_args(two, *flags, epochs=2))
+    result = torchrun(train_args(two, *flags, epochs=2))
+    assert result.stdout.count("epoch 1/2") == 1  # rank 0 alone prints
+    # every selected sample trained exactly once per epoch across the ranks (the run checks it; coverage shows it)
     np.testing.assert_array_equal(np.load(two / "coverage.npy"), np.load(one / "coverage.npy"))
     last_one, last_two = (load_checkpoint(run / "last.pt") for run in (one, two))
     assert (last_one["world_size"], last_two["world_size"]) == (1, 2)
