@@ -281,9 +281,14 @@ def read_weights_only(path: Path):
             pass  # an object array, or another numpy type: refused below
     unsafe = [name for name in names if name not in NUMPY_ARRAY_GLOBALS]  # what makes it more than arrays
     found = f" ({', '.join(unsafe[:3])})" if unsafe else ""
+    if unsafe and set(unsafe) <= set(CONVERTIBLE_GLOBALS):  # what older versions of this project wrote
+        raise UserError(
+            f"{path} holds pickled objects{found} that the scripts no longer read; convert it once with {CONVERT} "
+            f"{path} (it reads them through an allow-list, nothing else)"
+        )
     raise UserError(
-        f"{path} holds pickled objects{found} that only a full unpickling could read, and unpickling a file can run "
-        f"code, so it was not read; if you trust where it came from, convert it once with {CONVERT} {path}"
+        f"{path} holds pickled objects{found} that no checkpoint of this project holds, and unpickling a file can "
+        "run code, so it was not read; pass a best.pt or last.pt that train_student.py wrote."
     )
 
 
@@ -307,6 +312,22 @@ NUMPY_ARRAY_GLOBALS = (
     *(f"numpy.dtypes.{name}DType" for name in ("Bool", "Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64",
                                               "UInt64", "Float16", "Float32", "Float64", "Long", "ULong")),
 )  # fmt: skip
+
+
+# What older versions of this project pickled besides arrays (an agent's reward scale, its numpy scalars):
+# scripts/convert_checkpoint.py reads these through an allow-list (convertible_globals) and rewrites them as numbers
+CONVERTIBLE_GLOBALS = ("stable_baselines3.common.running_mean_std.RunningMeanStd", "numpy._core.multiarray.scalar",
+                       "numpy.core.multiarray.scalar")  # fmt: skip
+
+
+def convertible_globals() -> list:
+    """numpy_array_globals and the types of CONVERTIBLE_GLOBALS: classes rebuilt from their fields and numpy's scalar
+    builder (a dtype and raw bytes in, a number out), no function that could do anything else."""
+    import numpy as np
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    return [*numpy_array_globals(), RunningMeanStd, *((scalar, name) for name in CONVERTIBLE_GLOBALS[1:])]
 
 
 def numpy_array_globals() -> list:

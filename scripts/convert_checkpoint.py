@@ -4,10 +4,11 @@
 
 The scripts read every checkpoint with torch.load(weights_only=True): tensors and plain types only, because unpickling
 anything else can run code (docs/security.md). A checkpoint written before that rule (an agent's reward scale kept as
-a stable-baselines3 object) is refused with a line naming this command. THIS SCRIPT UNPICKLES THE FILE IN FULL: run it
-only on files you trust (your own runs, a colleague's you would run code from). Each file is rewritten in place with
-its content as tensors and plain types (numpy arrays as tensors, a running mean and std as its three numbers); a file
-with an object it cannot convert is left as it was.
+a stable-baselines3 object) is refused with a line naming this command. This script reads it with weights_only=True
+too, allowing only the types older versions wrote (numpy arrays and scalars, stable-baselines3's RunningMeanStd:
+rebuilt from their fields, no other function called), and rewrites it in place as tensors and plain types (numpy
+arrays as tensors, a running mean and std as its three numbers); a file that holds anything else is refused and left
+as it was.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.errors import UserError, run_cli  # noqa: E402
-from common.files import plain, save_checkpoint  # noqa: E402
+from common.files import convertible_globals, plain, save_checkpoint  # noqa: E402
 
 
 def plain_state(value):
@@ -40,7 +41,8 @@ def convert(path: Path) -> str:
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass the checkpoint the scripts refused.")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # the explicit, trusted read
+        with torch.serialization.safe_globals(convertible_globals()):  # nothing that runs code
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         converted = plain_state(checkpoint)
     except TypeError as err:
         raise UserError(f"{path} holds an object this script cannot convert ({err}); it was left as it was.") from None

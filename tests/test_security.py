@@ -226,3 +226,13 @@ def test_a_checkpoint_without_what_its_reader_needs_is_one_line(tmp_path):
         with pytest.raises(UserError) as refused:
             files.load_checkpoint(path, needs)
         assert missing in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_conversion_reads_through_an_allow_list_and_refuses_a_trap(tmp_path):
+    """scripts/convert_checkpoint.py reads old checkpoints with weights_only=True and an allow-list too: a booby-trapped
+    file is refused in one line, its marker never created, the file left as it was."""
+    marker = tmp_path / "marker"
+    trapped = trapped_checkpoint(tmp_path / "evil.pt", marker)
+    before = trapped.read_bytes()
+    line = one_line(run_script("scripts/convert_checkpoint.py", trapped, check=False))
+    assert "left as it was" in line and not marker.exists() and trapped.read_bytes() == before
