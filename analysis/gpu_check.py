@@ -22,9 +22,7 @@ import io
 import json
 import os
 import resource
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -38,6 +36,7 @@ import models
 from analysis.host_syncs import HostSyncCounter
 from common import files
 from common.cli import parse_config
+from common.process_tree import run_to_end
 from data import views
 from data.jpegs import IMAGENET_SIZES, imagenet_like_jpeg, write_split
 from data.synthetic import synthetic_class_names
@@ -51,7 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository, where the scripts 
 BUDGET_S = 450  # rows left when this much time has passed are skipped (printed as such; a FAIL)
 END_S = 570  # a multi-process run still going then is ended: the check ends within 10 minutes
 PROCESS_TIMEOUT_S = 240  # a multi-process run that takes longer is ended whole and named as hung
-RUN_TOKEN = "KD_GPU_CHECK_RUN"  # in every process a multi-process run starts: how its whole tree is found
 MIN_SCALING = 0.7  # N-GPU epoch rate / (N x 1-GPU epoch rate) a node must reach
 MIN_REPLAY_VS_ONLINE = 0.95  # replaying skips the teacher: a replaying step is not slower than an online one
 
@@ -296,58 +294,7 @@ def evaluation_rows(exp: Experiment, clock: Clock, workers: int, places: list) -
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Multi-process runs, ended whole when they hang
-
-
-def processes_of(token: str) -> list[int]:
-    """Every process whose environment holds RUN_TOKEN=token: torchrun and its workers, also those that started
-    their own session or outlived their parent (a /proc walk; Linux)."""
-    marker, found = f"{RUN_TOKEN}={token}".encode(), []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                environment = Path(f"/proc/{entry}/environ").read_bytes()
-            except OSError:  # ended meanwhile, or another user's
-                continue
-            if marker in environment.split(b"\0"):
-                found.append(int(entry))
-    return found
-
-
-def end_whole(process: subprocess.Popen, token: str) -> int:
-    """SIGKILL torchrun's process group and every process of the run, wherever its session; the count killed."""
-    pids = set(processes_of(token)) | {process.pid}
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    process.wait()
-    return len(pids)
-
-
-def run_to_end(argv: list[str], env: dict, timeout: float, log: Path) -> tuple[int | None, float, str]:
-    """(exit code, or None past `timeout`; seconds; last lines of output) of a run whose output goes to `log` (a file:
-    no pipe that an orphaned worker could hold open). Past its timeout, or if a worker outlives it, the run is ended
-    whole: torchrun and every worker it started."""
-    start, token = time.monotonic(), f"{os.getpid()}-{time.monotonic_ns()}"
-    with open(log, "w") as output:
-        process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env, RUN_TOKEN: token}, stdout=output,
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-        try:
-            code = process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = None
-    killed = end_whole(process, token) if code is None else 0
-    leftovers = processes_of(token)  # workers still alive after torchrun ended
-    if leftovers:
-        end_whole(process, token)
-    lines = log.read_text(errors="replace").strip().splitlines()[-3:]
-    if killed:
-        lines.append(f"(ended torchrun and its workers: {killed} processes)")
-    if leftovers:
-        lines.append(f"({len(leftovers)} processes outlived torchrun and were ended)")
-    return code, time.monotonic() - start, "\n".join(lines)
+# Multi-process runs, ended whole when they hang (common.process_tree)
 
 
 @dataclass
@@ -385,7 +332,7 @@ def process_runs(argv: list[str], form: Form, processes: int, out: Path, deadlin
             continue
         report, log = out / f"run{index}.json", out / f"run{index}.log"
         argv_run = [*prefix, "-m", "analysis.sync_rehearsal", str(report), "--", *argv, *extra]
-        code, wall, tail = run_to_end(argv_run, {"OMP_NUM_THREADS": "1"}, limit, log)
+        code, wall, tail = run_to_end(argv_run, {"OMP_NUM_THREADS": "1"}, limit, log, cwd=ROOT)
         if code is None:
             results.append(ProcessRun(name, "hung", f"did not finish within {limit:.0f} s; last output:\n{tail}"))
         elif code != 0:

@@ -121,7 +121,7 @@ def plan_lab(args) -> Plan:
                     after.add(name)
                 runs[name] = [script, *flags, "--seed", seed, "--out", str(out / name),
                               *(["--overwrite"] if args.overwrite else []), *args.extra]  # fmt: skip
-    if any(name.split("-t")[0].endswith("bandit-twin") for name in runs) and picked and TWIN_ROW not in picked:
+    if picked is not None and "bandit-twin" in picked and TWIN_ROW not in picked:
         raise UserError(f"--strategies bandit-twin reads its twin, the {TWIN_ROW} run of its cell: add {TWIN_ROW}.")
     gather = ["scripts/lab_results.py", *(str(out / name) for name in runs), "--out", str(out)]
     if args.pilot:  # validation only; what the protocol's 6 cells could detect

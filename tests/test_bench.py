@@ -9,7 +9,8 @@ import pytest
 
 import bench
 from analysis import gpu_check
-from conftest import run_script
+from common import process_tree
+from conftest import ROOT, run_script
 
 
 @pytest.mark.slow
@@ -132,7 +133,7 @@ def test_a_hung_multi_process_run_is_ended_whole_and_named(tmp_path):
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             str(tmp_path / "hang.py"), str(tmp_path / "pids")]  # fmt: skip
     start = time.monotonic()
-    code, _, tail = gpu_check.run_to_end(argv, {"OMP_NUM_THREADS": "1"}, 12, tmp_path / "run.log")
+    code, _, tail = process_tree.run_to_end(argv, {"OMP_NUM_THREADS": "1"}, 12, tmp_path / "run.log", cwd=ROOT)
     assert code is None and time.monotonic() - start < 40
     workers = [int(path.name) for path in (tmp_path / "pids").iterdir()]
     assert len(workers) == 2 and "ended torchrun and its workers" in tail, tail
